@@ -1,0 +1,29 @@
+"""napari-cell-unet: U-Net cell segmentation for napari, the command line and Python.
+
+The public API is imported lazily so that opening napari (which reads this package's
+manifest) never imports torch.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "load_model": ("napari_cell_unet.model", "load_model"),
+    "save_model": ("napari_cell_unet.model", "save_model"),
+    "CellModel": ("napari_cell_unet.model", "CellModel"),
+    "ModelFileError": ("napari_cell_unet.model", "ModelFileError"),
+    "segment": ("napari_cell_unet.inference", "segment"),
+    "train": ("napari_cell_unet.training", "train"),
+}
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        return getattr(importlib.import_module(module), attr)
+    raise AttributeError(f"module 'napari_cell_unet' has no attribute {name!r}")

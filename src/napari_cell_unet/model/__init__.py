@@ -1,0 +1,23 @@
+"""The U-Net and its single-file `.safetensors` format (weights + JSON metadata, never pickled)."""
+
+from .architecture import DEFAULT_ARCHITECTURE, OUTPUT_CLASSES, build_network
+from .files import (
+    DEFAULT_MODEL_PATH,
+    ModelFileError,
+    default_model_available,
+    load_model,
+    save_model,
+)
+from .cell_model import CellModel
+
+__all__ = [
+    "CellModel",
+    "DEFAULT_ARCHITECTURE",
+    "DEFAULT_MODEL_PATH",
+    "ModelFileError",
+    "OUTPUT_CLASSES",
+    "build_network",
+    "default_model_available",
+    "load_model",
+    "save_model",
+]

@@ -1,0 +1,54 @@
+"""Shared fixtures: real data from ../shared/data and tiny models."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("CELL_UNET_SHARED_DATA", REPO.parent / "shared" / "data"))
+USIIGACI = SHARED_DATA / "usiigaci_phase"
+LIVECELL_FRAME = SHARED_DATA / "livecell_samples" / "A172_Phase_A7_1_00d00h00m_1.tif"
+
+# A very small U-Net for fast tests (a few hundred k parameters).
+TINY_ARCHITECTURE = {"name": "Unet", "encoder_name": "resnet18", "encoder_depth": 3,
+                     "decoder_channels": [32, 16, 8]}
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not USIIGACI.is_dir():
+        pytest.skip(f"real data not found at {SHARED_DATA} (set CELL_UNET_SHARED_DATA)")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def usiigaci(shared_data) -> Path:
+    return shared_data / "usiigaci_phase"
+
+
+def load_usiigaci_set(name: str) -> dict[str, np.ndarray]:
+    """Image, instance labels and (when present) border mask of one Usiigaci set."""
+    import tifffile
+    from PIL import Image
+
+    folder = USIIGACI / name
+    out = {"image": tifffile.imread(folder / "raw.tif"),
+           "labels": np.asarray(Image.open(folder / "instances_ids.png"))}
+    border = folder / "feature_0.png"
+    if border.exists():
+        out["borders"] = np.asarray(Image.open(border)) > 0
+    return out
+
+
+@pytest.fixture
+def tiny_model():
+    import torch
+
+    from napari_cell_unet.model import CellModel
+
+    torch.manual_seed(0)
+    return CellModel.create(architecture=dict(TINY_ARCHITECTURE), name="tiny-test")
