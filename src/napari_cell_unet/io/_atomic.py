@@ -1,0 +1,31 @@
+"""Atomic file writing: write a temporary file next to the target, then rename it into place."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+
+def check_writable(path: Path, overwrite: bool) -> None:
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path}: already exists (pass overwrite=True to replace it)")
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"{path}: folder {path.parent} does not exist")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary path in the target's folder; on success it replaces ``path`` in one step."""
+    path = Path(path)
+    check_writable(path, overwrite)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        tmp_path.unlink(missing_ok=True)

@@ -1,0 +1,239 @@
+"""COCO instance annotations (the LIVECell format): validation, image lookup, decoding to label masks."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import CocoFormatError, ImageFileError
+from .images import read_image
+
+# LIVECell ships images as images/livecell_{train_val,test}_images/<cell type>/<cell type>_Phase_....tif
+LIVECELL_IMAGE_FOLDERS = ("livecell_train_val_images", "livecell_train_images", "livecell_val_images",
+                          "livecell_test_images")
+POLYGON_TOLERANCE_PX = 1.0  # rasterisers round coordinates; allow this much past the image edge
+
+
+class CocoDataset:
+    """A validated COCO file. Images are addressed by position ``i`` in ``0 .. len-1``
+    (``image_ids[i]`` is the COCO id)."""
+
+    def __init__(self, path: str | Path, data: Any):
+        self.path = Path(path)
+        self.images, self.categories, self._annotations = _validate(self.path, data)
+        self.image_ids: list[int] = [image["id"] for image in self.images]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __repr__(self) -> str:
+        return f"CocoDataset({str(self.path)!r}, images={len(self)}, annotations={self.n_annotations})"
+
+    @property
+    def n_annotations(self) -> int:
+        return sum(len(anns) for anns in self._annotations.values())
+
+    def file_name(self, i: int) -> str:
+        return self.images[i]["file_name"]
+
+    def shape(self, i: int) -> tuple[int, int]:
+        return self.images[i]["height"], self.images[i]["width"]
+
+    def annotations(self, i: int) -> list[dict]:
+        """The annotations of image ``i``, in file order (label ``k`` is annotation ``k-1``)."""
+        return self._annotations.get(self.image_ids[i], [])
+
+    def image_path(self, i: int) -> Path | None:
+        """Where image ``i`` was found (see ``searched_folders``), or None."""
+        return self._image_paths[i]
+
+    def read_image(self, i: int) -> np.ndarray:
+        path = self.image_path(i)
+        if path is None:
+            raise ImageFileError(self.file_name(i), f"image of {self.path.name} not found; searched "
+                                 + ", ".join(self.searched_folders))
+        return read_image(path)
+
+    def labels(self, i: int, annotation_ids: bool = False) -> np.ndarray:
+        """Instance labels of image ``i`` as uint32: 1..N in annotation order, or the COCO
+        annotation ids when ``annotation_ids`` (unique across the file). Later annotations win overlaps."""
+        from pycocotools import mask as mask_utils
+
+        height, width = self.shape(i)
+        labels = np.zeros((height, width), dtype=np.uint32)
+        for number, ann in enumerate(self.annotations(i), start=1):
+            rle = _to_rle(ann["segmentation"], height, width)
+            if rle is None:
+                continue
+            x, y, w, h = (int(v) for v in np.round(mask_utils.toBbox(rle)))
+            window = (slice(y, y + h + 1), slice(x, x + w + 1))
+            mask = mask_utils.decode(rle)[window] > 0
+            labels[window][mask] = ann["id"] if annotation_ids else number
+        return labels
+
+    def annotation_table(self) -> dict[str, np.ndarray]:
+        """One row per annotation: ids and categories, for a labels layer's features."""
+        rows = [(ann["id"], image_id, ann.get("category_id", 0))
+                for image_id in self.image_ids for ann in self._annotations.get(image_id, [])]
+        ids, image_ids, category_ids = (np.array(col, dtype=np.int64) for col in zip(*rows)) if rows else (
+            np.zeros(0, np.int64),) * 3
+        names = np.array([self.categories.get(int(c), "") for c in category_ids], dtype=object)
+        return {"annotation_id": ids, "image_id": image_ids, "category_id": category_ids, "category": names}
+
+    @property
+    def searched_folders(self) -> list[str]:
+        return [str(folder) for folder in self._plain_folders] + [
+            f"{folder}/<cell type>" for folder in self._livecell_folders]
+
+    @cached_property
+    def _plain_folders(self) -> list[Path]:
+        root = self.path.parent
+        return [root, root / "images"]
+
+    @cached_property
+    def _livecell_folders(self) -> list[Path]:
+        root = self.path.parent
+        bases = [base / sub for base in (root, *list(root.parents)[:2]) for sub in ("", "images")]
+        return [base / name for base in bases for name in LIVECELL_IMAGE_FOLDERS if (base / name).is_dir()]
+
+    @cached_property
+    def _image_paths(self) -> list[Path | None]:
+        return [self._find_image(image["file_name"]) for image in self.images]
+
+    def _find_image(self, file_name: str) -> Path | None:
+        name = Path(file_name)
+        cell_type = name.name.split("_")[0]
+        candidates: list[Path] = [name] if name.is_absolute() else []
+        for folder in self._plain_folders:
+            candidates += [folder / name, folder / name.name]
+        for folder in self._livecell_folders:
+            candidates += [folder / cell_type / name.name, folder / name.name]
+        return next((c for c in candidates if c.is_file()), None)
+
+
+def read_coco(path: str | Path) -> CocoDataset:
+    """Load and validate a COCO instance-segmentation JSON (LIVECell's dict-shaped annotations too)."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise CocoFormatError(path, "file not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CocoFormatError(path, f"not valid JSON ({exc})") from None
+    return CocoDataset(path, data)
+
+
+def looks_like_coco(data: Any) -> bool:
+    return isinstance(data, dict) and "images" in data and "annotations" in data
+
+
+def _validate(path: Path, data: Any) -> tuple[list[dict], dict[int, str], dict[int, list[dict]]]:
+    if not looks_like_coco(data):
+        keys = ", ".join(map(repr, list(data)[:5])) if isinstance(data, dict) else type(data).__name__
+        raise CocoFormatError(path, f"not a COCO annotation file: needs 'images' and 'annotations' (found {keys})")
+    images = _validate_images(path, data["images"])
+    sizes = {image["id"]: (image["height"], image["width"]) for image in images}
+    categories = _validate_categories(path, data.get("categories", []))
+    by_image: dict[int, list[dict]] = {}
+    seen: set[int] = set()
+    for ann in _annotation_list(path, data["annotations"]):
+        _validate_annotation(path, ann, sizes, seen)
+        by_image.setdefault(ann["image_id"], []).append(ann)
+    return images, categories, by_image
+
+
+def _annotation_list(path: Path, annotations: Any) -> Iterable[dict]:
+    if isinstance(annotations, dict):  # LIVECell: {"<id>": {...}, ...}
+        annotations = annotations.values()
+    elif not isinstance(annotations, list):
+        raise CocoFormatError(path, f"'annotations' must be a list or an object, not {type(annotations).__name__}")
+    return annotations
+
+
+def _validate_images(path: Path, images: Any) -> list[dict]:
+    if not isinstance(images, list):
+        raise CocoFormatError(path, f"'images' must be a list, not {type(images).__name__}")
+    seen: set[int] = set()
+    for image in images:
+        if not isinstance(image, dict) or not {"id", "file_name", "height", "width"} <= image.keys():
+            raise CocoFormatError(path, f"image entry {str(image)[:80]} lacks id, file_name, height or width")
+        if not (_is_int(image["height"]) and _is_int(image["width"]) and image["height"] > 0 and image["width"] > 0):
+            raise CocoFormatError(path, f"image {image['id']} has invalid size {image['width']}x{image['height']}")
+        if image["id"] in seen:
+            raise CocoFormatError(path, f"image id {image['id']} appears twice")
+        seen.add(image["id"])
+    return images
+
+
+def _validate_categories(path: Path, categories: Any) -> dict[int, str]:
+    try:
+        return {c["id"]: str(c.get("name", c["id"])) for c in categories}
+    except (TypeError, KeyError):
+        raise CocoFormatError(path, "'categories' must be a list of objects with an 'id'") from None
+
+
+def _validate_annotation(path: Path, ann: Any, sizes: dict[int, tuple[int, int]], seen: set[int]) -> None:
+    if not isinstance(ann, dict) or "segmentation" not in ann or "image_id" not in ann or "id" not in ann:
+        raise CocoFormatError(path, f"annotation {str(ann)[:80]} lacks id, image_id or segmentation")
+    ann_id = ann["id"]
+    if not _is_int(ann_id) or not 0 < ann_id < 2**32:
+        raise CocoFormatError(path, f"annotation id {ann_id!r} is not an integer in 1..2**32-1")
+    if ann_id in seen:
+        raise CocoFormatError(path, f"annotation id {ann_id} appears twice")
+    seen.add(ann_id)
+    if ann["image_id"] not in sizes:
+        raise CocoFormatError(path, f"annotation {ann_id} refers to image id {ann['image_id']!r}, "
+                              "which is not in 'images'")
+    height, width = sizes[ann["image_id"]]
+    problem = _segmentation_problem(ann["segmentation"], height, width)
+    if problem:
+        raise CocoFormatError(path, f"annotation {ann_id} (image {ann['image_id']}): {problem}")
+
+
+def _segmentation_problem(seg: Any, height: int, width: int) -> str | None:
+    if isinstance(seg, dict):
+        size = seg.get("size")
+        if "counts" not in seg or not isinstance(size, list) or len(size) != 2:
+            return "RLE segmentation needs 'counts' and 'size'"
+        if list(size) != [height, width]:
+            return f"RLE size {size} differs from the image size [{height}, {width}]"
+        return None
+    if not isinstance(seg, list):
+        return f"segmentation must be polygons or RLE, not {type(seg).__name__}"
+    for polygon in seg:
+        if not isinstance(polygon, list) or len(polygon) % 2:
+            return "polygon must be a flat list of numbers [x1, y1, x2, y2, ...]"
+        if not polygon:
+            continue
+        try:
+            x_min, x_max, y_min, y_max = min(polygon[0::2]), max(polygon[0::2]), min(polygon[1::2]), max(polygon[1::2])
+            outside = (x_min < -POLYGON_TOLERANCE_PX or x_max > width + POLYGON_TOLERANCE_PX
+                       or y_min < -POLYGON_TOLERANCE_PX or y_max > height + POLYGON_TOLERANCE_PX)
+        except TypeError:
+            return "polygon must be a flat list of numbers [x1, y1, x2, y2, ...]"
+        if outside:
+            return f"polygon lies outside the {width}x{height} image (x {x_min:g}..{x_max:g}, y {y_min:g}..{y_max:g})"
+    return None
+
+
+def _to_rle(seg: Any, height: int, width: int) -> dict | None:
+    from pycocotools import mask as mask_utils
+
+    if isinstance(seg, dict):
+        if isinstance(seg["counts"], list):  # uncompressed RLE
+            return mask_utils.frPyObjects(seg, height, width)
+        return seg
+    polygons = [p for p in seg if len(p) >= 6]  # pycocotools would read a 4-number list as a box
+    if not polygons:
+        return None
+    return mask_utils.merge(mask_utils.frPyObjects(polygons, height, width))
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
