@@ -1,0 +1,117 @@
+"""Bits shared by both dock widgets: notifications, the model chooser, form helpers."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from napari.utils.notifications import show_error, show_info
+from qtpy.QtWidgets import QComboBox, QDoubleSpinBox, QFileDialog, QLabel, QSpinBox, QWidget
+
+from ._registry import ModelEntry, ModelRegistry
+
+LOAD_FILE_TEXT = "Load model file..."
+
+
+def error_message(exc: BaseException) -> str:
+    """One line for the user: our own errors speak for themselves, others get their type name."""
+    lines = str(exc).strip().splitlines()
+    text = lines[0] if lines else ""
+    if isinstance(exc, (ValueError, FileNotFoundError, KeyError)) and text:
+        return text
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def notify_error(status: QLabel, text: str) -> None:
+    status.setText(text)
+    status.setStyleSheet("color: #ff8080")
+    show_error(text)
+
+
+def notify_info(status: QLabel, text: str) -> None:
+    status.setText(text)
+    status.setStyleSheet("")
+    show_info(text)
+
+
+def spin(minimum: int, maximum: int, value: int, step: int = 1, suffix: str = "") -> QSpinBox:
+    box = QSpinBox()
+    box.setRange(minimum, maximum)
+    box.setSingleStep(step)
+    box.setValue(value)
+    if suffix:
+        box.setSuffix(suffix)
+    return box
+
+
+def double_spin(minimum: float, maximum: float, value: float, step: float, decimals: int = 2) -> QDoubleSpinBox:
+    box = QDoubleSpinBox()
+    box.setDecimals(decimals)
+    box.setRange(minimum, maximum)
+    box.setSingleStep(step)
+    box.setValue(value)
+    return box
+
+
+class ModelComboBox(QComboBox):
+    """Lists the registry's models plus "Load model file..."; selecting one selects it in the registry.
+
+    `on_error(text)` reports a model that cannot be loaded; the previous choice is restored.
+    """
+
+    def __init__(self, registry: ModelRegistry, on_error: Callable[[str], None], parent: QWidget | None = None):
+        super().__init__(parent)
+        self.registry = registry
+        self._on_error = on_error
+        self._entries: list[ModelEntry] = []
+        self.choose_file: Callable[[], str] = self._ask_for_file  # tests replace this
+        registry.changed.connect(self.refresh)
+        self.activated.connect(self._on_activated)
+        self.refresh()
+
+    def refresh(self) -> None:
+        self._entries = self.registry.entries()
+        self.blockSignals(True)
+        self.clear()
+        for entry in self._entries:
+            self.addItem(entry.label)
+        if not self._entries:
+            self.addItem("(no model yet: load a file or train one)")
+        self.addItem(LOAD_FILE_TEXT)
+        current = self.registry.current_or_first()
+        self.setCurrentIndex(self._entries.index(current) if current in self._entries else 0)
+        self.blockSignals(False)
+
+    def entry(self) -> ModelEntry | None:
+        index = self.currentIndex()
+        return self._entries[index] if 0 <= index < len(self._entries) else None
+
+    def load_file(self, path: str) -> bool:
+        try:
+            self.registry.add_file(path)
+        except Exception as exc:
+            self._on_error(error_message(exc))
+            self.refresh()
+            return False
+        return True
+
+    def _on_activated(self, index: int) -> None:
+        if self.itemText(index) == LOAD_FILE_TEXT:
+            path = self.choose_file()
+            if not path or not self.load_file(path):
+                self.refresh()
+            return
+        entry = self.entry()
+        if entry is None:
+            return
+        try:
+            self.registry.load(entry)
+        except Exception as exc:
+            self._on_error(error_message(exc))
+            self.refresh()
+            return
+        self.registry.select(entry)
+
+    def _ask_for_file(self) -> str:
+        path, _ = QFileDialog.getOpenFileName(self, "Load a cell U-Net model", "",
+                                              "Model files (*.safetensors *.pt *.pth);;All files (*)")
+        return path

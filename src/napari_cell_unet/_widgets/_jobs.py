@@ -1,0 +1,120 @@
+"""Drive a core generator (Progress events, then a result) from the GUI, in a thread or synchronously."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable, Generator, Iterator
+from typing import Any, NamedTuple
+
+from napari.utils import cancelable_progress
+
+from .._progress import Progress
+
+SYNC_ENV = "NAPARI_CELL_UNET_SYNC"  # "1": run every job in the calling thread (tests, scripting)
+PROGRESS_STEPS = 1000
+log = logging.getLogger(__name__)
+
+
+class JobFailed(NamedTuple):
+    error: BaseException
+
+
+def run_sync_by_default() -> bool:
+    return os.environ.get(SYNC_ENV, "") not in ("", "0")
+
+
+def guarded(events: Iterator, stop: threading.Event, cooperative: bool = False) -> Generator[Any, None, None]:
+    """Yield `events` until `stop` is set; turn any exception into a final `JobFailed`.
+
+    Exceptions travel as values because napari's worker treats a RuntimeError (what torch
+    raises for most device failures) as "the worker was deleted" and drops it. `cooperative`:
+    the generator watches the stop flag itself and ends with its own last words (training's
+    best model), so keep reading. The generator is closed in this thread so that its
+    `finally` frees memory here.
+    """
+    try:
+        for event in events:
+            yield event
+            if stop.is_set() and not cooperative:
+                break
+    except Exception as exc:  # reported to the user by Job._finish
+        log.exception("napari-cell-unet job failed")
+        yield JobFailed(exc)
+    finally:
+        close = getattr(events, "close", None)
+        if close is not None:
+            close()
+
+
+class Job:
+    """One long computation: a napari progress bar, a Cancel, and callbacks in the GUI thread.
+
+    `make_events(should_stop)` creates the generator; a generator that honours `should_stop`
+    itself is `cooperative`. `on_event(event)` gets every yielded event (Progress included);
+    `on_done(cancelled)` runs at the end unless it failed, in which case `on_error(exception)` runs.
+    """
+
+    def __init__(self, make_events: Callable[[Callable[[], bool]], Iterator], description: str,
+                 on_event: Callable[[Any], None], on_done: Callable[[bool], None],
+                 on_error: Callable[[BaseException], None], cooperative: bool = False):
+        self.description = description
+        self._cooperative = cooperative
+        self._on_event, self._on_done, self._on_error = on_event, on_done, on_error
+        self._stop = threading.Event()
+        self._events = make_events(self._stop.is_set)
+        self._error: BaseException | None = None
+        self._pbar: cancelable_progress | None = None
+        self.worker = None
+        self.running = False
+
+    @property
+    def cancelled(self) -> bool:
+        return self._stop.is_set()
+
+    def cancel(self) -> None:
+        self._stop.set()
+
+    def start(self, sync: bool = False) -> None:
+        self.running = True
+        self._pbar = cancelable_progress(total=PROGRESS_STEPS, desc=self.description, cancel_callback=self.cancel)
+        if sync:
+            for event in guarded(self._events, self._stop, self._cooperative):
+                self._handle(event)
+            self._finish()
+            return
+        from napari.qt.threading import create_worker
+
+        self.worker = create_worker(guarded, self._events, self._stop, self._cooperative,
+                                    _start_thread=False)
+        self.worker.yielded.connect(self._handle)
+        self.worker.finished.connect(self._finish)
+        self.worker.start()
+
+    def _handle(self, event: Any) -> None:
+        if isinstance(event, JobFailed):
+            self._error = event.error
+            return
+        if isinstance(event, Progress):
+            self._show_progress(event)
+        self._on_event(event)
+
+    def _show_progress(self, event: Progress) -> None:
+        if self._pbar is None:
+            return
+        target = int(round(min(max(event.fraction, 0.0), 1.0) * PROGRESS_STEPS))
+        if target > self._pbar.n:
+            self._pbar.update(target - self._pbar.n)
+        if event.message:
+            self._pbar.set_description(f"{self.description}: {event.message}")
+
+    def _finish(self) -> None:
+        if self._pbar is not None:
+            self._pbar.close()
+            self._pbar = None
+        self.running = False
+        if self._error is not None:
+            self._on_error(self._error)
+        else:
+            self._on_done(self.cancelled)

@@ -1,0 +1,137 @@
+"""Small helpers over napari layers: choosers, pixel data, writing labels undoably."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+
+import numpy as np
+from napari.layers import Image, Labels, Layer
+from qtpy.QtWidgets import QComboBox
+
+METADATA_KEY = "napari_cell_unet"
+NONE_TEXT = "(none)"
+
+
+class LayerComboBox(QComboBox):
+    """A combo box listing the viewer's layers of some types, kept in sync with the layer list."""
+
+    def __init__(self, viewer, layer_types: tuple[type, ...], allow_none: bool = False, parent=None):
+        super().__init__(parent)
+        self._viewer = viewer
+        self._types = layer_types
+        self._allow_none = allow_none
+        events = viewer.layers.events
+        for event in (events.removed, events.moved, events.reordered):
+            event.connect(self.refresh)
+        events.inserted.connect(self._on_inserted)
+        for layer in viewer.layers:
+            layer.events.name.connect(self.refresh)
+        self.refresh()
+
+    def _on_inserted(self, event) -> None:
+        event.value.events.name.connect(self.refresh)
+        self.refresh()
+
+    def layers(self) -> list[Layer]:
+        return [layer for layer in self._viewer.layers if isinstance(layer, self._types)]
+
+    def refresh(self, event=None) -> None:
+        current = self.currentText()
+        self.blockSignals(True)
+        self.clear()
+        if self._allow_none:
+            self.addItem(NONE_TEXT)
+        for layer in self.layers():
+            self.addItem(layer.name)
+        self.blockSignals(False)
+        index = self.findText(current)
+        self.setCurrentIndex(index if index >= 0 else 0)
+
+    def layer(self) -> Layer | None:
+        name = self.currentText()
+        if not name or name == NONE_TEXT or name not in self._viewer.layers:
+            return None
+        return self._viewer.layers[name]
+
+    def set_layer(self, layer: Layer | None) -> None:
+        self.setCurrentIndex(max(0, self.findText(NONE_TEXT if layer is None else layer.name)))
+
+
+def spatial_shape(layer: Layer) -> tuple[int, ...]:
+    """The layer's data shape without an RGB(A) channel axis."""
+    shape = tuple(int(s) for s in layer_data(layer).shape)
+    return shape[:-1] if getattr(layer, "rgb", False) else shape
+
+
+def layer_data(layer: Layer):
+    """The full-resolution data (level 0 of a multiscale layer)."""
+    return layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+
+
+def leading_axes(layer: Layer) -> int:
+    """Number of axes before the last two (y, x): 0 for a plain 2D image."""
+    return max(0, len(spatial_shape(layer)) - 2)
+
+
+def current_plane_index(viewer, layer: Layer) -> tuple[int, ...]:
+    """Indices of the displayed plane on the layer's leading axes (world -> data)."""
+    n_lead = leading_axes(layer)
+    if n_lead == 0:
+        return ()
+    world_point = np.asarray(viewer.dims.point)[-layer.ndim:]
+    data_point = layer.world_to_data(world_point)
+    shape = spatial_shape(layer)
+    return tuple(int(np.clip(round(float(v)), 0, shape[i] - 1)) for i, v in enumerate(data_point[:n_lead]))
+
+
+def pixels(layer: Layer, plane: tuple[int, ...] = ()) -> np.ndarray:
+    """The layer's pixels as a numpy array (one plane when `plane` indexes the leading axes)."""
+    return np.asarray(layer_data(layer)[plane] if plane else layer_data(layer))
+
+
+def fingerprint(data) -> str:
+    """A fast content hash used to notice edits made by the user since we wrote a layer."""
+    array = np.ascontiguousarray(np.asarray(data))
+    return hashlib.blake2b(array.view(np.uint8).reshape(-1), digest_size=16).hexdigest() + str(array.shape)
+
+
+def mark_written(layer: Labels) -> None:
+    layer.metadata[METADATA_KEY] = {**layer.metadata.get(METADATA_KEY, {}), "written": fingerprint(layer.data)}
+
+
+def edited_since_written(layer: Labels) -> bool:
+    """True when the layer holds data we did not write (painted since, or a user's own layer)."""
+    written = layer.metadata.get(METADATA_KEY, {}).get("written")
+    return written != fingerprint(layer.data)
+
+
+def replace_labels(layer: Labels, new: np.ndarray, plane: tuple[int, ...] = ()) -> None:
+    """Write `new` into `layer` (or into one plane of it) as one undoable edit (Ctrl+Z restores)."""
+    old = np.asarray(layer.data[plane] if plane else layer.data)
+    changed = np.nonzero(old != new)
+    if changed[0].size:
+        prefix = tuple(np.full(changed[0].size, i, dtype=np.intp) for i in plane)
+        with layer.block_history():
+            layer.data_setitem(prefix + changed, new[changed])
+    mark_written(layer)
+
+
+def copy_geometry(source: Layer, n_axes: int | None = None) -> dict:
+    """scale/translate keyword arguments that put a new layer on top of `source`."""
+    scale, translate = np.asarray(source.scale), np.asarray(source.translate)
+    if n_axes is not None:
+        scale, translate = scale[-n_axes:], translate[-n_axes:]
+    return {"scale": tuple(scale), "translate": tuple(translate)}
+
+
+def unique_name(viewer, name: str) -> str:
+    candidate, i = name, 1
+    while candidate in viewer.layers:
+        i += 1
+        candidate = f"{name} [{i}]"
+    return candidate
+
+
+def images(viewer) -> Sequence[Image]:
+    return [layer for layer in viewer.layers if isinstance(layer, Image)]

@@ -1,0 +1,314 @@
+"""The "Segment cells" dock widget: segment the chosen image (or every open image) in a worker thread."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+from napari.layers import Image, Labels
+from qtpy.QtWidgets import (QCheckBox, QComboBox, QFormLayout, QHBoxLayout, QLabel, QMessageBox,
+                            QPushButton, QVBoxLayout, QWidget)
+from superqt import QCollapsible
+
+from .._progress import Progress
+from . import _layers
+from ._common import ModelComboBox, double_spin, error_message, notify_error, notify_info, spin
+from ._jobs import Job, run_sync_by_default
+from ._registry import registry_for
+from ._torch_guard import import_torch_safely
+
+CURRENT_SLICE, WHOLE_STACK = "current slice", "whole stack"
+REPLACE, NEW_LAYER, SKIP = "replace", "new layer", "skip"
+CLASSES = ("cell", "border")
+
+
+@dataclass
+class SegmentTask:
+    layer: Image
+    plane: tuple[int, ...]  # indices on the leading axes; () = the whole layer
+    target: Labels | None   # the labels layer to update in place, None = add a new one
+
+
+@dataclass
+class TaskDone:
+    task: SegmentTask
+    result: object  # SegmentationResult
+
+
+def ask_replace(layer: Labels) -> str:
+    """Ask before overwriting a labels layer the user has edited since we wrote it."""
+    box = QMessageBox(QMessageBox.Icon.Question, "Replace edited labels?",
+                      f"'{layer.name}' was edited since it was segmented.\n"
+                      "Replace its contents (Ctrl+Z in the layer undoes this), or keep it and add a new layer?")
+    replace = box.addButton("Replace", QMessageBox.ButtonRole.DestructiveRole)
+    new = box.addButton("Keep it, add a new layer", QMessageBox.ButtonRole.AcceptRole)
+    box.addButton("Skip this image", QMessageBox.ButtonRole.RejectRole)
+    box.setDefaultButton(new)
+    box.exec()
+    return {replace: REPLACE, new: NEW_LAYER}.get(box.clickedButton(), SKIP)
+
+
+class SegmentWidget(QWidget):
+    """Segment the chosen image layer (or all of them) with the chosen model."""
+
+    def __init__(self, napari_viewer, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.core = import_torch_safely()
+        self.registry = registry_for(napari_viewer)
+        self.confirm_replace: Callable[[Labels], str] = ask_replace  # tests replace this
+        self.job: Job | None = None
+        self.results: list[TaskDone] = []
+        self._build()
+        self.registry.changed.connect(self._on_model_changed)
+        napari_viewer.layers.selection.events.active.connect(self._follow_active_layer)
+        self._follow_active_layer()
+        self._on_model_changed()
+
+    # ---- layout -------------------------------------------------------------------------
+    def _build(self) -> None:
+        self.image_combo = _layers.LayerComboBox(self.viewer, (Image,))
+        self.image_combo.currentIndexChanged.connect(self._update_stack_choice)
+        self.model_combo = ModelComboBox(self.registry, self._show_error)
+        self.device_combo = QComboBox()
+        self.device_combo.addItems(["auto", *self.core.inference.available_devices()])
+        self.cell_threshold = double_spin(0.05, 0.95, 0.5, 0.05)
+        self.border_threshold = double_spin(0.05, 0.95, 0.5, 0.05)
+        self.min_size = spin(0, 100_000, 30, 5, " px")
+        self.stack_combo = QComboBox()
+        self.stack_combo.addItems([CURRENT_SLICE, WHOLE_STACK])
+        self.probabilities_check = QCheckBox("add probability layers (cell, border)")
+        self.tile_size = spin(0, 8192, 0, 64)
+        self.tile_size.setSpecialValueText("auto")
+
+        form = QFormLayout()
+        form.addRow("Image", self.image_combo)
+        form.addRow("Model", self.model_combo)
+        form.addRow("Device", self.device_combo)
+        form.addRow("Cell threshold", self.cell_threshold)
+        form.addRow("Border threshold", self.border_threshold)
+        form.addRow("Minimum size", self.min_size)
+        form.addRow("Stack", self.stack_combo)
+        form.addRow(self.probabilities_check)
+        advanced = QCollapsible("Advanced")
+        advanced_body = QWidget()
+        advanced_form = QFormLayout(advanced_body)
+        advanced_form.addRow("Tile size", self.tile_size)
+        advanced.addWidget(advanced_body)
+
+        self.segment_button = QPushButton("Segment")
+        self.segment_button.clicked.connect(lambda: self.segment())
+        self.all_button = QPushButton("Apply to all open images")
+        self.all_button.clicked.connect(lambda: self.segment_all())
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.clicked.connect(self.cancel)
+        self.cancel_button.setEnabled(False)
+        buttons = QHBoxLayout()
+        for button in (self.segment_button, self.all_button, self.cancel_button):
+            buttons.addWidget(button)
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addWidget(advanced)
+        layout.addLayout(buttons)
+        layout.addWidget(self.status)
+        layout.addStretch(1)
+
+    # ---- reactions ----------------------------------------------------------------------
+    def _follow_active_layer(self, event=None) -> None:
+        active = self.viewer.layers.selection.active
+        if isinstance(active, Image):
+            self.image_combo.set_layer(active)
+        self._update_stack_choice()
+
+    def _update_stack_choice(self, *_) -> None:
+        layer = self.image_combo.layer()
+        self.stack_combo.setEnabled(layer is not None and _layers.leading_axes(layer) > 0)
+
+    def _on_model_changed(self) -> None:
+        entry = self.model_combo.entry()
+        if entry is None:
+            return
+        try:
+            model = self.registry.load(entry)
+        except Exception as exc:
+            self._show_error(error_message(exc))
+            return
+        post = model.postprocessing
+        self.cell_threshold.setValue(float(post["cell_threshold"]))
+        self.border_threshold.setValue(float(post["border_threshold"]))
+        self.min_size.setValue(int(post["min_size"]))
+
+    def _show_error(self, text: str) -> None:
+        notify_error(self.status, text)
+
+    # ---- public API ---------------------------------------------------------------------
+    @property
+    def busy(self) -> bool:
+        return self.job is not None and self.job.running
+
+    def load_model_file(self, path: str) -> bool:
+        """Load a model file, add it to the recent files and select it; False (and a notification) on error."""
+        return self.model_combo.load_file(path)
+
+    def segment(self, sync: bool | None = None) -> Job | None:
+        """Segment the chosen image layer (current slice or whole stack)."""
+        layer = self.image_combo.layer()
+        if not isinstance(layer, Image):
+            name = "nothing" if layer is None else f"'{layer.name}' ({type(layer).__name__})"
+            self._show_error(f"Choose an Image layer to segment; {name} is selected.")
+            return None
+        whole = _layers.leading_axes(layer) == 0 or self.stack_combo.currentText() == WHOLE_STACK
+        plane = () if whole else _layers.current_plane_index(self.viewer, layer)
+        return self._start([(layer, plane)], sync)
+
+    def segment_all(self, sync: bool | None = None) -> Job | None:
+        """Segment every Image layer (whole stacks), each into its own labels layer, as one job."""
+        layers = _layers.images(self.viewer)
+        if not layers:
+            self._show_error("There is no Image layer to segment.")
+            return None
+        return self._start([(layer, ()) for layer in layers], sync)
+
+    def cancel(self) -> None:
+        if self.job is not None:
+            self.job.cancel()
+            self.status.setText("Cancelling...")
+
+    # ---- running ------------------------------------------------------------------------
+    def _start(self, requests: list[tuple[Image, tuple[int, ...]]], sync: bool | None) -> Job | None:
+        if self.busy:
+            self._show_error("A segmentation is already running.")
+            return None
+        entry = self.model_combo.entry()
+        if entry is None:
+            self._show_error("No model: load a model file or train one first.")
+            return None
+        try:
+            model = self.registry.load(entry)
+        except Exception as exc:
+            self._show_error(error_message(exc))
+            return None
+        tasks = [task for task in (self._plan(layer, plane) for layer, plane in requests) if task is not None]
+        if not tasks:
+            return None
+        self.results = []
+        description = f"Segmenting {tasks[0].layer.name}" if len(tasks) == 1 else f"Segmenting {len(tasks)} images"
+        self.job = Job(lambda should_stop: self._run(tasks, model, self._parameters()), description, on_event=self._on_event,
+                       on_done=self._on_done, on_error=self._on_error)
+        self._set_running(True)
+        self.status.setStyleSheet("")
+        self.status.setText(description + "...")
+        self.job.start(sync=run_sync_by_default() if sync is None else sync)
+        return self.job
+
+    def _plan(self, layer: Image, plane: tuple[int, ...]) -> SegmentTask | None:
+        """Decide where the labels go, asking first when that would overwrite the user's edits."""
+        target = self.viewer.layers[labels_name(layer)] if labels_name(layer) in self.viewer.layers else None
+        if not isinstance(target, Labels) or target.data.shape != _layers.spatial_shape(layer):
+            return SegmentTask(layer, plane, None)
+        if not _layers.edited_since_written(target):
+            return SegmentTask(layer, plane, target)
+        choice = self.confirm_replace(target)
+        if choice == SKIP:
+            return None
+        return SegmentTask(layer, plane, target if choice == REPLACE else None)
+
+    def _parameters(self) -> dict:
+        params = {"device": self.device_combo.currentText(),
+                  "cell_threshold": self.cell_threshold.value(),
+                  "border_threshold": self.border_threshold.value(),
+                  "min_size": self.min_size.value(),
+                  "return_probabilities": self.probabilities_check.isChecked()}
+        if self.tile_size.value() > 0:
+            params["tile_size"] = self.tile_size.value()
+        return params
+
+    def _run(self, tasks: list[SegmentTask], model, params: dict) -> Iterator:
+        """Runs in the worker thread: one Progress scale over all tasks, a TaskDone per task."""
+        for i, task in enumerate(tasks):
+            image = _layers.pixels(task.layer, task.plane)
+            if task.layer.rgb:
+                image = np.moveaxis(image, -1, -3)  # (..., C, H, W) for the engine
+            for event in self.core.inference.iter_segment(image, model, **params):
+                if isinstance(event, Progress):
+                    done = i * 1000 + round(1000 * event.fraction)
+                    yield Progress(done, 1000 * len(tasks), f"{task.layer.name}: {event.message}".rstrip(": "))
+                else:
+                    yield TaskDone(task, event)
+
+    def _on_event(self, event) -> None:
+        if isinstance(event, TaskDone):
+            self._write_result(event)
+            self.results.append(event)
+
+    def _write_result(self, done: TaskDone) -> None:
+        task, result = done.task, done.result
+        labels = np.asarray(result.labels)
+        target = task.target if task.target in self.viewer.layers else None
+        if target is not None:
+            _layers.replace_labels(target, labels, task.plane)
+        else:
+            target = self._add_labels_layer(task, labels)
+        if result.probabilities is not None:
+            self._write_probabilities(task, np.asarray(result.probabilities))
+        target.metadata[_layers.METADATA_KEY].update(n_cells=int(result.n_cells), device=str(result.device))
+
+    def _add_labels_layer(self, task: SegmentTask, labels: np.ndarray) -> Labels:
+        shape = _layers.spatial_shape(task.layer)
+        data = labels if not task.plane else np.zeros(shape, dtype=labels.dtype)
+        if task.plane:
+            data[task.plane] = labels
+        layer = self.viewer.add_labels(data, name=_layers.unique_name(self.viewer, labels_name(task.layer)),
+                                       **_layers.copy_geometry(task.layer, len(shape)))
+        _layers.mark_written(layer)
+        return layer
+
+    def _write_probabilities(self, task: SegmentTask, probabilities: np.ndarray) -> None:
+        shape = _layers.spatial_shape(task.layer)
+        for index, name in enumerate(CLASSES):
+            plane_data = probabilities[..., index, :, :]
+            layer_name = f"{task.layer.name} {name} probability"
+            existing = self.viewer.layers[layer_name] if layer_name in self.viewer.layers else None
+            if isinstance(existing, Image) and existing.data.shape == shape:
+                data = existing.data if task.plane else plane_data
+            else:
+                existing = None
+                data = plane_data if not task.plane else np.zeros(shape, dtype=np.float32)
+            if task.plane:
+                data[task.plane] = plane_data
+            if existing is not None:
+                existing.data = data
+                existing.refresh()
+                continue
+            self.viewer.add_image(data, name=layer_name, colormap="magenta" if name == "border" else "green",
+                                  blending="additive", opacity=0.5, contrast_limits=(0.0, 1.0), visible=True,
+                                  **_layers.copy_geometry(task.layer, len(shape)))
+
+    def _on_done(self, cancelled: bool) -> None:
+        self._set_running(False)
+        n_cells = sum(int(done.result.n_cells) for done in self.results)
+        seconds = sum(float(done.result.seconds) for done in self.results)
+        devices = sorted({str(done.result.device) for done in self.results}) or ["-"]
+        if cancelled:
+            notify_info(self.status, f"Cancelled after {len(self.results)} image(s); "
+                                     "finished layers were kept, nothing else was changed.")
+            return
+        where = "" if len(self.results) == 1 else f" in {len(self.results)} images"
+        notify_info(self.status, f"{n_cells} cells{where} in {seconds:.1f} s on {', '.join(devices)}.")
+
+    def _on_error(self, exc: BaseException) -> None:
+        self._set_running(False)
+        self._show_error(f"Segmentation failed: {error_message(exc)}")
+
+    def _set_running(self, running: bool) -> None:
+        self.segment_button.setEnabled(not running)
+        self.all_button.setEnabled(not running)
+        self.cancel_button.setEnabled(running)
+
+
+def labels_name(layer) -> str:
+    return f"{layer.name} labels"

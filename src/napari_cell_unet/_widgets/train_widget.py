@@ -1,0 +1,294 @@
+"""The "Train / fine-tune" dock widget: paint corrections, train in a worker, use the model at once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from napari.layers import Image, Labels
+from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QListWidget,
+                            QProgressBar, QPushButton, QVBoxLayout, QWidget)
+
+from .._progress import Progress
+from . import _layers
+from ._common import double_spin, error_message, notify_error, notify_info, spin
+from ._jobs import Job, run_sync_by_default
+from ._pairs import LayerPair, check_pair, training_pairs
+from ._plot import LossPlot
+from ._registry import registry_for
+from ._torch_guard import import_torch_safely
+
+FROM_CURRENT, FROM_DEFAULT, FROM_SCRATCH = "model selected in Segment cells", "bundled default", "scratch"
+STEPS, EPOCHS = "steps", "epochs"
+
+
+class TrainWidget(QWidget):
+    """Fine-tune (or train) a model on painted labels; the result becomes the segment widget's model."""
+
+    def __init__(self, napari_viewer, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.core = import_torch_safely()
+        self.registry = registry_for(napari_viewer)
+        self.job: Job | None = None
+        self.result = None  # the last TrainResult
+        self.pairs: list[LayerPair] = []
+        self.choose_save_path = self._ask_save_path  # tests replace this
+        self._build()
+        self._pair_labels_with_image()
+
+    # ---- layout -------------------------------------------------------------------------
+    def _build(self) -> None:
+        layout = QVBoxLayout(self)
+        layout.addLayout(self._pair_form())
+        layout.addLayout(self._settings_form())
+        self.train_button = QPushButton("Train")
+        self.train_button.clicked.connect(lambda: self.train())
+        self.cancel_button = QPushButton("Cancel (keep best model)")
+        self.cancel_button.clicked.connect(self.cancel)
+        self.cancel_button.setEnabled(False)
+        layout.addLayout(_row(self.train_button, self.cancel_button))
+        self.progress_bar = QProgressBar()
+        self.progress_bar.setRange(0, 1000)
+        self.progress_bar.setValue(0)
+        self.progress_bar.setFormat("%p%")
+        layout.addWidget(self.progress_bar)
+        self.plot = LossPlot(self)
+        layout.addWidget(self.plot, stretch=1)
+        self.save_button = QPushButton("Save model...")
+        self.save_button.clicked.connect(lambda: self.save_model())
+        self.save_button.setEnabled(False)
+        layout.addWidget(self.save_button)
+        self.status = QLabel("Paint or correct labels for an image, then Train.")
+        self.status.setWordWrap(True)
+        layout.addWidget(self.status)
+
+    def _pair_form(self) -> QFormLayout:
+        self.image_combo = _layers.LayerComboBox(self.viewer, (Image,))
+        self.image_combo.currentIndexChanged.connect(self._pair_labels_with_image)
+        self.labels_combo = _layers.LayerComboBox(self.viewer, (Labels,))
+        self.borders_combo = _layers.LayerComboBox(self.viewer, (Labels,), allow_none=True)
+        add_labels = QPushButton("Add empty Labels layer")
+        add_labels.clicked.connect(lambda: self.add_paint_layer("labels"))
+        add_borders = QPushButton("Add empty Border layer")
+        add_borders.clicked.connect(lambda: self.add_paint_layer("borders"))
+        add_pair = QPushButton("Add pair to list")
+        add_pair.clicked.connect(lambda: self.add_pair())
+        remove_pair = QPushButton("Remove from list")
+        remove_pair.clicked.connect(self._remove_selected_pair)
+        self.pair_list = QListWidget()
+        self.pair_list.setMaximumHeight(70)
+        self.pair_list.setToolTip("Pairs to train on; when empty, the pair chosen above is used.")
+        form = QFormLayout()
+        form.addRow("Image", self.image_combo)
+        form.addRow("Labels", self.labels_combo)
+        form.addRow("Borders (optional)", self.borders_combo)
+        form.addRow(_row(add_labels, add_borders))
+        form.addRow(_row(add_pair, remove_pair))
+        form.addRow(self.pair_list)
+        return form
+
+    def _settings_form(self) -> QFormLayout:
+        self.start_combo = QComboBox()
+        self.start_combo.addItems([FROM_CURRENT, FROM_DEFAULT, FROM_SCRATCH])
+        self.length = spin(1, 1_000_000, 100, 10)
+        self.length_unit = QComboBox()
+        self.length_unit.addItems([STEPS, EPOCHS])
+        self.lr = double_spin(0.00001, 0.1, 0.001, 0.0001, decimals=5)
+        self.crop_size = spin(32, 1024, 256, 32, " px")
+        self.val_fraction = double_spin(0.0, 0.5, 0.2, 0.05)
+        self.only_painted = QCheckBox("train only where painted")
+        self.only_painted.setToolTip("Use only the area around painted cells, so unpainted cells elsewhere "
+                                     "are not taught as background (partial annotation).")
+        self.margin = spin(0, 256, 16, 4, " px margin")
+        self.device_combo = QComboBox()
+        self.device_combo.addItems(["auto", *self.core.inference.available_devices()])
+        form = QFormLayout()
+        form.addRow("Start from", self.start_combo)
+        form.addRow("Length", _row(self.length, self.length_unit))
+        form.addRow("Learning rate", self.lr)
+        form.addRow("Crop size", self.crop_size)
+        form.addRow("Validation fraction", self.val_fraction)
+        form.addRow(_row(self.only_painted, self.margin))
+        form.addRow("Device", self.device_combo)
+        return form
+
+    # ---- pairs ----------------------------------------------------------------------------
+    def _pair_labels_with_image(self, *_) -> None:
+        """Preselect '<image> labels' / '<image> borders' when they exist (the segment -> fix -> train cycle)."""
+        image = self.image_combo.layer()
+        if image is None:
+            return
+        for combo, suffix in ((self.labels_combo, "labels"), (self.borders_combo, "borders")):
+            name = f"{image.name} {suffix}"
+            if name in self.viewer.layers and isinstance(self.viewer.layers[name], Labels):
+                combo.set_layer(self.viewer.layers[name])
+
+    def current_pair(self) -> LayerPair:
+        return LayerPair(self.image_combo.layer(), self.labels_combo.layer(), self.borders_combo.layer())
+
+    def add_pair(self, pair: LayerPair | None = None) -> bool:
+        pair = pair or self.current_pair()
+        try:
+            check_pair(pair)
+        except ValueError as exc:
+            self._show_error(error_message(exc))
+            return False
+        self.pairs.append(pair)
+        self.pair_list.addItem(pair.describe())
+        return True
+
+    def _remove_selected_pair(self) -> None:
+        row = self.pair_list.currentRow()
+        if 0 <= row < len(self.pairs):
+            self.pairs.pop(row)
+            self.pair_list.takeItem(row)
+
+    def add_paint_layer(self, kind: str) -> Labels | None:
+        """Add an empty Labels ('labels') or Border ('borders') layer over the chosen image, ready to paint."""
+        image = self.image_combo.layer()
+        if not isinstance(image, Image):
+            self._show_error("Choose an Image layer first: the new layer takes its size.")
+            return None
+        shape = _layers.spatial_shape(image)
+        layer = self.viewer.add_labels(np.zeros(shape, dtype=np.uint32 if kind == "labels" else np.uint8),
+                                       name=_layers.unique_name(self.viewer, f"{image.name} {kind}"),
+                                       **_layers.copy_geometry(image, len(shape)))
+        layer.brush_size = 10 if kind == "labels" else 2
+        layer.selected_label = 1
+        layer.mode = "paint"
+        (self.labels_combo if kind == "labels" else self.borders_combo).set_layer(layer)
+        self.viewer.layers.selection.active = layer
+        return layer
+
+    # ---- training -------------------------------------------------------------------------
+    @property
+    def busy(self) -> bool:
+        return self.job is not None and self.job.running
+
+    def train(self, sync: bool | None = None) -> Job | None:
+        """Train on the listed pairs (or the chosen one) in a worker; False-y on a user error."""
+        if self.busy:
+            self._show_error("Training is already running.")
+            return None
+        try:
+            pairs = self._training_pairs()
+            start = self._start_model()
+            config = self._config()
+        except Exception as exc:
+            self._show_error(error_message(exc))
+            return None
+        self.result = None
+        self.plot.clear()
+        self.progress_bar.setValue(0)
+        training = self.core.training
+        self.job = Job(lambda should_stop: training.iter_train(pairs, start, config, should_stop=should_stop),
+                       "Training", on_event=self._on_event, on_done=self._on_done, on_error=self._on_error,
+                       cooperative=True)
+        self._set_running(True)
+        self.status.setStyleSheet("")
+        self.status.setText(f"Training on {len(pairs)} image(s)...")
+        self.job.start(sync=run_sync_by_default() if sync is None else sync)
+        return self.job
+
+    def cancel(self) -> None:
+        if self.job is not None and self.job.running:
+            self.job.cancel()
+            self.status.setText("Stopping after this step; the best model so far is kept...")
+
+    def _training_pairs(self) -> list:
+        chosen = self.pairs or [self.current_pair()]
+        training = self.core.training
+        return training_pairs(chosen, self.only_painted.isChecked(), self.margin.value(),
+                              make_pair=training.TrainingPair, painted_region=training.painted_region)
+
+    def _start_model(self):
+        choice = self.start_combo.currentText()
+        if choice == FROM_SCRATCH:
+            return "scratch"
+        if choice == FROM_DEFAULT:
+            if self.registry.default_entry() is None:
+                raise ValueError("the bundled default model is missing from this installation")
+            return "default"
+        entry = self.registry.current_or_first()
+        if entry is None:
+            raise ValueError("no model is selected in Segment cells: load one, or start from scratch")
+        return self.registry.load(entry)
+
+    def _config(self):
+        length = {self.length_unit.currentText(): self.length.value()}
+        return self.core.training.TrainConfig(
+            **length, lr=self.lr.value(), crop_size=self.crop_size.value(),
+            val_fraction=self.val_fraction.value(), device=self.device_combo.currentText())
+
+    def _on_event(self, event) -> None:
+        training = self.core.training
+        if isinstance(event, training.TrainStep):
+            self.plot.add_train_step(event.step, event.loss)
+            self.progress_bar.setValue(int(1000 * event.step / max(1, event.total_steps)))
+        elif isinstance(event, training.Validation):
+            self.plot.add_validation(event.step, event.val_loss, event.dice, event.f1)
+            self.status.setText(f"step {event.step}: val loss {event.val_loss:.3f}, Dice {event.dice:.3f}, "
+                                f"F1@0.5 {event.f1:.3f}{' (best)' if event.is_best else ''}")
+        elif isinstance(event, training.TrainResult):
+            self.result = event
+        elif isinstance(event, Progress) and event.message:
+            self.status.setText(event.message)
+
+    def _on_done(self, cancelled: bool) -> None:
+        self._set_running(False)
+        self.plot.finish()
+        if self.result is None:
+            notify_info(self.status, "Training stopped before a model was ready.")
+            return
+        self.progress_bar.setValue(1000 if not cancelled else self.progress_bar.value())
+        entry = self.registry.add_session_model(self.result.model, select=True)
+        self.save_button.setEnabled(True)
+        metrics = self.result.model.metadata.get("training", {}).get("metrics", {})
+        scores = ", ".join(f"{k} {v:.3f}" for k, v in metrics.items() if isinstance(v, (int, float)))
+        head = "Training cancelled; kept the best model so far" if cancelled else "Training finished"
+        notify_info(self.status, f"{head} (step {self.result.best_step}{'; ' + scores if scores else ''}). "
+                                 f"'{entry.label}' is now selected in Segment cells.")
+
+    def _on_error(self, exc: BaseException) -> None:
+        self._set_running(False)
+        self._show_error(f"Training failed: {error_message(exc)}")
+
+    def _set_running(self, running: bool) -> None:
+        self.train_button.setEnabled(not running)
+        self.cancel_button.setEnabled(running)
+
+    # ---- saving ---------------------------------------------------------------------------
+    def save_model(self, path: str | None = None) -> Path | None:
+        """Write the trained model as .safetensors (asks for a path when none is given)."""
+        if self.result is None:
+            self._show_error("Nothing to save yet: train a model first.")
+            return None
+        path = path or self.choose_save_path()
+        if not path:
+            return None
+        path = Path(path)
+        if path.suffix != ".safetensors":
+            path = path.with_name(path.name + ".safetensors")
+        try:
+            written = self.core.model.save_model(self.result.model, path)
+        except Exception as exc:
+            self._show_error(f"Could not save the model: {error_message(exc)}")
+            return None
+        notify_info(self.status, f"Saved the model to {written}")
+        return written
+
+    def _ask_save_path(self) -> str:
+        path, _ = QFileDialog.getSaveFileName(self, "Save the trained model", "cell-model.safetensors",
+                                              "Model files (*.safetensors)")
+        return path
+
+    def _show_error(self, text: str) -> None:
+        notify_error(self.status, text)
+
+
+def _row(*widgets: QWidget) -> QHBoxLayout:
+    row = QHBoxLayout()
+    for widget in widgets:
+        row.addWidget(widget)
+    return row
