@@ -1,0 +1,515 @@
+"""The training loop: fine-tuning or training from scratch, as a generator of progress events.
+
+    for event in iter_train(pairs, model="default", config=TrainConfig(steps=100)):
+        ...  # Progress, TrainStep, Validation; the last event is a TrainResult
+
+Cancelling keeps the best model so far: pass `should_stop` (checked every step) and the
+generator ends with a TrainResult(cancelled=True); or use a `Trainer` and read
+`trainer.result` after closing its generator.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Iterator, Sequence, Union
+
+import numpy as np
+import torch
+
+from .._progress import Progress
+from ..model import CellModel
+from .augment import AugmentConfig, CropSampler
+from .losses import segmentation_loss
+from .pairs import TrainingPair
+from .targets import TrainingDataError, make_targets
+
+ModelSpec = Union[str, os.PathLike, CellModel]
+
+
+@dataclass
+class TrainConfig:
+    """How to train. Give `steps`, `epochs` or `minutes` (a wall-clock budget); none = 100 steps.
+
+    An epoch is as many crops as cover the annotated pixels of the training pairs once.
+    """
+
+    steps: int | None = None
+    epochs: float | None = None
+    minutes: float | None = None
+    batch_size: int | None = None  # None: 8 on a GPU, 4 on the CPU
+    crop_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup_fraction: float = 0.05
+    val_fraction: float = 0.2
+    validations: int = 10  # validations over the run (when validate_every is None)
+    validate_every: int | None = None  # steps between validations
+    early_stopping_patience: int | None = None  # validations without improvement before stopping
+    border_weight: float = 1.0
+    border_thickness: int = 2
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True  # mixed precision on CUDA (bf16 where supported, else fp16 with a GradScaler)
+    augment: bool = True
+    architecture: dict[str, Any] | None = None  # for model="scratch"; None = the default architecture
+    name: str | None = None  # name of the trained model
+
+
+@dataclass
+class TrainStep:
+    step: int
+    total_steps: int
+    epoch: float
+    loss: float
+    lr: float
+
+
+@dataclass
+class Validation:
+    step: int
+    epoch: float
+    val_loss: float
+    dice: float
+    f1: float
+    is_best: bool
+
+
+@dataclass
+class TrainResult:
+    model: CellModel
+    history: list[dict] = field(default_factory=list)
+    best_step: int = 0
+    stopped_early: bool = False
+    cancelled: bool = False
+
+
+TrainEvent = Union[Progress, TrainStep, Validation, TrainResult]
+
+
+def iter_train(pairs: Sequence[TrainingPair], model: ModelSpec = "default", config: TrainConfig | None = None,
+               val_pairs: Sequence[TrainingPair] | None = None,
+               should_stop: Callable[[], bool] | None = None) -> Iterator[TrainEvent]:
+    """Train and yield Progress / TrainStep / Validation events, then one TrainResult.
+
+    model: "default" (the bundled model), "scratch" (new network of `config.architecture`),
+    a CellModel (copied, never modified) or the path of a model file.
+    val_pairs: validation data; None = hold out `config.val_fraction` of `pairs` (of the
+    image area when there is a single pair).
+    Loss is masked by each pair's `region`: pixels outside get no loss (partial annotation).
+    """
+    return Trainer(pairs, model, config, val_pairs, should_stop).events()
+
+
+def train(pairs: Sequence[TrainingPair], model: ModelSpec = "default", config: TrainConfig | None = None,
+          val_pairs: Sequence[TrainingPair] | None = None,
+          progress: Callable[[Progress], None] | None = None,
+          should_stop: Callable[[], bool] | None = None,
+          on_event: Callable[[TrainEvent], None] | None = None) -> TrainResult:
+    """Blocking wrapper of `iter_train`; returns the TrainResult (the best model)."""
+    result = None
+    for event in iter_train(pairs, model, config, val_pairs, should_stop):
+        if isinstance(event, TrainResult):
+            result = event
+        elif on_event is not None:
+            on_event(event)
+        if progress is not None and isinstance(event, Progress):
+            progress(event)
+    assert result is not None
+    return result
+
+
+def resolve_model(model: ModelSpec, architecture: dict[str, Any] | None = None) -> CellModel:
+    """A fresh CellModel to train, from "default", "scratch", a CellModel or a model file path."""
+    from ..model import load_model
+
+    if isinstance(model, CellModel):
+        return model.copy()
+    if isinstance(model, str) and model == "default":
+        return load_model(None)
+    if isinstance(model, str) and model == "scratch":
+        return CellModel.create(architecture=architecture, name="scratch")
+    return load_model(model)
+
+
+class Trainer:
+    """One training run. `events()` is the generator; `stop()` asks it to finish after the
+    current step; `result` holds the TrainResult (best model so far) once the generator ended,
+    also when the consumer closed it early."""
+
+    def __init__(self, pairs: Sequence[TrainingPair], model: ModelSpec = "default",
+                 config: TrainConfig | None = None, val_pairs: Sequence[TrainingPair] | None = None,
+                 should_stop: Callable[[], bool] | None = None):
+        if not pairs:
+            raise TrainingDataError("no training pairs given")
+        self.config = config or TrainConfig()
+        self.pairs, self.val_pairs = list(pairs), (list(val_pairs) if val_pairs is not None else None)
+        self.model_spec = model
+        self._should_stop = should_stop
+        self._stop_requested = False
+        self.result: TrainResult | None = None
+
+    def stop(self) -> None:
+        self._stop_requested = True
+
+    def stopping(self) -> bool:
+        return self._stop_requested or (self._should_stop is not None and bool(self._should_stop()))
+
+    def events(self) -> Iterator[TrainEvent]:
+        run = _Run(self)
+        try:
+            yield from run.execute()
+        finally:
+            self.result = run.finish()
+            run.release()
+        yield self.result
+
+
+class _Run:
+    """State of one training run (kept off the public Trainer)."""
+
+    def __init__(self, trainer: Trainer):
+        self.trainer = trainer
+        self.config = cfg = trainer.config
+        self.history: list[dict] = []
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.best_score = -math.inf
+        self.best_step = 0
+        self.best_metrics: dict[str, float] = {}
+        self.step = 0
+        self.stopped_early = False
+        self.cancelled = False
+        self.started = time.perf_counter()
+        self.model: CellModel | None = None
+        self.optimizer = None
+        self.device = _resolve_device(cfg.device)
+        self.batch_size = cfg.batch_size or (8 if self.device.type == "cuda" else 4)
+        self.total_steps = 0
+        self.steps_per_epoch = 1
+        self.finished = False
+
+    # ------------------------------------------------------------------ setup
+    def execute(self) -> Iterator[TrainEvent]:
+        cfg = self.config
+        torch.manual_seed(cfg.seed)
+        np.random.seed(cfg.seed % 2**32)
+        yield Progress(0, 0, "loading the model")
+        self.model = resolve_model(self.trainer.model_spec, cfg.architecture)
+        self.start_weights = None
+        network = self.model.network.to(self.device)
+        if self.device.type == "cuda":
+            network.to(memory_format=torch.channels_last)
+        yield Progress(0, 0, "preparing the training data")
+        train_pairs, val_pairs = split_validation(self.trainer.pairs, self.trainer.val_pairs, cfg.val_fraction, cfg.seed)
+        self.train_data, self.val_data = self._prepare_all(train_pairs, val_pairs)
+        self.train_names = [p.name for p in train_pairs]
+        self.val_names = [p.name for p in val_pairs]
+        generator = torch.Generator().manual_seed(cfg.seed)
+        sampler = CropSampler([d["image"] for d in self.train_data], [d["target"] for d in self.train_data],
+                              self._crop_size(), generator, AugmentConfig() if cfg.augment else None)
+        annotated = float(sum(d["target"][2].sum() for d in self.train_data))
+        self.steps_per_epoch = max(1, math.ceil(annotated / (self._crop_size() ** 2 * self.batch_size)))
+        self.total_steps = self._total_steps()
+        every = cfg.validate_every or max(1, self.total_steps // max(1, cfg.validations))
+        yield from self._train(sampler, every)
+
+    def _crop_size(self) -> int:
+        return _round_down(int(self.config.crop_size), 32)
+
+    def _total_steps(self) -> int:
+        cfg = self.config
+        if cfg.steps is not None:
+            return max(1, int(cfg.steps))
+        if cfg.epochs is not None:
+            return max(1, int(round(cfg.epochs * self.steps_per_epoch)))
+        if cfg.minutes is not None:
+            return 10**9  # bounded by the clock; the schedule follows elapsed time
+        return 100
+
+    def _prepare_all(self, train_pairs: list[TrainingPair],
+                     val_pairs: list[TrainingPair]) -> tuple[list[dict], list[dict]]:
+        """Normalise images and build targets once (threads: numpy and scikit-image release the GIL)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        jobs = [(p, False) for p in train_pairs] + [(p, True) for p in val_pairs]
+        with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
+            prepared = list(pool.map(lambda job: self._prepare(*job), jobs))
+        return prepared[:len(train_pairs)], prepared[len(train_pairs):]
+
+    def _prepare(self, pair: TrainingPair, keep_instances: bool = False) -> dict[str, Any]:
+        image = _normalized(pair.image, self.model)
+        instances, cell, border = make_targets(pair.labels, pair.borders, self.config.border_thickness)
+        region = pair.region if pair.region is not None else np.ones(cell.shape, bool)
+        target = np.stack([cell, border, region]).astype(np.uint8)
+        if keep_instances:  # whole-image validation: pad to a size the encoder can halve 5 times
+            image, target = _pad_to(image, target, 32, multiple=32)
+        else:  # small images: pad to a crop; the padding lies outside the region, so it gets no loss
+            image, target = _pad_to(image, target, self._crop_size())
+        out = {"image": torch.from_numpy(image).to(self.device), "target": torch.from_numpy(target).to(self.device),
+               "shape": cell.shape, "name": pair.name}
+        if keep_instances:
+            out["instances"] = np.where(region, instances, 0)
+            out["region"] = region
+        return out
+
+    # ------------------------------------------------------------------ loop
+    def _train(self, sampler: CropSampler, every: int) -> Iterator[TrainEvent]:
+        cfg = self.config
+        network = self.model.network
+        self.optimizer = torch.optim.AdamW(network.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        amp_dtype = _amp_dtype(self.device) if cfg.amp else None
+        scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+        budget = cfg.minutes * 60.0 if cfg.minutes is not None else None
+        loop_start = time.perf_counter()
+        validations_without_gain = 0
+        network.train()
+        while self.step < self.total_steps:
+            if self.trainer.stopping():
+                self.cancelled = True
+                break
+            fraction = self.step / self.total_steps
+            if budget is not None:
+                fraction = max(fraction if cfg.steps or cfg.epochs else 0.0, (time.perf_counter() - loop_start) / budget)
+                if fraction >= 1.0:
+                    break
+            lr = cfg.lr * _schedule(fraction, cfg.warmup_fraction)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            images, targets = sampler.sample(self.batch_size)
+            loss = self._optimize(network, images, targets, amp_dtype, scaler)
+            self.step += 1
+            epoch = self.step / self.steps_per_epoch
+            total = self.total_steps if budget is None else max(self.step, int(self.step / max(fraction, 1e-6)))
+            event = TrainStep(self.step, total, round(epoch, 3), loss, lr)
+            self.history.append({"event": "step", **asdict(event)})
+            yield event
+            yield Progress(self.step, total, f"step {self.step}/{total}  loss {loss:.4f}")
+            last = self.step >= self.total_steps or (budget is not None and time.perf_counter() - loop_start >= budget)
+            if self.step % every == 0 or last:
+                validation = yield from self._validate(epoch)
+                if validation is not None:
+                    validations_without_gain = 0 if validation.is_best else validations_without_gain + 1
+                    if cfg.early_stopping_patience is not None and validations_without_gain >= cfg.early_stopping_patience:
+                        self.stopped_early = True
+                        break
+                network.train()
+        self.finished = True
+
+    def _optimize(self, network, images, targets, amp_dtype, scaler) -> float:
+        if self.device.type == "cuda":
+            images = images.contiguous(memory_format=torch.channels_last)
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(self.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            logits = network(images)
+        loss = segmentation_loss(logits.float(), targets[:, :2], targets[:, 2:3], self.config.border_weight)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(self.optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            self.optimizer.step()
+        return float(loss.detach())
+
+    # ------------------------------------------------------------------ validation
+    def _validate(self, epoch: float) -> Iterator[Progress]:
+        if not self.val_data:
+            return None
+        yield Progress(self.step, self.total_steps, "validating")
+        metrics = validate(self.model, self.val_data, self.config.border_weight, self.device)
+        score = (metrics["f1"] + metrics["dice"]) / 2
+        is_best = score > self.best_score
+        if is_best:
+            self.best_score, self.best_step, self.best_metrics = score, self.step, metrics
+            self.best_state = _state_copy(self.model.network)
+        event = Validation(self.step, round(epoch, 3), metrics["val_loss"], metrics["dice"], metrics["f1"], is_best)
+        self.history.append({"event": "validation", **asdict(event)})
+        yield event
+        return event
+
+    # ------------------------------------------------------------------ end
+    def finish(self) -> TrainResult:
+        if self.model is None:
+            raise TrainingDataError("training was stopped before the model was loaded")
+        if not self.finished and not self.cancelled:
+            self.cancelled = True  # the consumer closed the generator
+        network = self.model.network
+        if self.best_state is not None:
+            network.load_state_dict(self.best_state)
+        else:
+            self.best_step = self.step
+        network.to("cpu", memory_format=torch.contiguous_format).eval()
+        self._record()
+        return TrainResult(self.model, self.history, self.best_step, self.stopped_early, self.cancelled)
+
+    def _record(self) -> None:
+        cfg = self.config
+        seconds = time.perf_counter() - self.started
+        meta = self.model.metadata
+        previous = meta.get("training") or {}
+        record = {
+            "data": {"train": self.train_names if hasattr(self, "train_names") else [],
+                     "validation": self.val_names if hasattr(self, "val_names") else []},
+            "init": _describe_init(self.trainer.model_spec),
+            "steps": self.step, "best_step": self.best_step,
+            "epochs": round(self.step / self.steps_per_epoch, 3),
+            "batch_size": self.batch_size,
+            "metrics": self.best_metrics, "seconds": round(seconds, 1),
+            "machine": machine_description(self.device),
+            "config": {k: v for k, v in asdict(cfg).items()},
+            "cancelled": self.cancelled, "stopped_early": self.stopped_early,
+        }
+        if previous:
+            record["previous"] = previous
+        meta["training"] = record
+        meta["name"] = cfg.name or (f"{self.model.name} (fine-tuned)" if self.trainer.model_spec != "scratch" else "trained from scratch")
+
+    def release(self) -> None:
+        self.optimizer = None
+        self.train_data = self.val_data = []
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+# ---------------------------------------------------------------------- helpers
+def split_validation(pairs: Sequence[TrainingPair], val_pairs: Sequence[TrainingPair] | None,
+                     fraction: float, seed: int) -> tuple[list[TrainingPair], list[TrainingPair]]:
+    """(train, validation). With several pairs, a seeded `fraction` of them is held out; with one
+    pair, a strip of `fraction` of its width (at least 64 px) is held out and left out of its
+    training region. fraction 0 = no validation (the last model is kept)."""
+    if val_pairs is not None:
+        return list(pairs), list(val_pairs)
+    if fraction <= 0:
+        return list(pairs), []
+    if len(pairs) > 1:
+        n_val = min(len(pairs) - 1, max(1, round(fraction * len(pairs))))
+        order = np.random.default_rng(seed).permutation(len(pairs))
+        held = set(order[:n_val].tolist())
+        return [p for i, p in enumerate(pairs) if i not in held], [p for i, p in enumerate(pairs) if i in held]
+    return _split_single(pairs[0], fraction)
+
+
+def _split_single(pair: TrainingPair, fraction: float) -> tuple[list[TrainingPair], list[TrainingPair]]:
+    height, width = pair.shape
+    axis_len, axis = (width, 1) if width >= height else (height, 0)
+    size = max(64, int(round(axis_len * fraction)))
+    if axis_len - size < 64:
+        return [pair], []  # too small to split; train on everything, keep the last model
+    cut = axis_len - size
+    window = (slice(None), slice(cut, None)) if axis == 1 else (slice(cut, None), slice(None))
+    train_region = np.ones(pair.shape, bool) if pair.region is None else pair.region.copy()
+    train_region[window] = False
+    val_region = None if pair.region is None else pair.region[window]
+    if not train_region.any() or (val_region is not None and not val_region.any()):
+        return [pair], []
+    train = TrainingPair(pair.image, pair.labels, pair.borders, train_region, pair.name)
+    val = TrainingPair(pair.image[window], pair.labels[window],
+                       None if pair.borders is None else pair.borders[window], val_region, f"{pair.name} (held-out strip)")
+    return [train], [val]
+
+
+@torch.no_grad()
+def validate(model: CellModel, val_data: list[dict[str, Any]], border_weight: float,
+             device: torch.device) -> dict[str, float]:
+    """Loss, cell Dice and instance F1@0.5 over prepared validation images (whole images, no tiling)."""
+    from ..inference import instances_from_probabilities
+    from ..metrics import dice, match_instances
+
+    network = model.network
+    network.eval()
+    amp_dtype = _amp_dtype(device)
+    losses, dices, f1s = [], [], []
+    params = model.postprocessing
+    for item in val_data:
+        image = item["image"][None]
+        target = item["target"][None].float()
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            logits = network(image)
+        logits = logits.float()
+        losses.append(float(segmentation_loss(logits, target[:, :2], target[:, 2:3], border_weight)))
+        height, width = item["shape"]
+        probabilities = torch.sigmoid(logits[0, :, :height, :width]).cpu().numpy()
+        region = item["region"]
+        labels = instances_from_probabilities(probabilities, **_postprocessing_kwargs(params))
+        labels = np.where(region, labels, 0)
+        dices.append(dice(labels > 0, item["instances"] > 0))
+        f1s.append(match_instances(labels, item["instances"], 0.5).f1)
+    return {"val_loss": float(np.mean(losses)), "dice": float(np.mean(dices)), "f1": float(np.mean(f1s))}
+
+
+def _postprocessing_kwargs(params: dict[str, Any]) -> dict[str, Any]:
+    return {k: params[k] for k in ("cell_threshold", "border_threshold", "min_size") if k in params}
+
+
+def _normalized(image: np.ndarray, model: CellModel) -> np.ndarray:
+    """(C, H, W) float32 image normalised the way inference does it."""
+    from ..inference import normalize_image
+
+    image = np.asarray(image)
+    if image.ndim == 3 and model.in_channels == 1:
+        image = image[..., :3].astype(np.float32).mean(axis=-1)  # RGB(A) phase images -> one channel
+    normalized = np.asarray(normalize_image(image, model.normalization), dtype=np.float32)
+    if normalized.ndim == 2:
+        normalized = normalized[None]
+    elif normalized.shape[-1] == model.in_channels and normalized.shape[0] != model.in_channels:
+        normalized = np.moveaxis(normalized, -1, 0)
+    if normalized.shape[0] != model.in_channels:
+        raise TrainingDataError(f"the model expects {model.in_channels} channel(s), the image has {normalized.shape[0]}")
+    return np.ascontiguousarray(normalized)
+
+
+def _pad_to(image: np.ndarray, target: np.ndarray, minimum: int, multiple: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Pad (bottom/right) to at least `minimum` and a multiple of `multiple`; padding is outside the region."""
+    height, width = image.shape[1:]
+    new_h = max(minimum, -(-height // multiple) * multiple)
+    new_w = max(minimum, -(-width // multiple) * multiple)
+    if (new_h, new_w) == (height, width):
+        return image, target
+    pad = ((0, 0), (0, new_h - height), (0, new_w - width))
+    return np.pad(image, pad, mode="reflect" if min(height, width) > 1 else "edge"), np.pad(target, pad)
+
+
+def _schedule(fraction: float, warmup: float) -> float:
+    """Linear warm-up, then cosine annealing to 2 % of the peak learning rate."""
+    if warmup > 0 and fraction < warmup:
+        return max(fraction / warmup, 0.01)
+    progress = (fraction - warmup) / max(1e-9, 1.0 - warmup)
+    return 0.02 + 0.98 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _amp_dtype(device: torch.device) -> torch.dtype | None:
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def _describe_init(spec: ModelSpec) -> str:
+    if isinstance(spec, CellModel):
+        return spec.name
+    return str(spec)
+
+
+def _state_copy(network: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in network.state_dict().items()}
+
+
+def _round_down(value: int, multiple: int) -> int:
+    return max(multiple, value // multiple * multiple)
+
+
+def _resolve_device(device: str) -> torch.device:
+    from ..inference import resolve_device
+
+    return torch.device(resolve_device(device))
+
+
+def machine_description(device: torch.device) -> str:
+    if device.type == "cuda":
+        accelerator = torch.cuda.get_device_name(device)
+    else:
+        accelerator = f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+    return f"{accelerator}; {platform.system()} {platform.machine()}; Python {platform.python_version()}; torch {torch.__version__}"
