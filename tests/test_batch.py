@@ -1,0 +1,149 @@
+"""Batch processing: chunked (dask) segmentation equals whole-image segmentation; folders with a bad file."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tifffile
+from skimage.segmentation import find_boundaries
+
+from napari_cell_unet import batch, inference
+from napari_cell_unet._progress import Progress
+from napari_cell_unet.metrics import match_instances
+
+CHUNK, OVERLAP = 128, 48
+
+
+class _FakeModel:
+    metadata = {"normalization": {"low": 0.0, "high": 100.0},
+                "postprocessing": {"cell_threshold": 0.5, "border_threshold": 0.5, "min_size": 0}}
+
+
+def _pointwise_probabilities(image, model=None, *args, calls=None, **kwargs):
+    """Stand-in for the network: normalised value 1 = cell interior, 0.6 = border, 0 = background.
+    Pointwise, so any tiling gives the same probabilities and differences can only come from batch.py."""
+    if calls is not None:
+        calls.append(image.shape)
+    image = np.asarray(image, np.float32)
+    cell = (image > 0.3).astype(np.float32)
+    border = ((image > 0.3) & (image < 0.8)).astype(np.float32)
+    return np.stack([cell, border])
+
+
+def _disc_image(shape=(400, 460), seed=0) -> tuple[np.ndarray, np.ndarray]:
+    """Discs (some touching pairs) placed over the chunk borders; returns (image, true labels)."""
+    rng = np.random.default_rng(seed)
+    labels = np.zeros(shape, np.uint32)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    centres = [(y + rng.integers(-6, 7), x + rng.integers(-6, 7))
+               for y in range(CHUNK, shape[0], CHUNK) for x in range(40, shape[1], 70)]
+    centres += [(y, x) for y in range(40, shape[0], 90) for x in (CHUNK, 2 * CHUNK, 3 * CHUNK)]
+    for cy, cx in centres:
+        disc = ((yy - cy) ** 2 + (xx - cx) ** 2 < rng.integers(12, 20) ** 2) & (labels == 0)
+        labels[disc] = labels.max() + 1
+    image = np.where(labels > 0, 1.0, 0.0)
+    image[find_boundaries(labels, mode="inner")] = 0.6
+    image += rng.normal(0, 0.02, shape)
+    return np.clip(image, 0, 1).astype(np.float32), labels
+
+
+@pytest.fixture
+def fake_network(monkeypatch):
+    calls: list = []
+    monkeypatch.setattr(inference, "predict_probabilities",
+                        lambda image, model, *a, **k: _pointwise_probabilities(image, calls=calls), raising=False)
+    return calls
+
+
+def test_dask_segmentation_equals_whole_image(fake_network):
+    image, truth = _disc_image()
+    labels = batch.segment_dask(image, _FakeModel(), chunk=CHUNK, overlap=OVERLAP)
+    assert labels.numblocks == (3, 4) and labels.dtype == np.uint32  # 400 rows: the 16-row rest joins a chunk
+    chunked = labels.compute(scheduler="synchronous")
+
+    lo, hi = batch.global_percentiles(image, 0.0, 100.0)
+    probs = _pointwise_probabilities((image - lo) / (hi - lo))
+    whole = inference.instances_from_probabilities(probs[0], probs[1], cell_threshold=0.5, border_threshold=0.5,
+                                                   min_size=0)
+    # the same objects: one-to-one, each nearly pixel-identical (chunks may break a watershed tie on an edge
+    # pixel differently from the whole image), and the same foreground
+    n_objects = len(np.unique(whole)) - 1
+    assert len(np.unique(chunked)) - 1 == n_objects
+    assert match_instances(chunked, whole, iou_threshold=0.98).tp == n_objects
+    assert np.array_equal(chunked > 0, whole > 0)
+    # the discs that cross chunk borders each keep one id
+    crossing = {int(i) for i in np.unique(truth[CHUNK - 1:CHUNK + 1]) if i} | \
+               {int(i) for i in np.unique(truth[:, CHUNK - 1:CHUNK + 1]) if i}
+    assert len(crossing) > 10
+    for i in crossing:
+        ids, counts = np.unique(chunked[truth == i], return_counts=True)
+        assert counts.max() >= 0.98 * counts.sum(), f"disc {i} split into {ids}"
+    assert match_instances(chunked, truth, 0.5).f1 > 0.95
+
+
+def test_iter_segment_dask_renumbers_and_reports_progress(fake_network):
+    image, truth = _disc_image(seed=1)
+    items = list(batch.iter_segment_dask(image, _FakeModel(), chunk=CHUNK, overlap=OVERLAP))
+    progress, result = items[:-1], items[-1]
+    assert all(isinstance(p, Progress) for p in progress)
+    assert [p.done for p in progress if p.message.startswith("chunk")] == list(range(1, 13))
+    ids = np.unique(result)
+    assert np.array_equal(ids, np.arange(ids.size))  # consecutive 0..N
+    assert ids.size - 1 == len(np.unique(truth)) - 1
+
+
+def test_cancel_stops_the_chunked_run(fake_network):
+    image, _ = _disc_image(shape=(640, 640))
+    run = batch.iter_segment_dask(image, _FakeModel(), chunk=CHUNK, overlap=OVERLAP)
+    first = next(run)
+    assert isinstance(first, Progress) and first.total == 25
+    run.close()
+    assert len(fake_network) < 25  # the remaining chunks were never predicted
+
+
+def test_normalisation_uses_global_percentiles(monkeypatch):
+    # a left-to-right ramp: per-chunk normalisation would make ~70 % of every chunk "cell"
+    def no_border(image, model, *args, **kwargs):
+        probs = _pointwise_probabilities(image)
+        probs[1] = 0
+        return probs
+
+    monkeypatch.setattr(inference, "predict_probabilities", no_border, raising=False)
+    ramp = np.tile(np.linspace(0, 1000, 512, dtype=np.float32), (256, 1))
+    labels = batch.segment_dask(ramp, _FakeModel(), chunk=CHUNK, overlap=OVERLAP).compute(scheduler="synchronous")
+    assert np.array_equal(labels > 0, ramp > 0.3 * 1000)
+
+
+def test_segment_dask_rejects_bad_shapes():
+    with pytest.raises(ValueError, match="2D"):
+        batch.segment_dask(np.zeros((2, 64, 64)), _FakeModel())
+    with pytest.raises(ValueError, match="overlap"):
+        batch.segment_dask(np.zeros((64, 64)), _FakeModel(), chunk=64, overlap=32)
+
+
+def test_segment_folder_writes_labels_and_reports_a_bad_file(tmp_path, usiigaci, tiny_model):
+    from conftest import load_usiigaci_set
+
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    image = load_usiigaci_set("set18")["image"]
+    tifffile.imwrite(inputs / "a.tif", image[:96, :128])
+    tifffile.imwrite(inputs / "b.tif", image[100:196, :160])
+    (inputs / "broken.tif").write_bytes(b"II*\x00 this is not a tiff")
+    tifffile.imwrite(inputs / "a_labels.tif", np.zeros((8, 8), np.uint8))  # a label file: skipped
+    out = tmp_path / "out"
+
+    items = list(batch.segment_folder(inputs, out, tiny_model, device="cpu"))
+    results = {r.input.name: r for r in items if isinstance(r, batch.FileResult)}
+    assert set(results) == {"a.tif", "b.tif", "broken.tif"}
+    assert not results["broken.tif"].ok and "broken.tif" in results["broken.tif"].error
+    for name, shape in (("a", (96, 128)), ("b", (96, 160))):
+        written = tifffile.imread(out / f"{name}_labels.tif")
+        assert written.shape == shape and np.issubdtype(written.dtype, np.unsignedinteger)
+        assert results[f"{name}.tif"].n_cells == len(np.unique(written)) - 1
+    assert isinstance(items[-1], Progress) and items[-1].done == 3
+
+    # a second run does not overwrite without being asked
+    again = [r for r in batch.segment_folder(inputs / "a.tif", out, tiny_model, device="cpu")
+             if isinstance(r, batch.FileResult)]
+    assert not again[0].ok and "exists" in again[0].error
