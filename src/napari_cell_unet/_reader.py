@@ -39,7 +39,7 @@ def read_image_layers(path: str | Path) -> list[LayerData]:
     """One Image layer, or a Labels layer for masks named by convention (labels/ folder, *_mask.tif...)."""
     path = Path(path)
     image = image_io.open_image(path)
-    kwargs: dict[str, Any] = {"name": image_io._stem(path), "metadata": {"path": str(path), "axes": image.axes}}
+    kwargs: dict[str, Any] = {"name": image_io.file_stem(path), "metadata": {"path": str(path), "axes": image.axes}}
     scale = image.scale[:-1] if (image.scale and image.rgb) else image.scale
     if scale:
         kwargs["scale"] = scale
@@ -156,17 +156,11 @@ def _pair_stack(pairs: list[DatasetPair], file_of: Callable[[DatasetPair], Path 
         first = read(file_of(pairs[0])) if file_of(pairs[0]) is not None else None
     if len(pairs) == 1 and first is not None:
         return first
-    shapes = [_file_shape(file_of(p)) for p in pairs if file_of(p) is not None]
+    shapes = [image_io.image_shape(file_of(p)) for p in pairs if file_of(p) is not None]
     shape = common_shape(shapes)
     dtype = first.dtype if first is not None else np.uint8
     return lazy_stack(lambda i: read(file_of(pairs[i])) if file_of(pairs[i]) is not None else None,
                       len(pairs), shape, dtype)
-
-
-def _file_shape(path: Path) -> tuple[int, ...]:
-    """Shape without reading pixels (TIFF header / PNG header)."""
-    image = image_io.open_image(path, lazy=True)
-    return tuple(image.data.shape)
 
 
 def _read_border(path: Path) -> np.ndarray:

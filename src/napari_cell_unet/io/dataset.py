@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import DatasetFolderError
-from .images import IMAGE_SUFFIXES, LABEL_NAME_PATTERN, _stem
+from .images import IMAGE_SUFFIXES, LABEL_NAME_PATTERN, file_stem
 
 IMAGE_FOLDER = "images"
 LABEL_FOLDERS = ("labels", "masks")
@@ -51,7 +51,7 @@ def find_dataset_pairs(folder: str | Path) -> list[DatasetPair]:
 
 def pair_key(path: Path) -> str:
     """The name shared by an image and its masks: ``a_labels.png`` and ``a.tif`` both give ``a``."""
-    stem = LABEL_NAME_PATTERN.sub("", _stem(path))
+    stem = LABEL_NAME_PATTERN.sub("", file_stem(path))
     return _IMAGE_NAME_SUFFIX.sub("", stem)
 
 

@@ -50,7 +50,7 @@ class ImageData:
 def is_labels_path(path: str | Path) -> bool:
     """True for files that hold label masks by naming convention (labels/ folder, *_mask.tif, ...)."""
     path = Path(path)
-    return path.parent.name.lower() in LABEL_FOLDER_NAMES or bool(LABEL_NAME_PATTERN.search(_stem(path)))
+    return path.parent.name.lower() in LABEL_FOLDER_NAMES or bool(LABEL_NAME_PATTERN.search(file_stem(path)))
 
 
 def open_image(path: str | Path, lazy: bool | None = None) -> ImageData:
@@ -63,6 +63,21 @@ def open_image(path: str | Path, lazy: bool | None = None) -> ImageData:
     if path.suffix.lower() in PIL_SUFFIXES:
         return _open_with_pillow(path)
     raise ImageFileError(path, f"unsupported image type {path.suffix!r} (expected one of {', '.join(IMAGE_SUFFIXES)})")
+
+
+def image_shape(path: str | Path) -> tuple[int, ...]:
+    """Array shape of an image file from its header, without decoding pixels (RGB samples last)."""
+    path = Path(path)
+    if path.suffix.lower() in PIL_SUFFIXES:
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(path) as im:
+                bands = len(im.getbands())
+                return (im.height, im.width, bands) if bands > 1 else (im.height, im.width)
+        except (OSError, UnidentifiedImageError) as exc:
+            raise ImageFileError(path, f"cannot read image ({exc})") from None
+    return tuple(open_image(path, lazy=True).data.shape)
 
 
 def read_image(path: str | Path) -> np.ndarray:
@@ -92,7 +107,7 @@ def as_labels(data: np.ndarray, path: str | Path) -> np.ndarray:
     return data.astype(np.uint32, copy=False)
 
 
-def _stem(path: Path) -> str:
+def file_stem(path: Path) -> str:
     name = path.name
     for suffix in (".ome.tiff", ".ome.tif", *IMAGE_SUFFIXES):
         if name.lower().endswith(suffix):
