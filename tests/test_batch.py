@@ -7,7 +7,8 @@ import pytest
 import tifffile
 from skimage.segmentation import find_boundaries
 
-from napari_cell_unet import batch, inference
+from napari_cell_unet import batch
+from napari_cell_unet.inference.instances import instances_from_probabilities
 from napari_cell_unet._progress import Progress
 from napari_cell_unet.metrics import match_instances
 
@@ -19,11 +20,9 @@ class _FakeModel:
                 "postprocessing": {"cell_threshold": 0.5, "border_threshold": 0.5, "min_size": 0}}
 
 
-def _pointwise_probabilities(image, model=None, *args, calls=None, **kwargs):
+def _pointwise_probabilities(image: np.ndarray) -> np.ndarray:
     """Stand-in for the network: normalised value 1 = cell interior, 0.6 = border, 0 = background.
     Pointwise, so any tiling gives the same probabilities and differences can only come from batch.py."""
-    if calls is not None:
-        calls.append(image.shape)
     image = np.asarray(image, np.float32)
     cell = (image > 0.3).astype(np.float32)
     border = ((image > 0.3) & (image < 0.8)).astype(np.float32)
@@ -48,23 +47,27 @@ def _disc_image(shape=(400, 460), seed=0) -> tuple[np.ndarray, np.ndarray]:
 
 
 @pytest.fixture
-def fake_network(monkeypatch):
+def fake_network():
+    """A pointwise predictor that records the chunks it was given."""
     calls: list = []
-    monkeypatch.setattr(inference, "predict_probabilities",
-                        lambda image, model, *a, **k: _pointwise_probabilities(image, calls=calls), raising=False)
-    return calls
+
+    def predict(chunk: np.ndarray) -> np.ndarray:
+        calls.append(chunk.shape)
+        return _pointwise_probabilities(chunk)
+
+    predict.calls = calls
+    return predict
 
 
 def test_dask_segmentation_equals_whole_image(fake_network):
     image, truth = _disc_image()
-    labels = batch.segment_dask(image, _FakeModel(), chunk=CHUNK, overlap=OVERLAP)
+    labels = batch.segment_dask(image, _FakeModel(), chunk=CHUNK, overlap=OVERLAP, predict=fake_network)
     assert labels.numblocks == (3, 4) and labels.dtype == np.uint32  # 400 rows: the 16-row rest joins a chunk
     chunked = labels.compute(scheduler="synchronous")
 
     lo, hi = batch.global_percentiles(image, 0.0, 100.0)
     probs = _pointwise_probabilities((image - lo) / (hi - lo))
-    whole = inference.instances_from_probabilities(probs[0], probs[1], cell_threshold=0.5, border_threshold=0.5,
-                                                   min_size=0)
+    whole = instances_from_probabilities(probs[0], probs[1], cell_threshold=0.5, border_threshold=0.5, min_size=0)
     # the same objects: one-to-one, each nearly pixel-identical (chunks may break a watershed tie on an edge
     # pixel differently from the whole image), and the same foreground
     n_objects = len(np.unique(whole)) - 1
@@ -83,7 +86,7 @@ def test_dask_segmentation_equals_whole_image(fake_network):
 
 def test_iter_segment_dask_renumbers_and_reports_progress(fake_network):
     image, truth = _disc_image(seed=1)
-    items = list(batch.iter_segment_dask(image, _FakeModel(), chunk=CHUNK, overlap=OVERLAP))
+    items = list(batch.iter_segment_dask(image, _FakeModel(), chunk=CHUNK, overlap=OVERLAP, predict=fake_network))
     progress, result = items[:-1], items[-1]
     assert all(isinstance(p, Progress) for p in progress)
     assert [p.done for p in progress if p.message.startswith("chunk")] == list(range(1, 13))
@@ -94,24 +97,23 @@ def test_iter_segment_dask_renumbers_and_reports_progress(fake_network):
 
 def test_cancel_stops_the_chunked_run(fake_network):
     image, _ = _disc_image(shape=(640, 640))
-    run = batch.iter_segment_dask(image, _FakeModel(), chunk=CHUNK, overlap=OVERLAP)
+    run = batch.iter_segment_dask(image, _FakeModel(), chunk=CHUNK, overlap=OVERLAP, predict=fake_network)
     first = next(run)
     assert isinstance(first, Progress) and first.total == 25
     run.close()
-    assert len(fake_network) < 25  # the remaining chunks were never predicted
+    assert len(fake_network.calls) < 25  # the remaining chunks were never predicted
 
 
-def test_normalisation_uses_global_percentiles(monkeypatch):
+def test_normalisation_uses_global_percentiles():
     # a left-to-right ramp: per-chunk normalisation would make ~70 % of every chunk "cell"
-    def no_border(image, model, *args, **kwargs):
-        probs = _pointwise_probabilities(image)
+    def no_border(chunk: np.ndarray) -> np.ndarray:
+        probs = _pointwise_probabilities(chunk)
         probs[1] = 0
         return probs
 
-    monkeypatch.setattr(inference, "predict_probabilities", no_border, raising=False)
     ramp = np.tile(np.linspace(0, 1000, 512, dtype=np.float32), (256, 1))
-    labels = batch.segment_dask(ramp, _FakeModel(), chunk=CHUNK, overlap=OVERLAP).compute(scheduler="synchronous")
-    assert np.array_equal(labels > 0, ramp > 0.3 * 1000)
+    labels = batch.segment_dask(ramp, _FakeModel(), chunk=CHUNK, overlap=OVERLAP, predict=no_border)
+    assert np.array_equal(labels.compute(scheduler="synchronous") > 0, ramp > 0.3 * 1000)
 
 
 def test_segment_dask_rejects_bad_shapes():
@@ -147,3 +149,15 @@ def test_segment_folder_writes_labels_and_reports_a_bad_file(tmp_path, usiigaci,
     again = [r for r in batch.segment_folder(inputs / "a.tif", out, tiny_model, device="cpu")
              if isinstance(r, batch.FileResult)]
     assert not again[0].ok and "exists" in again[0].error
+
+
+def test_segment_dask_runs_the_real_model_chunk_by_chunk(usiigaci, tiny_model):
+    from conftest import load_usiigaci_set
+
+    image = load_usiigaci_set("set18")["image"][:300, :360]
+    items = list(batch.iter_segment_dask(image, tiny_model, chunk=160, overlap=32, device="cpu", tile_size=192))
+    labels = items[-1]
+    assert labels.shape == image.shape and labels.dtype == np.uint32
+    assert sum(isinstance(p, Progress) and p.message.startswith("chunk") for p in items) == 6  # 2 x 3 chunks
+    ids = np.unique(labels)
+    assert np.array_equal(ids, np.arange(ids.size))

@@ -105,20 +105,45 @@ def _canonical_ids(local: np.ndarray, interior: np.ndarray, origin: tuple[int, i
     return lut[local]
 
 
+def _model_predictor(model: Any, device: Any, tile_size: int | None) -> Callable[[np.ndarray], np.ndarray]:
+    """Chunk -> (2, h, w) probabilities with the model, for chunks already normalised with global percentiles."""
+    from .inference.normalize import to_model_channels
+    from .inference.predict import TiledPredictor
+
+    def predict(normalized: np.ndarray) -> np.ndarray:
+        predictor = TiledPredictor(model, device=device, **({"tile_size": tile_size} if tile_size else {}))
+        try:
+            channels = to_model_channels(normalized, model.in_channels, rgb=False)
+            # identity ranges: TiledPredictor.iter_predict would normalise each chunk by its own percentiles
+            steps = predictor._iter_tiles(channels, [(0.0, 1.0)] * len(channels))
+            while True:
+                next(steps)
+        except StopIteration as done:
+            return done.value
+        finally:
+            predictor.close()
+
+    return predict
+
+
 def segment_dask(image: Any, model: Any, chunk: int = DEFAULT_CHUNK, overlap: int = DEFAULT_OVERLAP, *,
                  device: str = "auto", tile_size: int | None = None, low: float | None = None,
                  high: float | None = None, cell_threshold: float | None = None,
                  border_threshold: float | None = None, min_size: int | None = None,
-                 on_block: Callable[[], None] | None = None) -> Any:
+                 on_block: Callable[[], None] | None = None,
+                 predict: Callable[[np.ndarray], np.ndarray] | None = None) -> Any:
     """Lazy instance labels of a huge 2D image (numpy, memmap or dask), computed chunk by chunk.
 
     Returns a dask array of unique (not consecutive) ids, uint32 (uint64 beyond 2**32 pixels); see the module
     docstring for why an object crossing chunk borders keeps one id. `on_block` is called after each labelled
-    chunk (progress, cancellation by raising). Other parameters default to the model's metadata.
+    chunk (progress; raising cancels). `predict` maps a globally normalised float32 chunk to its (2, h, w)
+    probabilities (default: `model` through the tiled predictor). Other parameters default to the model's
+    metadata.
     """
     import dask.array as da
 
-    from . import inference
+    from .inference.instances import instances_from_probabilities
+    from .inference.normalize import apply_normalization
 
     if image.ndim != 2:
         raise ValueError(f"segment_dask needs a 2D image, got shape {tuple(image.shape)}")
@@ -131,7 +156,10 @@ def segment_dask(image: Any, model: Any, chunk: int = DEFAULT_CHUNK, overlap: in
                                          border_threshold=border_threshold, min_size=min_size).items()
                    if v is not None})
     lo, hi = global_percentiles(image, params["low"], params["high"])
-    device = inference.resolve_device(device) if hasattr(inference, "resolve_device") else device
+    if predict is None:
+        from .inference.devices import resolve_device
+
+        predict = _model_predictor(model, resolve_device(device), tile_size)
     label_dtype = np.dtype(np.uint32 if height * width < 2**32 - 1 else np.uint64)
 
     chunks = (_chunks_for(height, chunk, overlap), _chunks_for(width, chunk, overlap))
@@ -139,9 +167,7 @@ def segment_dask(image: Any, model: Any, chunk: int = DEFAULT_CHUNK, overlap: in
     numblocks = source.numblocks
 
     def predict_block(block: np.ndarray, block_id=None) -> np.ndarray:
-        normalized = _scale(block, lo, hi)
-        probs = inference.predict_probabilities(normalized, model, device=device, tile_size=tile_size,
-                                                normalize=False)
+        probs = predict(apply_normalization(block, lo, hi))
         return _crop_core(np.asarray(probs, np.float32), block_id, numblocks, overlap)
 
     extended_image = da.overlap.overlap(source, depth={0: overlap, 1: overlap}, boundary="none")
@@ -149,10 +175,11 @@ def segment_dask(image: Any, model: Any, chunk: int = DEFAULT_CHUNK, overlap: in
                                               chunks=((2,), *chunks), meta=np.empty((0, 0, 0), np.float32))
 
     def label_block(block: np.ndarray, block_id=None) -> np.ndarray:
-        local = inference.instances_from_probabilities(
-            block[0], block[1], cell_threshold=params["cell_threshold"],
-            border_threshold=params["border_threshold"], min_size=params["min_size"])
-        interior = (block[0] > params["cell_threshold"]) & (block[1] <= params["border_threshold"])
+        local = instances_from_probabilities(block[0], block[1], cell_threshold=params["cell_threshold"],
+                                             border_threshold=params["border_threshold"],
+                                             min_size=params["min_size"])
+        # the same pointwise test as the seeds of instances_from_probabilities
+        interior = (block[0] > params["cell_threshold"]) & (block[1] < params["border_threshold"])
         keyed = _canonical_ids(np.asarray(local), interior, _extended_origin(chunks, block_id, overlap), width,
                                label_dtype)
         core = _crop_core(keyed, block_id, (1, *numblocks), overlap)
@@ -163,12 +190,6 @@ def segment_dask(image: Any, model: Any, chunk: int = DEFAULT_CHUNK, overlap: in
     extended_probs = da.overlap.overlap(probabilities, depth={0: 0, 1: overlap, 2: overlap}, boundary="none")
     return extended_probs.map_blocks(label_block, dtype=label_dtype, drop_axis=0, chunks=chunks,
                                      meta=np.empty((0, 0), label_dtype))
-
-
-def _scale(block: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    block = np.asarray(block, np.float32)
-    scaled = (block - lo) / max(hi - lo, 1e-12)
-    return np.nan_to_num(scaled, nan=0.0, posinf=1.0, neginf=0.0).astype(np.float32, copy=False)
 
 
 def relabel_consecutive(labels: Any, block_rows: int = DEFAULT_CHUNK) -> int:
