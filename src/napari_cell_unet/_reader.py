@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from .io import images as image_io
-from .io.coco import CocoDataset, read_coco
+from .io.coco import CocoDataset, paused_garbage_collection, read_coco
 from .io.dataset import DatasetPair, find_dataset_pairs, is_dataset_folder
 from .io.errors import ImageFileError
 from .io.stacks import common_shape, lazy_stack
@@ -53,7 +53,11 @@ def read_image_layers(path: str | Path) -> list[LayerData]:
 def read_coco_layers(path: str | Path) -> list[LayerData]:
     """Labels (annotation ids as label values) and, when the files are found, the images; many images
     become lazily decoded stacks."""
-    path = Path(path)
+    with paused_garbage_collection():
+        return _coco_layers(Path(path))
+
+
+def _coco_layers(path: Path) -> list[LayerData]:
     dataset = read_coco(path)
     if len(dataset) == 0:
         raise ImageFileError(path, "COCO file lists no images")
