@@ -24,7 +24,7 @@ def predict_pairs(model: CellModel, pairs: Sequence[TrainingPair], device: str =
     """(2, H, W) cell/border probabilities of every pair's image, as inference computes them."""
     from ..inference import predict_probabilities
 
-    return [np.asarray(predict_probabilities(model, pair.image, device=device), dtype=np.float32) for pair in pairs]
+    return [np.asarray(predict_probabilities(pair.image, model, device=device), dtype=np.float32) for pair in pairs]
 
 
 def score_postprocessing(probabilities: np.ndarray, truth: np.ndarray, params: dict[str, Any]) -> dict[str, float]:
@@ -32,7 +32,7 @@ def score_postprocessing(probabilities: np.ndarray, truth: np.ndarray, params: d
     from ..inference import instances_from_probabilities
     from ..metrics import instance_scores
 
-    labels = instances_from_probabilities(probabilities, **params)
+    labels = instances_from_probabilities(probabilities[0], probabilities[1], **params)
     return instance_scores(labels, truth)
 
 
