@@ -106,3 +106,15 @@ def test_evaluate_user_errors(crops, fake_segment, model_file, tmp_path, capsys)
                  "--labels", labels]) == 2
     err = capsys.readouterr().err
     assert "missing.safetensors" in err and "Traceback" not in err
+
+
+def test_evaluate_runs_a_real_model_end_to_end(crops, model_file, tmp_path, capsys):
+    out = tmp_path / "real.json"
+    rc = main(["evaluate", "--model", str(model_file), "--images", str(crops.files[0][0]),
+               "--labels", str(crops.files[0][1]), "--device", "cpu", "--tile-size", "256", "--output", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    report = json.loads(out.read_text())
+    row = report["images"][0]
+    assert row["n_true"] == len(np.unique(crops.files[0][2])) - 1
+    assert 0.0 <= row["f1_50"] <= 1.0 and 0.0 <= row["pixel_iou"] <= 1.0
+    assert report["segment_params"] == {"device": "cpu", "tile_size": 256}
