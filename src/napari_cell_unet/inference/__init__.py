@@ -1,0 +1,24 @@
+"""Inference: normalisation, device choice, tiled prediction and instance labels (no Qt, no napari)."""
+
+from .devices import DeviceError, available_devices, resolve_device
+from .instances import instances_from_probabilities, remove_small_instances
+from .normalize import ImageError, normalize_image
+from .predict import DEFAULT_OVERLAP, DEFAULT_TILE_SIZE, TiledPredictor, predict_probabilities
+from .segment import SegmentationResult, iter_segment, segment
+
+__all__ = [
+    "DEFAULT_OVERLAP",
+    "DEFAULT_TILE_SIZE",
+    "DeviceError",
+    "ImageError",
+    "SegmentationResult",
+    "TiledPredictor",
+    "available_devices",
+    "instances_from_probabilities",
+    "iter_segment",
+    "normalize_image",
+    "predict_probabilities",
+    "remove_small_instances",
+    "resolve_device",
+    "segment",
+]

@@ -1,0 +1,178 @@
+"""Tiled sliding-window prediction of the cell and border probability maps.
+
+Memory is bounded by the tile batch: tiles are cut, normalised and padded one batch at a
+time and blended straight into one preallocated float32 (classes, H, W) array. The
+blending weights are separable, so their sum is two 1-D arrays, not another image.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Generator
+from typing import Any
+
+import numpy as np
+import torch
+
+from .._progress import Progress
+from .devices import autocast_dtype, cpu_threads, resolve_device, resolve_precision
+from .normalize import ImageError, apply_normalization, is_rgb, percentile_range, to_model_channels
+from .tiling import TileGrid, make_grid
+
+DEFAULT_TILE_SIZE = 1024
+DEFAULT_OVERLAP = 64
+DEFAULT_BATCH_SIZE = 4
+MIN_TILE_SIZE = 128
+
+
+def predict_probabilities(image2d: np.ndarray, model: Any, device: str | torch.device = "auto",
+                          tile_size: int = DEFAULT_TILE_SIZE, overlap: int | float = DEFAULT_OVERLAP,
+                          batch_size: int = DEFAULT_BATCH_SIZE, precision: str = "auto",
+                          rgb: bool | None = None, threads: int | None = None) -> np.ndarray:
+    """Cell and border probabilities, float32 of shape (2, H, W), for one 2-D (or H x W x RGB[A]) image.
+
+    `overlap` is pixels (int) or a fraction of the tile (float < 1). `precision`: "auto"
+    (fp16 autocast on CUDA, fp32 elsewhere), "fp32", "bf16" or "fp16" (CUDA only).
+    `threads`: torch CPU threads while predicting (default: the cores this process may use).
+    """
+    predictor = TiledPredictor(model, device=device, tile_size=tile_size, overlap=overlap,
+                               batch_size=batch_size, precision=precision, threads=threads)
+    try:
+        steps = predictor.iter_predict(image2d, rgb=rgb)
+        while True:
+            next(steps)
+    except StopIteration as done:
+        return done.value
+    finally:
+        predictor.close()
+
+
+class TiledPredictor:
+    """A model placed on a device for a run of predictions; `close()` puts everything back.
+
+    While active it owns torch's CPU thread count and the network's device, memory format
+    and eval mode. A CUDA out-of-memory error halves the tile size (down to
+    `MIN_TILE_SIZE`) and then moves the work to the CPU, with a warning each time.
+    """
+
+    def __init__(self, model: Any, device: str | torch.device = "auto", tile_size: int = DEFAULT_TILE_SIZE,
+                 overlap: int | float = DEFAULT_OVERLAP, batch_size: int = DEFAULT_BATCH_SIZE,
+                 precision: str = "auto", threads: int | None = None):
+        self.model = model
+        self.network = model.network
+        self.tile_size = int(tile_size)
+        self.overlap = overlap
+        self.batch_size = max(1, int(batch_size))
+        self.threads = threads
+        self.multiple = size_multiple(model.metadata.get("architecture") or {})
+        self.requested_precision = precision
+        self._restore = (next(self.network.parameters()).device, self.network.training, torch.get_num_threads())
+        self._activate(resolve_device(device))
+
+    @property
+    def device_name(self) -> str:
+        return str(self.device)
+
+    def grid(self, shape: tuple[int, int]) -> TileGrid:
+        return make_grid(shape, self.tile_size, self.overlap, self.multiple)
+
+    def iter_predict(self, image: np.ndarray, rgb: bool | None = None,
+                     ranges: list[tuple[float, float]] | None = None) -> Generator[Progress, None, np.ndarray]:
+        """Yield `Progress(tiles done, tiles total)` per tile batch; return the (classes, H, W) probabilities.
+
+        `ranges`: per-channel (low, high) values mapped to 0 and 1; None = this image's own
+        percentiles (pass the whole image's ranges when `image` is one chunk of a bigger one).
+        """
+        if rgb is None:
+            rgb = is_rgb(np.shape(image))
+        channels = to_model_channels(image, self.model.in_channels, rgb)
+        if ranges is None:
+            ranges = self.normalization_ranges(channels)
+        while True:
+            try:
+                return (yield from self._iter_tiles(channels, ranges))
+            except torch.OutOfMemoryError:
+                self._recover_from_oom()
+
+    def normalization_ranges(self, channels: np.ndarray) -> list[tuple[float, float]]:
+        """Per-channel percentile (low, high) of a (C, H, W) image, as the model's metadata asks."""
+        norm = self.model.normalization
+        if norm.get("method", "percentile") != "percentile":
+            raise ImageError(f"unsupported normalisation method {norm.get('method')!r} in the model metadata")
+        return [percentile_range(channel, norm["low"], norm["high"]) for channel in channels]
+
+    def close(self) -> None:
+        """Move the network back where it was, restore its mode and torch's thread count, free GPU memory."""
+        device, training, threads = self._restore
+        was_cuda = self.device.type == "cuda"
+        self.network.to(device, memory_format=torch.contiguous_format)
+        self.network.train(training)
+        torch.set_num_threads(threads)
+        if was_cuda:
+            torch.cuda.empty_cache()
+
+    def _activate(self, device: torch.device) -> None:
+        self.device = device
+        self.precision = resolve_precision(self.requested_precision, device)
+        self.autocast = autocast_dtype(self.precision)
+        torch.set_num_threads(self.threads or (cpu_threads() if device.type == "cpu" else self._restore[2]))
+        self.network.eval()
+        memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+        self.network.to(device, memory_format=memory_format)
+
+    def _recover_from_oom(self) -> None:
+        if self.device.type != "cuda":
+            raise
+        torch.cuda.empty_cache()
+        if self.tile_size // 2 >= MIN_TILE_SIZE:
+            self.tile_size //= 2
+            warnings.warn(f"GPU out of memory: retrying with {self.tile_size}-px tiles", RuntimeWarning, stacklevel=3)
+            return
+        warnings.warn("GPU out of memory even with small tiles: continuing on the CPU", RuntimeWarning, stacklevel=3)
+        self.requested_precision = "auto"
+        self._activate(torch.device("cpu"))
+
+    def _iter_tiles(self, channels: np.ndarray, ranges: list[tuple[float, float]]
+                    ) -> Generator[Progress, None, np.ndarray]:
+        height, width = channels.shape[1:]
+        grid = self.grid((height, width))
+        wy, wx = grid.window()
+        window = np.outer(wy, wx)
+        probabilities = np.zeros((len(self.model.classes), height, width), dtype=np.float32)
+        positions = grid.positions()
+        for first in range(0, len(positions), self.batch_size):
+            batch = positions[first:first + self.batch_size]
+            tiles = np.stack([_cut_tile(channels, ranges, y, x, grid.tile) for y, x in batch])
+            for (y, x), tile_probs in zip(batch, self._forward(tiles)):
+                h, w = min(grid.tile[0], height - y), min(grid.tile[1], width - x)
+                probabilities[:, y:y + h, x:x + w] += tile_probs[:, :h, :w] * window[:h, :w]
+            yield Progress(first + len(batch), len(positions), f"tile {first + len(batch)}/{len(positions)}")
+        rows, cols = grid.weight_sums()
+        probabilities /= rows[None, :, None]
+        probabilities /= cols[None, None, :]
+        return probabilities
+
+    def _forward(self, tiles: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(tiles).to(self.device)
+        if self.device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.autocast or torch.float32,
+                                                     enabled=self.autocast is not None):
+            logits = self.network(x)
+        return torch.sigmoid(logits.float()).cpu().numpy()
+
+
+def size_multiple(architecture: dict[str, Any]) -> int:
+    """Tile sides must be multiples of 2**encoder_depth for the U-Net's skip connections."""
+    return 2 ** int(architecture.get("encoder_depth", 5))
+
+
+def _cut_tile(channels: np.ndarray, ranges: list[tuple[float, float]], y: int, x: int,
+              tile: tuple[int, int]) -> np.ndarray:
+    region = channels[:, y:y + tile[0], x:x + tile[1]]
+    out = np.stack([apply_normalization(c, lo, hi) for c, (lo, hi) in zip(region, ranges)])
+    pad = ((0, 0), (0, tile[0] - out.shape[1]), (0, tile[1] - out.shape[2]))
+    if pad[1][1] or pad[2][1]:
+        out = np.pad(out, pad, mode="symmetric")
+    return out
+

@@ -1,0 +1,130 @@
+"""Whole images and stacks to instance labels, as a cancellable generator and as a plain function."""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .._progress import Progress
+from .instances import instances_from_probabilities
+from .normalize import ImageError, is_rgb
+from .predict import DEFAULT_BATCH_SIZE, DEFAULT_OVERLAP, DEFAULT_TILE_SIZE, TiledPredictor
+
+
+@dataclass
+class SegmentationResult:
+    """labels: uint32 (..., H, W), ids 1..n per 2-D slice; probabilities: float32 (..., 2, H, W) cell, border, or None."""
+
+    labels: np.ndarray
+    probabilities: np.ndarray | None
+    n_cells: int
+    seconds: float
+    device: str
+
+
+def iter_segment(image: Any, model: Any = None, *, device: str = "auto", tile_size: int = DEFAULT_TILE_SIZE,
+                 overlap: int | float = DEFAULT_OVERLAP, batch_size: int = DEFAULT_BATCH_SIZE,
+                 precision: str = "auto", threads: int | None = None, cell_threshold: float | None = None,
+                 border_threshold: float | None = None, min_size: int | None = None,
+                 return_probabilities: bool = False, rgb: bool | None = None
+                 ) -> Generator[Progress | SegmentationResult, None, None]:
+    """Segment a 2-D image or a stack; yield `Progress` per tile batch, then one `SegmentationResult`.
+
+    image: (H, W), (H, W, 3|4) colour, or any leading axes (T, Z, ...) before those, as numpy,
+        dask or any array that slices lazily; leading axes are processed slice by slice.
+    model: a `CellModel`, a model file path, or None for the bundled default model.
+    rgb: whether the last axis is colour; None = detect (last axis of size 3 or 4).
+    cell_threshold, border_threshold, min_size: None = the model's tuned defaults.
+    Cancel by closing the generator (or just dropping it): the model goes back to where it
+    was and GPU memory is freed. In a stack, a slice that is blank (constant or all NaN)
+    gets empty labels and a warning; a single blank image raises `ImageError`.
+    """
+    model = _resolve_model(model)
+    post = model.postprocessing
+    post_params = {"cell_threshold": post["cell_threshold"] if cell_threshold is None else cell_threshold,
+                   "border_threshold": post["border_threshold"] if border_threshold is None else border_threshold,
+                   "min_size": int(post["min_size"] if min_size is None else min_size)}
+    shape = tuple(np.shape(image))
+    rgb = is_rgb(shape) if rgb is None else rgb
+    plane_ndim = 3 if rgb else 2
+    if len(shape) < plane_ndim or min(shape[-plane_ndim:][:2], default=0) < 1:
+        raise ImageError(f"expected an image of shape (..., H, W){' x C' if rgb else ''}, got {shape}")
+    leading, plane = shape[:-plane_ndim], shape[-plane_ndim:][:2]
+    slices = list(np.ndindex(*leading))
+    started = time.perf_counter()
+    predictor = TiledPredictor(model, device=device, tile_size=tile_size, overlap=overlap,
+                               batch_size=batch_size, precision=precision, threads=threads)
+    try:
+        labels = np.zeros(leading + plane, dtype=np.uint32)
+        probabilities = (np.zeros(leading + (len(model.classes),) + plane, dtype=np.float32)
+                         if return_probabilities else None)
+        steps = predictor.grid(plane).n_tiles + 1  # tiles, then instances
+        for number, index in enumerate(slices):
+            prefix = f"slice {number + 1}/{len(slices)}: " if leading else ""
+            try:
+                probs = yield from _iter_slice(predictor, np.asarray(image[index]), rgb, number * steps, steps,
+                                               len(slices) * steps, prefix)
+            except ImageError as exc:
+                if not leading or len(slices) == 1:
+                    raise
+                warnings.warn(f"slice {index}: {exc}; left empty", RuntimeWarning, stacklevel=2)
+                continue
+            labels[index] = instances_from_probabilities(probs[0], probs[1], **post_params)
+            if probabilities is not None:
+                probabilities[index] = probs
+            del probs
+            yield Progress((number + 1) * steps, len(slices) * steps, f"{prefix}instances done")
+        n_cells = sum(int(labels[index].max(initial=0)) for index in slices)
+        yield SegmentationResult(labels, probabilities, n_cells, time.perf_counter() - started, predictor.device_name)
+    finally:
+        predictor.close()
+
+
+def segment(image: Any, model: Any = None, *, progress: Callable[[Progress], None] | None = None,
+            should_stop: Callable[[], bool] | None = None, **params: Any):
+    """Instance labels (uint32, same leading shape as `image` without colour) for an image or stack.
+
+    Returns `(labels, probabilities)` with `return_probabilities=True`, and None when
+    `should_stop()` returned True (cancelled). Other parameters: see `iter_segment`.
+    """
+    steps = iter_segment(image, model, **params)
+    try:
+        for item in steps:
+            if isinstance(item, SegmentationResult):
+                return (item.labels, item.probabilities) if params.get("return_probabilities") else item.labels
+            if progress is not None:
+                progress(item)
+            if should_stop is not None and should_stop():
+                return None
+    finally:
+        steps.close()
+    raise RuntimeError("segmentation ended without a result")  # unreachable unless iter_segment is broken
+
+
+def _iter_slice(predictor: TiledPredictor, plane: np.ndarray, rgb: bool, offset: int, steps: int, total: int,
+                prefix: str) -> Generator[Progress, None, np.ndarray]:
+    """Predict one 2-D slice, turning its tile progress into progress over the whole run."""
+    tiles = predictor.iter_predict(plane, rgb=rgb)
+    try:
+        while True:
+            step = next(tiles)
+            done = offset + round(step.fraction * (steps - 1))
+            yield Progress(done, total, prefix + step.message)
+    except StopIteration as finished:
+        return finished.value
+
+
+def _resolve_model(model: Any):
+    from ..model import CellModel, load_model
+
+    if model is None or isinstance(model, (str, os.PathLike)):
+        return load_model(model)
+    if not isinstance(model, CellModel):
+        raise TypeError(f"model must be a CellModel, a model file path or None, not {type(model).__name__}")
+    return model
