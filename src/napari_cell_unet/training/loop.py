@@ -152,19 +152,25 @@ class Trainer:
         self._should_stop = should_stop
         self._stop_requested = False
         self.result: TrainResult | None = None
+        self._run: _Run | None = None
 
     def stop(self) -> None:
         self._stop_requested = True
+
+    @property
+    def model(self) -> CellModel | None:
+        """The model being trained (its weights change every step); None before training starts."""
+        return self._run.model if self._run is not None else None
 
     def stopping(self) -> bool:
         return self._stop_requested or (self._should_stop is not None and bool(self._should_stop()))
 
     def events(self) -> Iterator[TrainEvent]:
-        run = _Run(self)
+        run = self._run = _Run(self)
         try:
             yield from run.execute()
         finally:
-            self.result = run.finish()
+            self.result = run.finish() if run.model is not None else None
             run.release()
         yield self.result
 
@@ -334,8 +340,6 @@ class _Run:
 
     # ------------------------------------------------------------------ end
     def finish(self) -> TrainResult:
-        if self.model is None:
-            raise TrainingDataError("training was stopped before the model was loaded")
         if not self.finished and not self.cancelled:
             self.cancelled = True  # the consumer closed the generator
         network = self.model.network

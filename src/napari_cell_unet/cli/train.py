@@ -1,0 +1,124 @@
+"""Train or fine-tune a model on annotated images and save it as one .safetensors file.
+
+Data: --images with --labels (and optional --borders), paired by order; --folder (images/, labels/,
+borders/); or --coco (a COCO/LIVECell json). Ctrl-C stops training and still saves the best model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    data = parser.add_mutually_exclusive_group(required=True)
+    data.add_argument("--images", nargs="+", type=Path, help="image files, paired by order with --labels")
+    data.add_argument("--folder", type=Path, help="dataset folder with images/, labels/ and optional borders/")
+    data.add_argument("--coco", type=Path, help="COCO instance-segmentation json (LIVECell format)")
+    parser.add_argument("--labels", nargs="+", type=Path, help="instance labels or binary masks for --images")
+    parser.add_argument("--borders", nargs="+", type=Path, help="optional painted border masks for --images")
+    parser.add_argument("--init", default="default",
+                        help="start from: default (the bundled model), scratch, or a model file (default: default)")
+    parser.add_argument("--output", type=Path, required=True, help="where to save the model (.safetensors)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
+    length = parser.add_mutually_exclusive_group()
+    length.add_argument("--epochs", type=float, help="epochs (one epoch = crops covering the annotated area once)")
+    length.add_argument("--steps", type=int, help="optimizer steps (default: 100)")
+    length.add_argument("--minutes", type=float, help="train for this many minutes")
+    parser.add_argument("--val-fraction", type=float, default=0.2,
+                        help="fraction of the pairs (or of a single image's width) held out for validation; 0 = none")
+    parser.add_argument("--crop-size", type=int, help="training crop size in pixels (default: 256 on a GPU, 128 on the CPU)")
+    parser.add_argument("--batch-size", type=int, help="crops per step (default: 8 on a GPU, 4 on the CPU)")
+    parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default: 0.001)")
+    parser.add_argument("--early-stopping", type=int, metavar="N", help="stop after N validations without improvement")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--name", help="model name stored in the file (shown in the plugin)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..io import CellUnetFileError
+
+    try:
+        _check_arguments(args)
+        pairs = _load_pairs(args)
+        result = _train(pairs, args)
+        _save(result.model, args)
+    except (CellUnetFileError, FileExistsError, FileNotFoundError, ValueError) as exc:
+        print(f"cell-unet train: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _check_arguments(args: argparse.Namespace) -> None:
+    if args.images is not None and not args.labels:
+        raise ValueError("--images needs --labels (one label file per image, in the same order)")
+    if args.images is None and (args.labels or args.borders):
+        raise ValueError("--labels and --borders go with --images")
+    if args.output.suffix != ".safetensors":
+        raise ValueError(f"{args.output}: the output must be a .safetensors file")
+    if args.output.exists() and not args.overwrite:
+        raise FileExistsError(f"{args.output} already exists (add --overwrite to replace it)")
+    if not 0.0 <= args.val_fraction < 1.0:
+        raise ValueError(f"--val-fraction must be in [0, 1), got {args.val_fraction}")
+
+
+def _load_pairs(args: argparse.Namespace):
+    from ..training import pairs_from_coco, pairs_from_files, pairs_from_folder
+
+    if args.folder is not None:
+        return pairs_from_folder(args.folder)
+    if args.coco is not None:
+        return pairs_from_coco(args.coco)
+    return pairs_from_files(args.images, args.labels, args.borders)
+
+
+def _train(pairs, args: argparse.Namespace):
+    from tqdm import tqdm
+
+    from ..training import TrainConfig, TrainResult, TrainStep, Validation, iter_train
+
+    config = TrainConfig(steps=args.steps, epochs=args.epochs, minutes=args.minutes, batch_size=args.batch_size,
+                         crop_size=args.crop_size, lr=args.lr, val_fraction=args.val_fraction,
+                         early_stopping_patience=args.early_stopping, device=args.device, seed=args.seed,
+                         name=args.name)
+    init = args.init if args.init in ("default", "scratch") else Path(args.init)
+    interrupted = []
+    previous = signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))
+    bar = None
+    try:
+        for event in iter_train(pairs, init, config, should_stop=lambda: bool(interrupted)):
+            if isinstance(event, TrainStep):
+                if bar is None:
+                    bar = tqdm(total=event.total_steps, unit="step", dynamic_ncols=True, file=sys.stderr)
+                bar.total = event.total_steps
+                bar.update(event.step - bar.n)
+                bar.set_postfix(loss=f"{event.loss:.4f}", refresh=False)
+            elif isinstance(event, Validation):
+                line = (f"epoch {event.epoch:.2f} step {event.step}: val loss {event.val_loss:.4f}  "
+                        f"Dice {event.dice:.3f}  F1@0.5 {event.f1:.3f}{'  (best)' if event.is_best else ''}")
+                tqdm.write(line, file=sys.stderr) if bar is not None else print(line, file=sys.stderr)
+            elif isinstance(event, TrainResult):
+                result = event
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if bar is not None:
+            bar.close()
+    if result.cancelled:
+        print(f"interrupted: keeping the best model so far (step {result.best_step})", file=sys.stderr)
+    elif result.stopped_early:
+        print(f"stopped early: no improvement; best model at step {result.best_step}", file=sys.stderr)
+    return result
+
+
+def _save(model, args: argparse.Namespace) -> None:
+    from ..model import save_model
+
+    if args.output.exists() and not args.overwrite:  # appeared while we trained
+        raise FileExistsError(f"{args.output} already exists (add --overwrite to replace it)")
+    save_model(model, args.output)
+    metrics = model.metadata.get("training", {}).get("metrics") or {}
+    summary = "  ".join(f"{k} {v:.3f}" for k, v in metrics.items() if isinstance(v, float))
+    print(f"saved {args.output}" + (f" (best validation: {summary})" if summary else ""))
