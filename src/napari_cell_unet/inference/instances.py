@@ -13,7 +13,8 @@ def instances_from_probabilities(cell_prob: np.ndarray, border_prob: np.ndarray,
 
     Seeds are the 4-connected components of (cell > cell_threshold) & (border < border_threshold);
     each seed grows back over the cell mask (watershed on -cell probability) so cells keep
-    their full extent. Parts of the cell mask that no seed reaches (a small cell covered by
+    their full extent. Seeds under half of `min_size` are dropped first (specks in a cell's
+    narrow neck would split it). Parts of the cell mask that no seed reaches (a small cell covered by
     border probability) become instances of their own. Objects under `min_size` pixels are
     removed.
     """
@@ -24,6 +25,10 @@ def instances_from_probabilities(cell_prob: np.ndarray, border_prob: np.ndarray,
                          f"got {cell_prob.shape} and {border_prob.shape}")
     mask = cell_prob > cell_threshold
     seeds, n_seeds = ndimage.label(mask & (border_prob < border_threshold))
+    if n_seeds and min_size > 1:
+        # Specks of seed in the narrow necks of a cell would split it: let big seeds flood them.
+        seeds = remove_small_instances(seeds, max(2, min_size // 2))
+        n_seeds = int(seeds.max())
     labels = watershed(-cell_prob, seeds, mask=mask) if n_seeds else seeds
     unreached, _ = ndimage.label(mask & (labels == 0))
     labels = np.where(unreached > 0, unreached + n_seeds, labels)

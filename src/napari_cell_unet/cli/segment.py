@@ -1,0 +1,70 @@
+"""Segment images into instance labels: writes OUTPUT_DIR/<input stem>_labels.tif for every input.
+
+Inputs are image files or folders (every image in them). Stacks keep their leading axes.
+A file that cannot be read or has the wrong dimensions is reported and the others still run;
+the exit status is 1 when any file failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="image files or folders of images")
+    parser.add_argument("--output-dir", "-o", type=Path, required=True, help="folder for the *_labels.tif files")
+    parser.add_argument("--model", default=None, help="model .safetensors file (default: the bundled model)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
+    parser.add_argument("--tile-size", type=int, default=None, help="tile side in pixels (default: 1024)")
+    parser.add_argument("--min-size", type=int, help="smallest object kept, in pixels (default: the model's)")
+    parser.add_argument("--cell-threshold", type=float, help="cell probability threshold (default: the model's)")
+    parser.add_argument("--border-threshold", type=float, help="border probability threshold (default: the model's)")
+    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
+                        help="arithmetic precision (default: fp16 on CUDA, fp32 on the CPU)")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing label files")
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from ..batch import FileResult, expand_inputs, segment_folder
+    from ..inference import DeviceError, resolve_device
+    from ..model import ModelFileError, load_model
+
+    try:
+        resolve_device(args.device)
+        model = load_model(args.model)
+    except (DeviceError, ModelFileError) as exc:
+        print(f"cell-unet segment: error: {exc}", file=sys.stderr)
+        return 2
+    files = expand_inputs(args.inputs)
+    if not files:
+        print("cell-unet segment: error: no image files in the given inputs", file=sys.stderr)
+        return 2
+    started = time.perf_counter()
+    done, failed, cells = 0, 0, 0
+    with tqdm(total=len(files), unit="image", file=sys.stderr, dynamic_ncols=True) as bar:
+        for item in segment_folder(files, args.output_dir, model, overwrite=args.overwrite, **_params(args)):
+            if not isinstance(item, FileResult):
+                bar.set_postfix_str(item.message[-60:], refresh=True)
+                continue
+            bar.update(1)
+            if item.ok:
+                done, cells = done + 1, cells + item.n_cells
+            else:
+                failed += 1
+                bar.write(f"cell-unet segment: error: {item.error}", file=sys.stderr)
+    failures = f", {failed} failed" if failed else ""
+    print(f"segmented {done} image{'s' * (done != 1)}{failures}: {cells} cells in "
+          f"{time.perf_counter() - started:.1f} s -> {args.output_dir}")
+    return 1 if failed else 0
+
+
+def _params(args: argparse.Namespace) -> dict:
+    params = {"device": args.device, "precision": args.precision, "tile_size": args.tile_size,
+              "min_size": args.min_size, "cell_threshold": args.cell_threshold,
+              "border_threshold": args.border_threshold}
+    return {key: value for key, value in params.items() if value is not None}
