@@ -183,7 +183,7 @@ class _Run:
         self.config = cfg = trainer.config
         self.history: list[dict] = []
         self.best_state: dict[str, torch.Tensor] | None = None
-        self.best_score = -math.inf
+        self.best_score: tuple[float, float] = (-math.inf, -math.inf)
         self.best_step = 0
         self.best_metrics: dict[str, float] = {}
         self.step = 0
@@ -273,6 +273,10 @@ class _Run:
         budget = cfg.minutes * 60.0 if cfg.minutes is not None else None
         loop_start = time.perf_counter()
         validations_without_gain = 0
+        # with a time budget (and no step interval) validations are spread over the clock
+        by_clock = budget is not None and cfg.validate_every is None
+        clock_interval = budget / max(1, cfg.validations) if by_clock else 0.0
+        next_validation = clock_interval
         network.train()
         while self.step < self.total_steps:
             if self.trainer.stopping():
@@ -295,8 +299,11 @@ class _Run:
             self.history.append({"event": "step", **asdict(event)})
             yield event
             yield Progress(self.step, total, f"step {self.step}/{total}  loss {loss:.4f}")
-            last = self.step >= self.total_steps or (budget is not None and time.perf_counter() - loop_start >= budget)
-            if self.step % every == 0 or last:
+            elapsed = time.perf_counter() - loop_start
+            last = self.step >= self.total_steps or (budget is not None and elapsed >= budget)
+            due = elapsed >= next_validation if by_clock else self.step % every == 0
+            if due or last:
+                next_validation = elapsed + clock_interval
                 validation = yield from self._validate(epoch)
                 if validation is not None:
                     validations_without_gain = 0 if validation.is_best else validations_without_gain + 1
@@ -328,8 +335,9 @@ class _Run:
             return None
         yield Progress(self.step, self.total_steps, "validating")
         metrics = validate(self.model, self.val_data, self.config.border_weight, self.device)
-        score = (metrics["f1"] + metrics["dice"]) / 2
-        is_best = score > self.best_score
+        # instance F1 and Dice decide; the loss breaks ties (early on both are often 0)
+        score = ((metrics["f1"] + metrics["dice"]) / 2, -metrics["val_loss"])
+        is_best = self.best_state is None or score > self.best_score
         if is_best:
             self.best_score, self.best_step, self.best_metrics = score, self.step, metrics
             self.best_state = _state_copy(self.model.network)
