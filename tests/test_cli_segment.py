@@ -1,0 +1,63 @@
+"""`cell-unet segment` on real files: label files of the right shape and dtype, per-file errors, summary line."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import tifffile
+
+from conftest import LIVECELL_FRAME, load_usiigaci_set
+from napari_cell_unet.cli import main
+from napari_cell_unet.model import save_model
+
+
+@pytest.fixture
+def model_file(tiny_model, tmp_path):
+    tiny_model.metadata["postprocessing"] = {"cell_threshold": 0.5, "border_threshold": 0.5, "min_size": 5}
+    return save_model(tiny_model, tmp_path / "tiny.safetensors")
+
+
+def test_segment_files_and_folders_reporting_bad_files(model_file, usiigaci, tmp_path, capsys):
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    shutil.copy(LIVECELL_FRAME, inputs / "livecell.tif")
+    crop = load_usiigaci_set("set20")["image"][:128, :160]
+    tifffile.imwrite(inputs / "stack.tif", np.stack([crop, crop[::-1], crop[:, ::-1]]), photometric="minisblack")
+    (inputs / "broken.tif").write_bytes(b"II*\x00 not really a tiff")
+    out = tmp_path / "out"
+
+    code = main(["segment", str(inputs), str(usiigaci / "set21" / "raw.tif"), "--output-dir", str(out),
+                 "--model", str(model_file), "--device", "cpu", "--tile-size", "1024", "--min-size", "5"])
+    captured = capsys.readouterr()
+    assert code == 1  # one file failed
+    assert "broken.tif" in captured.err and "Traceback" not in captured.err
+    summary = captured.out.strip().splitlines()[-1]
+    assert summary.startswith("segmented 3 images, 1 failed:") and " cells in " in summary
+
+    frame = tifffile.imread(out / "livecell_labels.tif")
+    assert frame.shape == tifffile.imread(LIVECELL_FRAME).shape and frame.dtype.kind == "u"
+    stack = tifffile.imread(out / "stack_labels.tif")
+    assert stack.shape == (3, 128, 160) and stack.dtype.kind == "u"
+    raw = tifffile.imread(out / "raw_labels.tif")
+    assert raw.shape == (1022, 1024) and raw.dtype.kind == "u"
+    with tifffile.TiffFile(out / "raw_labels.tif") as tif:
+        assert tif.pages[0].compression != 1  # compressed
+    assert not (out / "broken_labels.tif").exists()
+    cells = sum(int(a.max()) for a in (frame, raw)) + sum(int(s.max()) for s in stack)
+    assert f": {cells} cells in " in summary
+
+
+def test_user_errors_are_one_line(model_file, tmp_path, capsys):
+    import torch
+
+    image = tmp_path / "a.tif"
+    tifffile.imwrite(image, np.arange(64 * 64, dtype=np.uint16).reshape(64, 64))
+    missing_model = main(["segment", str(image), "-o", str(tmp_path / "o"), "--model", str(tmp_path / "nope.safetensors")])
+    assert missing_model == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "no such model file" in err
+    if not torch.cuda.is_available():
+        assert main(["segment", str(image), "-o", str(tmp_path / "o"), "--device", "cuda"]) == 2
+        assert "not available" in capsys.readouterr().err

@@ -1,0 +1,159 @@
+"""normalize_image, devices, iter_segment / segment: stacks, colour, defaults, errors and cancel."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import load_usiigaci_set
+from napari_cell_unet._progress import Progress
+from napari_cell_unet.inference import (DeviceError, ImageError, SegmentationResult, available_devices, iter_segment,
+                                        normalize_image, resolve_device, segment)
+
+# ------------------------------------------------------------------ normalisation
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int32, np.float32, np.float64])
+def test_normalize_maps_percentiles_to_0_and_1(dtype):
+    image = np.random.default_rng(1).integers(0, 200, (100, 120)).astype(dtype)
+    out = normalize_image(image, 1.0, 99.0)
+    assert out.dtype == np.float32 and out.shape == image.shape
+    assert abs(np.percentile(out, 1.0)) < 1e-5 and abs(np.percentile(out, 99.0) - 1) < 1e-5
+
+
+def test_normalize_real_uint16_image(usiigaci):
+    image = load_usiigaci_set("set21")["image"]
+    out = normalize_image(image)
+    assert np.isfinite(out).all()
+    assert 0.005 < (out < 0).mean() + (out == 0).mean() < 0.02 and 0.001 < (out > 1).mean() < 0.004
+
+
+def test_normalize_ignores_nan_and_inf():
+    image = np.linspace(0, 1, 10_000, dtype=np.float32).reshape(100, 100)
+    image[0, :5] = [np.nan, np.inf, -np.inf, np.nan, 1e30]
+    out = normalize_image(image, 0, 99.0)
+    assert np.isfinite(out).all()
+    assert out[0, 0] == 0 and out[0, 1] == 1 and out[0, 2] == 0
+    assert out[50, 50] == pytest.approx(0.505, abs=0.01)
+
+
+@pytest.mark.parametrize("image, message", [
+    (np.full((30, 30), 7, np.uint16), "constant"),
+    (np.full((30, 30), np.nan, np.float32), "finite"),
+    (np.zeros((0, 30), np.uint8), "empty"),
+])
+def test_normalize_refuses_blank_images(image, message):
+    with pytest.raises(ImageError, match=message):
+        normalize_image(image)
+
+# ------------------------------------------------------------------ devices
+
+
+def test_devices():
+    names = available_devices()
+    assert names[:2] == ["auto", "cpu"]
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else names[-1] if "mps" in names
+                                           else "cpu")
+    with pytest.raises(DeviceError, match="unknown device"):
+        resolve_device("tpu-9000")
+    if not torch.cuda.is_available():
+        with pytest.raises(DeviceError, match="not available"):
+            resolve_device("cuda")
+    if "mps" not in names:
+        with pytest.raises(DeviceError, match="not available"):
+            resolve_device("mps")
+
+
+def test_fp16_on_cpu_is_refused(tiny_model):
+    with pytest.raises(DeviceError, match="fp16"):
+        segment(np.zeros((16, 16)) + np.eye(16), tiny_model, device="cpu", precision="fp16")
+
+# ------------------------------------------------------------------ segment / iter_segment
+
+
+@pytest.fixture
+def crop(usiigaci):
+    return load_usiigaci_set("set20")["image"][:96, :128]
+
+
+def test_stack_is_segmented_slice_by_slice(tiny_model, crop):
+    stack = np.stack([crop, crop[::-1], crop[:, ::-1]])
+    items = list(iter_segment(stack, tiny_model, device="cpu", tile_size=64, overlap=16, min_size=0,
+                              return_probabilities=True))
+    result = items[-1]
+    assert isinstance(result, SegmentationResult)
+    assert result.labels.shape == stack.shape and result.labels.dtype == np.uint32
+    assert result.probabilities.shape == (3, 2, 96, 128) and result.probabilities.dtype == np.float32
+    assert result.device == "cpu" and result.seconds > 0
+    assert result.n_cells == sum(int(result.labels[i].max()) for i in range(3))
+    progress = [p for p in items[:-1]]
+    assert all(isinstance(p, Progress) for p in progress)
+    assert [p.done for p in progress] == sorted(p.done for p in progress)
+    assert progress[-1].done == progress[-1].total and "slice 3/3" in progress[-1].message
+    # each slice equals segmenting it alone
+    alone = segment(stack[1], tiny_model, device="cpu", tile_size=64, overlap=16, min_size=0)
+    np.testing.assert_array_equal(alone, result.labels[1])
+
+
+def test_colour_image_and_odd_crop(tiny_model, crop):
+    rgb = np.repeat(crop[:, :, None], 3, axis=-1)
+    assert segment(rgb, tiny_model, device="cpu").shape == crop.shape
+    assert segment(crop[:20, :20], tiny_model, device="cpu").shape == (20, 20)
+    labels, probs = segment(crop[:37, :101], tiny_model, device="cpu", return_probabilities=True)
+    assert labels.shape == (37, 101) and probs.shape == (2, 37, 101)
+
+
+def test_defaults_come_from_the_model_metadata(tiny_model, crop):
+    kept = segment(crop, tiny_model, device="cpu", min_size=0, cell_threshold=0.0, border_threshold=1.1)
+    assert kept.max() >= 1
+    tiny_model.metadata["postprocessing"] = {"cell_threshold": 0.0, "border_threshold": 1.1, "min_size": 10**9}
+    assert segment(crop, tiny_model, device="cpu").max() == 0
+    assert segment(crop, tiny_model, device="cpu", min_size=0).max() >= 1
+
+
+def test_blank_images(tiny_model, crop):
+    with pytest.raises(ImageError, match="constant"):
+        segment(np.full((40, 40), 3, np.uint16), tiny_model, device="cpu")
+    stack = np.stack([crop, np.zeros_like(crop)])
+    with pytest.warns(RuntimeWarning, match="left empty"):
+        labels = segment(stack, tiny_model, device="cpu", min_size=0, cell_threshold=0.0, border_threshold=1.1)
+    assert labels[0].max() >= 1 and labels[1].max() == 0
+    with pytest.raises(ImageError, match="expected an image"):
+        segment(np.zeros(50), tiny_model, device="cpu")
+
+
+def test_model_none_without_bundled_model_is_a_clear_error(monkeypatch, tmp_path, crop):
+    from napari_cell_unet.model import ModelFileError, files
+
+    monkeypatch.setattr(files, "DEFAULT_MODEL_PATH", tmp_path / "missing.safetensors")
+    with pytest.raises(ModelFileError, match="default model"):
+        segment(crop)
+
+
+def count_forward_calls(model) -> list:
+    calls = []
+    model.network.register_forward_hook(lambda *args: calls.append(1))
+    return calls
+
+
+def test_closing_the_generator_stops_a_long_run(tiny_model, crop):
+    image = np.tile(crop, (8, 8))  # 768 x 1024 in 64-px tiles: 12 x 16 = 192 tiles
+    calls = count_forward_calls(tiny_model)
+    tiny_model.network.train()
+    threads = torch.get_num_threads()
+    steps = iter_segment(image, tiny_model, device="cpu", tile_size=64, overlap=8, batch_size=2, threads=1)
+    first = next(steps)
+    assert isinstance(first, Progress) and first.total > 50
+    steps.close()
+    assert len(calls) == 1  # one batch ran, nothing after the close
+    assert tiny_model.network.training and torch.get_num_threads() == threads  # state restored in finally
+
+
+def test_should_stop_cancels_segment(tiny_model, crop):
+    calls = count_forward_calls(tiny_model)
+    seen = []
+    result = segment(np.tile(crop, (4, 4)), tiny_model, device="cpu", tile_size=64, overlap=8, batch_size=1,
+                     progress=seen.append, should_stop=lambda: len(seen) >= 2)
+    assert result is None and len(calls) == 2
