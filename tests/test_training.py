@@ -155,7 +155,8 @@ def _tiny(seed: int = 0):
 def _fast_config(**overrides):
     from napari_cell_unet.training import TrainConfig
 
-    settings = dict(steps=20, batch_size=4, crop_size=64, lr=3e-3, val_fraction=0.0, device="cpu", seed=0)
+    settings = dict(steps=20, batch_size=4, crop_size=64, lr=3e-3, val_fraction=0.0, device="cpu", seed=0,
+                    freeze_encoder=False)
     settings.update(overrides)
     return TrainConfig(**settings)
 
@@ -207,6 +208,21 @@ def test_fine_tuning_starts_from_the_saved_weights(tmp_path, shared_data):
     assert torch.allclose(tuned[name], start[name], atol=1e-4)
     assert not torch.allclose(scratch[name], start[name], atol=1e-4)
     assert result.model.metadata["training"]["init"] == str(path)
+
+
+def test_frozen_encoder_changes_only_the_decoder(shared_data):
+    import torch
+
+    from napari_cell_unet.training import TrainingPair, train
+
+    image, labels, borders = _real_crop(128)
+    start = _tiny()
+    tuned = train([TrainingPair(image, labels, borders)], start, _fast_config(steps=3, freeze_encoder=True)).model
+    before, after = start.network.state_dict(), tuned.network.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("encoder."))  # BN stats too
+    assert not all(torch.equal(before[k], after[k]) for k in before if k.startswith("decoder."))
+    assert all(p.requires_grad for p in tuned.network.parameters())
+    assert tuned.metadata["training"]["freeze_encoder"] is True
 
 
 def test_cancel_keeps_the_best_model(shared_data):

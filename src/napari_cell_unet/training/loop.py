@@ -56,6 +56,9 @@ class TrainConfig:
     device: str = "auto"
     amp: bool = True  # mixed precision on CUDA (bf16 where supported, else fp16 with a GradScaler)
     augment: bool = True
+    # train only the decoder: about twice as fast on a CPU. None = freeze when fine-tuning a
+    # trained model on the CPU (not when training from scratch or on a GPU)
+    freeze_encoder: bool | None = None
     architecture: dict[str, Any] | None = None  # for model="scratch"; None = the default architecture
     name: str | None = None  # name of the trained model
 
@@ -267,7 +270,11 @@ class _Run:
     def _train(self, sampler: CropSampler, every: int) -> Iterator[TrainEvent]:
         cfg = self.config
         network = self.model.network
-        self.optimizer = torch.optim.AdamW(network.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.freeze_encoder = cfg.freeze_encoder
+        if self.freeze_encoder is None:
+            self.freeze_encoder = self.device.type == "cpu" and self.trainer.model_spec != "scratch"
+        trainable = _trainable_parameters(network, self.freeze_encoder)
+        self.optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
         amp_dtype = _amp_dtype(self.device) if cfg.amp else None
         scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
         budget = cfg.minutes * 60.0 if cfg.minutes is not None else None
@@ -277,7 +284,7 @@ class _Run:
         by_clock = budget is not None and cfg.validate_every is None
         clock_interval = budget / max(1, cfg.validations) if by_clock else 0.0
         next_validation = clock_interval
-        network.train()
+        _train_mode(network, self.freeze_encoder)
         while self.step < self.total_steps:
             if self.trainer.stopping():
                 self.cancelled = True
@@ -310,7 +317,7 @@ class _Run:
                     if cfg.early_stopping_patience is not None and validations_without_gain >= cfg.early_stopping_patience:
                         self.stopped_early = True
                         break
-                network.train()
+                _train_mode(network, self.freeze_encoder)
         self.finished = True
 
     def _optimize(self, network, images, targets, amp_dtype, scaler) -> float:
@@ -356,6 +363,7 @@ class _Run:
         else:
             self.best_step = self.step
         network.to("cpu", memory_format=torch.contiguous_format).eval()
+        network.requires_grad_(True)  # undo freeze_encoder
         self._record()
         return TrainResult(self.model, self.history, self.best_step, self.stopped_early, self.cancelled)
 
@@ -370,7 +378,8 @@ class _Run:
             "init": _describe_init(self.trainer.model_spec),
             "steps": self.step, "best_step": self.best_step,
             "epochs": round(self.step / self.steps_per_epoch, 3),
-            "batch_size": self.batch_size,
+            "batch_size": self.batch_size, "crop_size": self._crop_size(),
+            "freeze_encoder": bool(getattr(self, "freeze_encoder", False)),
             "metrics": self.best_metrics, "seconds": round(seconds, 1),
             "machine": machine_description(self.device),
             "config": {k: v for k, v in asdict(cfg).items()},
@@ -493,6 +502,22 @@ def _amp_dtype(device: torch.device) -> torch.dtype | None:
     if device.type != "cuda":
         return None
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def _trainable_parameters(network: torch.nn.Module, freeze_encoder: bool) -> list[torch.nn.Parameter]:
+    encoder = getattr(network, "encoder", None) if freeze_encoder else None
+    frozen = {id(p) for p in encoder.parameters()} if encoder is not None else set()
+    for parameter in network.parameters():
+        parameter.requires_grad_(id(parameter) not in frozen)
+    return [p for p in network.parameters() if p.requires_grad]
+
+
+def _train_mode(network: torch.nn.Module, freeze_encoder: bool) -> None:
+    """Train mode; a frozen encoder also keeps its batch-norm statistics fixed."""
+    network.train()
+    encoder = getattr(network, "encoder", None)
+    if freeze_encoder and encoder is not None:
+        encoder.eval()
 
 
 def _describe_init(spec: ModelSpec) -> str:
