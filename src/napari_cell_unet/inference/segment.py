@@ -29,7 +29,7 @@ class SegmentationResult:
 
 
 def iter_segment(image: Any, model: Any = None, *, device: str = "auto", tile_size: int = DEFAULT_TILE_SIZE,
-                 overlap: int | float = DEFAULT_OVERLAP, batch_size: int = DEFAULT_BATCH_SIZE,
+                 overlap: int | float = DEFAULT_OVERLAP, batch_size: int | None = DEFAULT_BATCH_SIZE,
                  precision: str = "auto", threads: int | None = None, cell_threshold: float | None = None,
                  border_threshold: float | None = None, min_size: int | None = None,
                  return_probabilities: bool = False, rgb: bool | None = None
