@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     on_cpu = device.type == "cpu"
     train_settings = {k: v for k, v in config["train"].items() if k != "minutes"}
     if on_cpu:  # a CPU cannot chew the GPU batch; keep smoke runs short
-        train_settings.update(batch_size=4, crop_size=128, validations=1)
+        train_settings.update(batch_size=4, crop_size=128, validations=0)
     for key in ("batch_size", "crop_size", "validations"):
         if getattr(args, key) is not None:
             train_settings[key] = getattr(args, key)

@@ -37,6 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "about twice as fast; no from scratch or on a GPU)")
     parser.add_argument("--early-stopping", type=int, metavar="N", help="stop after N validations without improvement")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
+    parser.add_argument("--threads", type=int, help="CPU threads for training (default: all cores; 1 can be "
+                        "much faster when other programs keep the cores busy)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--name", help="model name stored in the file (shown in the plugin)")
 
@@ -86,7 +88,8 @@ def _train(pairs, args: argparse.Namespace):
     config = TrainConfig(steps=args.steps, epochs=args.epochs, minutes=args.minutes, batch_size=args.batch_size,
                          crop_size=args.crop_size, lr=args.lr, val_fraction=args.val_fraction,
                          early_stopping_patience=args.early_stopping, device=args.device, seed=args.seed,
-                         name=args.name, freeze_encoder=args.freeze_encoder)
+                         name=args.name, freeze_encoder=args.freeze_encoder,
+                         threads=args.threads)
     init = args.init if args.init in ("default", "scratch") else Path(args.init)
     interrupted = []
     previous = signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))

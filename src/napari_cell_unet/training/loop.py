@@ -47,13 +47,14 @@ class TrainConfig:
     weight_decay: float = 1e-4
     warmup_fraction: float = 0.05
     val_fraction: float = 0.2
-    validations: int = 10  # validations over the run (when validate_every is None)
+    validations: int = 10  # validations over the run (when validate_every is None); 0 = none, keep the last model
     validate_every: int | None = None  # steps between validations
     early_stopping_patience: int | None = None  # validations without improvement before stopping
     border_weight: float = 1.0
     border_thickness: int = 2
     seed: int = 0
     device: str = "auto"
+    threads: int | None = None  # torch CPU threads while training (None: torch's default)
     amp: bool = True  # mixed precision on CUDA (bf16 where supported, else fp16 with a GradScaler)
     augment: bool = True
     # train only the decoder: about twice as fast on a CPU. None = freeze when fine-tuning a
@@ -193,6 +194,7 @@ class _Run:
         self.stopped_early = False
         self.cancelled = False
         self.started = time.perf_counter()
+        self.threads_before = torch.get_num_threads()
         self.model: CellModel | None = None
         self.optimizer = None
         self.device = _resolve_device(cfg.device)
@@ -223,6 +225,8 @@ class _Run:
         annotated = float(sum(d["target"][2].sum() for d in self.train_data))
         self.steps_per_epoch = max(1, math.ceil(annotated / (self._crop_size() ** 2 * self.batch_size)))
         self.total_steps = self._total_steps()
+        if cfg.threads and self.device.type == "cpu":
+            torch.set_num_threads(int(cfg.threads))  # restored in release()
         every = cfg.validate_every or max(1, self.total_steps // max(1, cfg.validations))
         yield from self._train(sampler, every)
 
@@ -274,6 +278,8 @@ class _Run:
         if self.freeze_encoder is None:
             self.freeze_encoder = self.device.type == "cpu" and self.trainer.model_spec != "scratch"
         trainable = _trainable_parameters(network, self.freeze_encoder)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed crop size: pick the fastest kernels once
         self.optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
         amp_dtype = _amp_dtype(self.device) if cfg.amp else None
         scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
@@ -309,7 +315,7 @@ class _Run:
             elapsed = time.perf_counter() - loop_start
             last = self.step >= self.total_steps or (budget is not None and elapsed >= budget)
             due = elapsed >= next_validation if by_clock else self.step % every == 0
-            if due or last:
+            if (due or last) and (cfg.validations > 0 or cfg.validate_every):
                 next_validation = elapsed + clock_interval
                 validation = yield from self._validate(epoch)
                 if validation is not None:
@@ -391,6 +397,7 @@ class _Run:
         meta["name"] = cfg.name or (f"{self.model.name} (fine-tuned)" if self.trainer.model_spec != "scratch" else "trained from scratch")
 
     def release(self) -> None:
+        torch.set_num_threads(self.threads_before)
         self.optimizer = None
         self.train_data = self.val_data = []
         if self.device.type == "cuda":
