@@ -285,3 +285,27 @@ def test_partially_annotated_cells_are_not_learned_as_background(shared_data):
         return prob[unpainted].mean()
 
     assert cell_probability_on_unpainted(region) > cell_probability_on_unpainted(None) + 0.05
+
+
+def test_pairs_from_a_dataset_folder_and_from_files(tmp_path, shared_data):
+    import tifffile
+    from PIL import Image
+
+    from napari_cell_unet.training import pairs_from_files, pairs_from_folder
+
+    for sub in ("images", "labels", "borders"):
+        (tmp_path / sub).mkdir()
+    window = (slice(0, 200), slice(0, 240))
+    for name in ("set18", "set2"):
+        data = load_usiigaci_set(name)
+        tifffile.imwrite(tmp_path / "images" / f"{name}.tif", data["image"][window])
+        Image.fromarray(data["labels"][window]).save(tmp_path / "labels" / f"{name}.png")
+        if "borders" in data:
+            Image.fromarray(data["borders"][window].astype(np.uint8) * 255).save(tmp_path / "borders" / f"{name}.png")
+    pairs = {p.name: p for p in pairs_from_folder(tmp_path)}
+    assert set(pairs) == {"set18.tif", "set2.tif"}
+    assert pairs["set2.tif"].borders is None and pairs["set18.tif"].borders is not None
+    assert np.array_equal(pairs["set18.tif"].labels, load_usiigaci_set("set18")["labels"][window])
+    same = pairs_from_files([tmp_path / "images" / "set18.tif"], [tmp_path / "labels" / "set18.png"],
+                            [tmp_path / "borders" / "set18.png"])
+    assert np.array_equal(same[0].borders, pairs["set18.tif"].borders)
