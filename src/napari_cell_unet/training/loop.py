@@ -10,7 +10,6 @@ generator ends with a TrainResult(cancelled=True); or use a `Trainer` and read
 
 from __future__ import annotations
 
-import copy
 import math
 import os
 import platform
@@ -210,7 +209,6 @@ class _Run:
         np.random.seed(cfg.seed % 2**32)
         yield Progress(0, 0, "loading the model")
         self.model = resolve_model(self.trainer.model_spec, cfg.architecture)
-        self.start_weights = None
         network = self.model.network.to(self.device)
         if self.device.type == "cuda":
             network.to(memory_format=torch.channels_last)
