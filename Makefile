@@ -19,7 +19,7 @@ system-deps:
 ## Run the demo: napari with the plugin's widgets, a real sample image, segmented by the bundled model.
 ## Without a display it runs under Xvfb and leaves a screenshot and the labels TIFF in $(OUTPUT)/.
 run: system-deps $(STAMP)
-	bash scripts/with_display.sh $(PY) scripts/demo.py --output-dir $(OUTPUT)
+	bash scripts/with_display.sh $(PY) scripts/demo.py --output-dir $(OUTPUT) $(DEMO_ARGS)
 
 ## Run the whole test suite under a virtual display.
 test: system-deps $(STAMP)

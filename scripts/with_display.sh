@@ -4,4 +4,5 @@ set -euo pipefail
 if [ -n "${DISPLAY:-}" ] && [ -z "${CI:-}" ]; then
   exec "$@"
 fi
+export CELL_UNET_HEADLESS=1
 exec xvfb-run -a -s "-screen 0 1600x1000x24" "$@"
