@@ -33,6 +33,12 @@ def notify_info(status: QLabel, text: str) -> None:
     show_info(text)
 
 
+def device_names(core) -> list[str]:
+    """"auto" plus the devices present here (the engine decides what exists)."""
+    names = [str(name) for name in core.inference.available_devices()]
+    return ["auto", *[name for name in names if name != "auto"]]
+
+
 def spin(minimum: int, maximum: int, value: int, step: int = 1, suffix: str = "") -> QSpinBox:
     box = QSpinBox()
     box.setRange(minimum, maximum)

@@ -21,6 +21,10 @@ class JobFailed(NamedTuple):
     error: BaseException
 
 
+class JobEnded(NamedTuple):
+    """The last event of every job: finishing in the event stream keeps it after every result."""
+
+
 def run_sync_by_default() -> bool:
     return os.environ.get(SYNC_ENV, "") not in ("", "0")
 
@@ -46,6 +50,7 @@ def guarded(events: Iterator, stop: threading.Event, cooperative: bool = False) 
         close = getattr(events, "close", None)
         if close is not None:
             close()
+    yield JobEnded()
 
 
 class Job:
@@ -82,17 +87,18 @@ class Job:
         if sync:
             for event in guarded(self._events, self._stop, self._cooperative):
                 self._handle(event)
-            self._finish()
             return
         from napari.qt.threading import create_worker
 
         self.worker = create_worker(guarded, self._events, self._stop, self._cooperative,
                                     _start_thread=False)
         self.worker.yielded.connect(self._handle)
-        self.worker.finished.connect(self._finish)
         self.worker.start()
 
     def _handle(self, event: Any) -> None:
+        if isinstance(event, JobEnded):
+            self._finish()
+            return
         if isinstance(event, JobFailed):
             self._error = event.error
             return
@@ -101,18 +107,19 @@ class Job:
         self._on_event(event)
 
     def _show_progress(self, event: Progress) -> None:
-        if self._pbar is None:
+        pbar = self._pbar
+        if pbar is None:
             return
         target = int(round(min(max(event.fraction, 0.0), 1.0) * PROGRESS_STEPS))
-        if target > self._pbar.n:
-            self._pbar.update(target - self._pbar.n)
+        if target > pbar.n:
+            pbar.update(target - pbar.n)
         if event.message:
-            self._pbar.set_description(f"{self.description}: {event.message}")
+            pbar.set_description(f"{self.description}: {event.message}")
 
     def _finish(self) -> None:
-        if self._pbar is not None:
-            self._pbar.close()
-            self._pbar = None
+        pbar, self._pbar = self._pbar, None
+        if pbar is not None:
+            pbar.close()
         self.running = False
         if self._error is not None:
             self._on_error(self._error)

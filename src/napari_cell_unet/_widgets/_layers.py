@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 from napari.layers import Image, Labels, Layer
+from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QComboBox
 
 METADATA_KEY = "napari_cell_unet"
@@ -14,11 +15,18 @@ NONE_TEXT = "(none)"
 
 
 class LayerComboBox(QComboBox):
-    """A combo box listing the viewer's layers of some types, kept in sync with the layer list."""
+    """A combo box listing the viewer's layers of some types, kept in sync with the layer list.
+
+    `layer_changed` fires whenever the chosen layer changes, whether by the user or by a refresh.
+    """
+
+    layer_changed = Signal()
 
     def __init__(self, viewer, layer_types: tuple[type, ...], allow_none: bool = False, parent=None):
         super().__init__(parent)
         self._viewer = viewer
+        self._reported: str | None = None
+        self.currentTextChanged.connect(self._report)
         self._types = layer_types
         self._allow_none = allow_none
         events = viewer.layers.events
@@ -47,6 +55,12 @@ class LayerComboBox(QComboBox):
         self.blockSignals(False)
         index = self.findText(current)
         self.setCurrentIndex(index if index >= 0 else 0)
+        self._report()
+
+    def _report(self, *_) -> None:
+        if self.currentText() != self._reported:
+            self._reported = self.currentText()
+            self.layer_changed.emit()
 
     def layer(self) -> Layer | None:
         name = self.currentText()
@@ -55,7 +69,10 @@ class LayerComboBox(QComboBox):
         return self._viewer.layers[name]
 
     def set_layer(self, layer: Layer | None) -> None:
-        self.setCurrentIndex(max(0, self.findText(NONE_TEXT if layer is None else layer.name)))
+        name = NONE_TEXT if layer is None else layer.name
+        if self.findText(name) < 0:
+            self.refresh()  # napari tells observers about a new layer in no fixed order
+        self.setCurrentIndex(max(0, self.findText(name)))
 
 
 def spatial_shape(layer: Layer) -> tuple[int, ...]:
@@ -123,6 +140,14 @@ def copy_geometry(source: Layer, n_axes: int | None = None) -> dict:
     if n_axes is not None:
         scale, translate = scale[-n_axes:], translate[-n_axes:]
     return {"scale": tuple(scale), "translate": tuple(translate)}
+
+
+def find(viewer, layer: Layer | None, kind: type) -> Layer | None:
+    """`layer` if it is still in the viewer (matched by name: plugin widgets see proxies of layers)."""
+    if layer is None or layer.name not in viewer.layers:
+        return None
+    found = viewer.layers[layer.name]
+    return found if isinstance(found, kind) else None
 
 
 def unique_name(viewer, name: str) -> str:

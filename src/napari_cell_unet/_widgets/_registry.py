@@ -129,6 +129,8 @@ _REGISTRIES: dict[int, tuple[weakref.ref, ModelRegistry]] = {}
 
 def registry_for(viewer) -> ModelRegistry:
     """The registry shared by every widget of `viewer`."""
+    while hasattr(viewer, "__wrapped__"):  # napari hands plugins a new proxy of the viewer each time
+        viewer = viewer.__wrapped__
     key = id(viewer)
     found = _REGISTRIES.get(key)
     if found is not None and found[0]() is viewer:

@@ -13,7 +13,7 @@ from superqt import QCollapsible
 
 from .._progress import Progress
 from . import _layers
-from ._common import ModelComboBox, double_spin, error_message, notify_error, notify_info, spin
+from ._common import ModelComboBox, device_names, double_spin, error_message, notify_error, notify_info, spin
 from ._jobs import Job, run_sync_by_default
 from ._registry import registry_for
 from ._torch_guard import import_torch_safely
@@ -60,6 +60,7 @@ class SegmentWidget(QWidget):
         self.confirm_replace: Callable[[Labels], str] = ask_replace  # tests replace this
         self.job: Job | None = None
         self.results: list[TaskDone] = []
+        self.last_model = None  # the model of the last run
         self._build()
         self.registry.changed.connect(self._on_model_changed)
         napari_viewer.layers.selection.events.active.connect(self._follow_active_layer)
@@ -69,10 +70,10 @@ class SegmentWidget(QWidget):
     # ---- layout -------------------------------------------------------------------------
     def _build(self) -> None:
         self.image_combo = _layers.LayerComboBox(self.viewer, (Image,))
-        self.image_combo.currentIndexChanged.connect(self._update_stack_choice)
+        self.image_combo.layer_changed.connect(self._update_stack_choice)
         self.model_combo = ModelComboBox(self.registry, self._show_error)
         self.device_combo = QComboBox()
-        self.device_combo.addItems(["auto", *self.core.inference.available_devices()])
+        self.device_combo.addItems(device_names(self.core))
         self.cell_threshold = double_spin(0.05, 0.95, 0.5, 0.05)
         self.border_threshold = double_spin(0.05, 0.95, 0.5, 0.05)
         self.min_size = spin(0, 100_000, 30, 5, " px")
@@ -196,6 +197,7 @@ class SegmentWidget(QWidget):
         if not tasks:
             return None
         self.results = []
+        self.last_model = model
         description = f"Segmenting {tasks[0].layer.name}" if len(tasks) == 1 else f"Segmenting {len(tasks)} images"
         self.job = Job(lambda should_stop: self._run(tasks, model, self._parameters()), description, on_event=self._on_event,
                        on_done=self._on_done, on_error=self._on_error)
@@ -231,9 +233,7 @@ class SegmentWidget(QWidget):
         """Runs in the worker thread: one Progress scale over all tasks, a TaskDone per task."""
         for i, task in enumerate(tasks):
             image = _layers.pixels(task.layer, task.plane)
-            if task.layer.rgb:
-                image = np.moveaxis(image, -1, -3)  # (..., C, H, W) for the engine
-            for event in self.core.inference.iter_segment(image, model, **params):
+            for event in self.core.inference.iter_segment(image, model, rgb=bool(task.layer.rgb), **params):
                 if isinstance(event, Progress):
                     done = i * 1000 + round(1000 * event.fraction)
                     yield Progress(done, 1000 * len(tasks), f"{task.layer.name}: {event.message}".rstrip(": "))
@@ -248,7 +248,7 @@ class SegmentWidget(QWidget):
     def _write_result(self, done: TaskDone) -> None:
         task, result = done.task, done.result
         labels = np.asarray(result.labels)
-        target = task.target if task.target in self.viewer.layers else None
+        target = _layers.find(self.viewer, task.target, Labels)
         if target is not None:
             _layers.replace_labels(target, labels, task.plane)
         else:

@@ -11,7 +11,7 @@ from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QHBo
 
 from .._progress import Progress
 from . import _layers
-from ._common import double_spin, error_message, notify_error, notify_info, spin
+from ._common import device_names, double_spin, error_message, notify_error, notify_info, spin
 from ._jobs import Job, run_sync_by_default
 from ._pairs import LayerPair, check_pair, training_pairs
 from ._plot import LossPlot
@@ -65,7 +65,7 @@ class TrainWidget(QWidget):
 
     def _pair_form(self) -> QFormLayout:
         self.image_combo = _layers.LayerComboBox(self.viewer, (Image,))
-        self.image_combo.currentIndexChanged.connect(self._pair_labels_with_image)
+        self.image_combo.layer_changed.connect(self._pair_labels_with_image)
         self.labels_combo = _layers.LayerComboBox(self.viewer, (Labels,))
         self.borders_combo = _layers.LayerComboBox(self.viewer, (Labels,), allow_none=True)
         add_labels = QPushButton("Add empty Labels layer")
@@ -102,7 +102,7 @@ class TrainWidget(QWidget):
                                      "are not taught as background (partial annotation).")
         self.margin = spin(0, 256, 16, 4, " px margin")
         self.device_combo = QComboBox()
-        self.device_combo.addItems(["auto", *self.core.inference.available_devices()])
+        self.device_combo.addItems(device_names(self.core))
         form = QFormLayout()
         form.addRow("Start from", self.start_combo)
         form.addRow("Length", _row(self.length, self.length_unit))

@@ -1,0 +1,323 @@
+"""The napari dock widgets in a real viewer (run under `xvfb-run -a`): segment, train, errors.
+
+Every widget is opened through napari's plugin machinery, like a user would from the Plugins menu.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import TINY_ARCHITECTURE, load_usiigaci_set
+
+pytestmark = [pytest.mark.gui, pytest.mark.timeout(300)]
+
+PLUGIN = "napari-cell-unet"
+CROP = (slice(300, 556), slice(300, 556))  # 256 x 256 px, ~15 cells in set1
+SCALE = (0.65, 0.65)
+TINY_TRAINING_STEPS = 60
+TRANSLATE = (10.0, -4.0)
+
+
+@pytest.fixture(autouse=True)
+def isolated_settings(tmp_path, monkeypatch):
+    """Recent model files go to a temporary ini file, not the user's settings; no modal dialogs."""
+    from napari_cell_unet._widgets import segment_widget
+
+    monkeypatch.setenv("NAPARI_CELL_UNET_SETTINGS", str(tmp_path / "settings.ini"))
+
+    def unexpected_dialog(layer):
+        raise AssertionError(f"unexpected 'replace {layer.name}?' dialog")
+
+    monkeypatch.setattr(segment_widget, "ask_replace", unexpected_dialog)
+
+
+@pytest.fixture(scope="module")
+def cells(shared_data) -> dict[str, np.ndarray]:
+    data = load_usiigaci_set("set1")
+    return {"image": data["image"][CROP], "labels": data["labels"][CROP]}
+
+
+@pytest.fixture(scope="session")
+def segmenting_model_file(request, shared_data):
+    """The bundled default model when installed; else a tiny model trained briefly on other Usiigaci sets.
+
+    The tiny model is deterministic (seeded), so it is kept in pytest's cache between runs.
+    """
+    from napari_cell_unet.model import ModelFileError, files, load_model, save_model
+
+    if files.default_model_available():
+        return files.DEFAULT_MODEL_PATH
+    path = request.config.cache.mkdir("napari-cell-unet") / f"widget-test-tiny-{TINY_TRAINING_STEPS}.safetensors"
+    try:
+        load_model(path)
+        return path
+    except ModelFileError:
+        pass
+    from napari_cell_unet.training import TrainConfig, TrainingPair, train
+
+    corner = (slice(0, 384), slice(0, 384))
+    pairs = [TrainingPair(**{k: v[corner] for k, v in load_usiigaci_set(name).items()}, name=name)
+             for name in ("set18", "set19")]
+    config = TrainConfig(steps=TINY_TRAINING_STEPS, crop_size=128, batch_size=4, validations=1,
+                         architecture=dict(TINY_ARCHITECTURE), name="tiny trained")
+    return save_model(train(pairs, "scratch", config).model, path)
+
+
+@pytest.fixture
+def viewer(make_napari_viewer, cells):
+    viewer = make_napari_viewer()
+    viewer.add_image(cells["image"], name="cells", scale=SCALE, translate=TRANSLATE)
+    return viewer
+
+
+@pytest.fixture
+def segment_widget(viewer, segmenting_model_file):
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Segment cells")
+    assert widget.load_model_file(str(segmenting_model_file))
+    return widget
+
+
+@pytest.fixture
+def train_widget(viewer, segment_widget):
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Train / fine-tune")
+    return widget
+
+
+def gt_cell_count(labels: np.ndarray) -> int:
+    return len(np.unique(labels)) - 1
+
+
+def last_error(widget) -> str:
+    from napari.utils.notifications import NotificationSeverity, notification_manager
+
+    errors = [n for n in notification_manager.records if n.severity == NotificationSeverity.ERROR]
+    assert errors, "expected an error notification"
+    assert widget.status.text() == errors[-1].message
+    return errors[-1].message
+
+
+# ---- segmentation ----------------------------------------------------------------------------
+
+def test_segment_real_image_adds_labels_layer(viewer, segment_widget, cells):
+    from napari.layers import Labels
+
+    job = segment_widget.segment(sync=True)
+    assert job is not None and not job.cancelled
+    layer = viewer.layers["cells labels"]
+    assert isinstance(layer, Labels)
+    assert layer.data.shape == cells["image"].shape and layer.data.dtype == np.uint32
+    np.testing.assert_allclose(layer.scale, SCALE)
+    np.testing.assert_allclose(layer.translate, TRANSLATE)
+    n_found, n_true = int(layer.data.max()), gt_cell_count(cells["labels"])
+    assert 0.5 * n_true <= n_found <= 2 * n_true, (n_found, n_true)
+    assert len(np.unique(layer.data)) - 1 == n_found  # consecutive ids
+    assert f"{n_found} cells" in segment_widget.status.text() and "cpu" in segment_widget.status.text()
+
+
+def test_resegment_is_undoable_and_asks_before_overwriting_edits(viewer, segment_widget):
+    asked = []
+    segment_widget.confirm_replace = lambda layer: asked.append(layer.name) or "skip"
+    segment_widget.segment(sync=True)
+    layer = viewer.layers["cells labels"]
+    first = layer.data.copy()
+
+    segment_widget.min_size.setValue(segment_widget.min_size.value() + 400)  # drops the small cells
+    segment_widget.segment(sync=True)
+    assert viewer.layers["cells labels"] is layer and not asked
+    assert layer.data.max() < first.max()
+    layer.undo()
+    np.testing.assert_array_equal(layer.data, first)
+
+    layer.data_setitem((np.array([5]), np.array([5])), 999)  # the user paints
+    painted = layer.data.copy()
+    segment_widget.segment(sync=True)
+    assert asked == ["cells labels"]
+    np.testing.assert_array_equal(layer.data, painted)  # "skip" left it alone
+
+    segment_widget.confirm_replace = lambda layer: "new layer"
+    segment_widget.segment(sync=True)
+    np.testing.assert_array_equal(layer.data, painted)
+    assert "cells labels [2]" in viewer.layers
+
+
+def test_stack_current_slice_or_whole_stack(viewer, segment_widget, cells):
+    stack = np.stack([cells["image"][:128, :128], cells["image"][128:, 128:], cells["image"][:128, 128:]])
+    layer = viewer.add_image(stack, name="stack")
+    viewer.layers.selection.active = layer
+    assert segment_widget.image_combo.currentText() == "stack"  # plugins get proxies: compare names
+    assert segment_widget.stack_combo.isEnabled()
+    viewer.dims.set_current_step(0, 1)
+    segment_widget.stack_combo.setCurrentText("current slice")
+    segment_widget.segment(sync=True)
+    labels = viewer.layers["stack labels"].data
+    assert labels.shape == stack.shape
+    assert labels[1].max() > 0 and labels[0].max() == 0 and labels[2].max() == 0
+
+    segment_widget.stack_combo.setCurrentText("whole stack")
+    segment_widget.segment(sync=True)
+    assert all(labels[i].max() > 0 for i in range(3))
+
+
+def test_apply_to_all_open_images_with_probabilities(viewer, segment_widget, cells):
+    viewer.add_image(cells["image"][:96, :160], name="small")
+    segment_widget.probabilities_check.setChecked(True)
+    segment_widget.segment_all(sync=True)
+    for name, shape in (("cells", cells["image"].shape), ("small", (96, 160))):
+        assert viewer.layers[f"{name} labels"].data.shape == shape
+        for kind in ("cell", "border"):
+            probability = viewer.layers[f"{name} {kind} probability"].data
+            assert probability.shape == shape and 0 <= probability.min() and probability.max() <= 1
+    assert len(segment_widget.results) == 2
+    assert "in 2 images" in segment_widget.status.text()
+
+
+def test_cancel_mid_run_keeps_viewer_working(viewer, segment_widget, cells, qtbot):
+    stack = np.stack([cells["image"]] * 12)
+    viewer.add_image(stack, name="long stack")
+    before = [layer.name for layer in viewer.layers]
+    messages = []
+    segment_widget.segment_all(sync=False)
+    job = segment_widget.job
+    job.worker.yielded.connect(lambda event: messages.append(event))
+    qtbot.waitUntil(lambda: len(messages) >= 1, timeout=60_000)
+    viewer.add_points([[5, 5]])  # the viewer keeps working while the worker runs
+    segment_widget.cancel_button.click()
+    qtbot.waitUntil(lambda: not segment_widget.busy, timeout=60_000)
+    assert job.cancelled
+    assert "Cancelled" in segment_widget.status.text()
+    assert "long stack labels" not in viewer.layers
+    assert [layer.name for layer in viewer.layers][:len(before)] == before
+    assert segment_widget.segment_button.isEnabled()
+
+
+def test_widget_follows_active_layer_and_model_defaults(viewer, segment_widget, cells):
+    other = viewer.add_image(cells["image"][:64, :64], name="other")
+    viewer.layers.selection.active = other
+    assert segment_widget.image_combo.currentText() == "other"
+    model = segment_widget.registry.load(segment_widget.model_combo.entry())
+    assert segment_widget.min_size.value() == model.postprocessing["min_size"]
+    assert segment_widget.cell_threshold.value() == pytest.approx(model.postprocessing["cell_threshold"])
+    devices = [segment_widget.device_combo.itemText(i) for i in range(segment_widget.device_combo.count())]
+    assert devices[0] == "auto" and "cpu" in devices
+
+
+# ---- training ----------------------------------------------------------------------------------
+
+def paint_cells(viewer, train_widget, truth: np.ndarray, n_cells: int):
+    """Paint `n_cells` ground-truth cells into a fresh Labels layer, as a user would with the brush."""
+    layer = train_widget.add_paint_layer("labels")
+    assert layer is not None and str(layer.mode) == "paint" and viewer.layers.selection.active.name == layer.name
+    ids = [i for i in np.unique(truth) if i][:n_cells]
+    for i in ids:
+        layer.data_setitem(np.nonzero(truth == i), int(i))
+    return layer
+
+
+def test_train_on_painted_cells_then_segment_with_the_new_model(viewer, segment_widget, train_widget,
+                                                               cells, tmp_path):
+    from napari_cell_unet.model import load_model
+
+    layer = paint_cells(viewer, train_widget, cells["labels"], n_cells=8)
+    assert train_widget.labels_combo.currentText() == layer.name == "cells labels"
+    train_widget.length.setValue(4)
+    train_widget.crop_size.setValue(128)
+    train_widget.only_painted.setChecked(True)
+    train_widget.train(sync=True)
+    result = train_widget.result
+    assert result is not None and not result.cancelled
+    assert train_widget.plot.point_count() >= 4 and train_widget.plot.train_loss[1]
+    assert train_widget.progress_bar.value() == 1000
+    entry = segment_widget.model_combo.entry()
+    assert entry.kind == "session" and entry.model is result.model
+    assert "now selected" in train_widget.status.text()
+
+    asked = []
+    segment_widget.confirm_replace = lambda layer: asked.append(layer.name) or "new layer"
+    segment_widget.segment(sync=True)
+    assert asked == ["cells labels"]  # the painted layer is the user's: never replaced silently
+    assert segment_widget.last_model is result.model
+    assert viewer.layers["cells labels [2]"].data.shape == cells["image"].shape
+
+    saved = train_widget.save_model(str(tmp_path / "mine"))
+    assert saved.name == "mine.safetensors"
+    assert load_model(saved).metadata["training"]["steps"] == 4
+
+
+def test_train_cancel_keeps_best_model(viewer, train_widget, cells, qtbot):
+    paint_cells(viewer, train_widget, cells["labels"], n_cells=5)
+    train_widget.length.setValue(10_000)
+    train_widget.crop_size.setValue(64)
+    steps = []
+    train_widget.train(sync=False)
+    train_widget.job.worker.yielded.connect(lambda e: steps.append(e) if type(e).__name__ == "TrainStep" else None)
+    qtbot.waitUntil(lambda: len(steps) >= 2, timeout=60_000)
+    train_widget.cancel_button.click()
+    qtbot.waitUntil(lambda: not train_widget.busy, timeout=60_000)
+    assert train_widget.result is not None and train_widget.result.cancelled
+    assert len(steps) < 100
+    assert train_widget.registry.current.model is train_widget.result.model
+    assert "cancelled" in train_widget.status.text()
+
+
+# ---- errors: a notification, the viewer keeps working, no layer lost ---------------------------
+
+def test_error_empty_labels(viewer, train_widget):
+    train_widget.add_paint_layer("labels")
+    layers_before = list(viewer.layers)
+    assert train_widget.train(sync=True) is None
+    assert "empty" in last_error(train_widget)
+    assert list(viewer.layers) == layers_before
+
+
+def test_error_mismatched_shapes(viewer, train_widget):
+    viewer.add_labels(np.ones((50, 60), np.uint32), name="wrong size")
+    train_widget.labels_combo.set_layer(viewer.layers["wrong size"])
+    assert train_widget.train(sync=True) is None
+    assert "(50, 60)" in last_error(train_widget) and "same size" in last_error(train_widget)
+
+
+def test_error_non_image_layer(make_napari_viewer, segmenting_model_file):
+    from napari_cell_unet._widgets._pairs import LayerPair
+
+    viewer = make_napari_viewer()
+    labels = viewer.add_labels(np.ones((32, 32), np.uint32), name="just labels")
+    _, segment = viewer.window.add_plugin_dock_widget(PLUGIN, "Segment cells")
+    _, train = viewer.window.add_plugin_dock_widget(PLUGIN, "Train / fine-tune")
+    assert segment.load_model_file(str(segmenting_model_file))
+    assert segment.segment(sync=True) is None
+    assert "Image layer" in last_error(segment)
+    assert not train.add_pair(LayerPair(labels, labels))
+    assert "not an Image layer" in last_error(train)
+    assert list(viewer.layers) == [labels]
+
+
+def test_error_missing_or_broken_model_file(viewer, segment_widget, tmp_path):
+    selected = segment_widget.model_combo.entry()
+    assert not segment_widget.load_model_file(str(tmp_path / "gone.safetensors"))
+    assert "no such model file" in last_error(segment_widget)
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    assert not segment_widget.load_model_file(str(broken))
+    assert "broken.safetensors" in last_error(segment_widget)
+    assert segment_widget.model_combo.entry() is selected
+
+
+def test_error_device_failure(viewer, segment_widget):
+    segment_widget.device_combo.addItem("cuda")  # not present on this machine
+    segment_widget.device_combo.setCurrentText("cuda")
+    segment_widget.segment(sync=True)
+    assert "Segmentation failed" in last_error(segment_widget)
+    assert [layer.name for layer in viewer.layers] == ["cells"]
+    assert segment_widget.segment_button.isEnabled()
+
+
+def test_error_inside_worker_thread(viewer, segment_widget, qtbot, monkeypatch):
+    def explode(*args, **kwargs):
+        raise RuntimeError("simulated failure inside the worker")
+        yield  # a generator, like the real one
+
+    monkeypatch.setattr(segment_widget.core.inference, "iter_segment", explode)
+    segment_widget.segment(sync=False)
+    qtbot.waitUntil(lambda: not segment_widget.busy, timeout=30_000)
+    assert "simulated failure" in last_error(segment_widget)
+    assert [layer.name for layer in viewer.layers] == ["cells"]
