@@ -161,3 +161,19 @@ def test_segment_dask_runs_the_real_model_chunk_by_chunk(usiigaci, tiny_model):
     assert sum(isinstance(p, Progress) and p.message.startswith("chunk") for p in items) == 6  # 2 x 3 chunks
     ids = np.unique(labels)
     assert np.array_equal(ids, np.arange(ids.size))
+
+
+def test_dask_diameter_rescales_each_chunk(fake_network):
+    image, truth = _disc_image()
+    plain = batch.segment_dask(image, _FakeModel(), chunk=CHUNK, overlap=OVERLAP, predict=fake_network)
+    plain = plain.compute(scheduler="synchronous")
+    native_shapes = list(fake_network.calls)
+    fake_network.calls.clear()
+    # _FakeModel has no cell_diameter: the 50-px fallback applies, so diameter 25 zooms every chunk 2x
+    zoomed = batch.segment_dask(image, _FakeModel(), chunk=CHUNK, overlap=OVERLAP, predict=fake_network,
+                                diameter=25.0).compute(scheduler="synchronous")
+    assert sorted((h * 2, w * 2) for h, w in native_shapes) == sorted(fake_network.calls)
+    assert zoomed.shape == image.shape
+    n_objects = len(np.unique(plain)) - 1
+    assert len(np.unique(zoomed)) - 1 == n_objects
+    assert match_instances(zoomed, plain, iou_threshold=0.9).tp == n_objects

@@ -61,3 +61,14 @@ def test_user_errors_are_one_line(model_file, tmp_path, capsys):
     if not torch.cuda.is_available():
         assert main(["segment", str(image), "-o", str(tmp_path / "o"), "--device", "cuda"]) == 2
         assert "not available" in capsys.readouterr().err
+
+
+def test_diameter_option_rescales_and_keeps_the_shape(model_file, usiigaci, tmp_path, capsys):
+    image = tmp_path / "a.tif"
+    tifffile.imwrite(image, load_usiigaci_set("set20")["image"][:80, :100])
+    assert main(["segment", str(image), "-o", str(tmp_path / "o"), "--model", str(model_file), "--device", "cpu",
+                 "--diameter", "100"]) == 0  # half size for a 50-px model
+    assert tifffile.imread(tmp_path / "o" / "a_labels.tif").shape == (80, 100)
+    assert main(["segment", str(image), "-o", str(tmp_path / "p"), "--model", str(model_file), "--device", "cpu",
+                 "--diameter", "-3"]) == 1
+    assert "diameter" in capsys.readouterr().err

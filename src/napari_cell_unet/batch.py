@@ -126,10 +126,20 @@ def _model_predictor(model: Any, device: Any, tile_size: int | None) -> Callable
     return predict
 
 
+def _rescaled_predictor(predict: Callable[[np.ndarray], np.ndarray], scale: float
+                        ) -> Callable[[np.ndarray], np.ndarray]:
+    from .inference.rescale import rescale_plane, resize_probabilities
+
+    def rescaled(normalized: np.ndarray) -> np.ndarray:
+        return resize_probabilities(predict(rescale_plane(normalized, scale)), normalized.shape)
+
+    return rescaled
+
+
 def segment_dask(image: Any, model: Any, chunk: int = DEFAULT_CHUNK, overlap: int = DEFAULT_OVERLAP, *,
                  device: str = "auto", tile_size: int | None = None, low: float | None = None,
                  high: float | None = None, cell_threshold: float | None = None,
-                 border_threshold: float | None = None, min_size: int | None = None,
+                 border_threshold: float | None = None, min_size: int | None = None, diameter: float | None = None,
                  on_block: Callable[[], None] | None = None,
                  predict: Callable[[np.ndarray], np.ndarray] | None = None) -> Any:
     """Lazy instance labels of a huge 2D image (numpy, memmap or dask), computed chunk by chunk.
@@ -137,13 +147,15 @@ def segment_dask(image: Any, model: Any, chunk: int = DEFAULT_CHUNK, overlap: in
     Returns a dask array of unique (not consecutive) ids, uint32 (uint64 beyond 2**32 pixels); see the module
     docstring for why an object crossing chunk borders keeps one id. `on_block` is called after each labelled
     chunk (progress; raising cancels). `predict` maps a globally normalised float32 chunk to its (2, h, w)
-    probabilities (default: `model` through the tiled predictor). Other parameters default to the model's
-    metadata.
+    probabilities (default: `model` through the tiled predictor). `diameter`: typical cell diameter (px); each
+    chunk is zoomed to the model's cell size for prediction (see `inference.iter_segment`); `overlap` and
+    `min_size` stay in original pixels. Other parameters default to the model's metadata.
     """
     import dask.array as da
 
     from .inference.instances import instances_from_probabilities
     from .inference.normalize import apply_normalization
+    from .inference.rescale import diameter_scale
 
     if image.ndim != 2:
         raise ValueError(f"segment_dask needs a 2D image, got shape {tuple(image.shape)}")
@@ -160,6 +172,9 @@ def segment_dask(image: Any, model: Any, chunk: int = DEFAULT_CHUNK, overlap: in
         from .inference.devices import resolve_device
 
         predict = _model_predictor(model, resolve_device(device), tile_size)
+    scale = diameter_scale(model, diameter)
+    if scale != 1.0:
+        predict = _rescaled_predictor(predict, scale)
     label_dtype = np.dtype(np.uint32 if height * width < 2**32 - 1 else np.uint64)
 
     chunks = (_chunks_for(height, chunk, overlap), _chunks_for(width, chunk, overlap))
@@ -374,5 +389,5 @@ def _segment_large(image: Any, target: Path, model: Any, params: dict, index: in
 
 def _dask_params(params: dict) -> dict:
     allowed = {"chunk", "overlap", "device", "tile_size", "low", "high", "cell_threshold", "border_threshold",
-               "min_size"}
+               "min_size", "diameter"}
     return {k: v for k, v in params.items() if k in allowed}

@@ -30,6 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cell-threshold", type=float, help="cell probability threshold (default: the model's)")
     parser.add_argument("--border-threshold", type=float, help="border probability threshold (default: the model's)")
     parser.add_argument("--min-size", type=int, help="smallest object kept, in pixels (default: the model's)")
+    parser.add_argument("--diameter", type=float,
+                        help="typical cell diameter in pixels: images are rescaled to the model's cell size")
     parser.add_argument("--no-ap", action="store_true", help="skip COCO AP (slow with thousands of cells)")
 
 
@@ -85,7 +87,7 @@ def _evaluate(model: Any, pairs: list, args: argparse.Namespace) -> dict:
     from ..metrics import evaluate_model
 
     params = {"device": args.device, "tile_size": args.tile_size, "cell_threshold": args.cell_threshold,
-              "border_threshold": args.border_threshold, "min_size": args.min_size}
+              "border_threshold": args.border_threshold, "min_size": args.min_size, "diameter": args.diameter}
     params = {k: v for k, v in params.items() if v is not None}
     with tqdm(total=len(pairs), unit="image", file=sys.stderr, leave=False) as bar:
         def progress(p) -> None:

@@ -1,4 +1,5 @@
-"""Segment images into instance labels: writes OUTPUT_DIR/<input stem>_labels.tif for every input.
+"""Segment images into instance labels: writes OUTPUT_DIR/<input stem>_labels.tif for every input
+(OUTPUT_DIR/<folder>_<stem>_labels.tif where two inputs share a stem, e.g. set1/raw.tif and set2/raw.tif).
 
 Inputs are image files or folders (every image in them). Stacks keep their leading axes.
 A file that cannot be read or has the wrong dimensions is reported and the others still run;
@@ -22,6 +23,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-size", type=int, help="smallest object kept, in pixels (default: the model's)")
     parser.add_argument("--cell-threshold", type=float, help="cell probability threshold (default: the model's)")
     parser.add_argument("--border-threshold", type=float, help="border probability threshold (default: the model's)")
+    parser.add_argument("--diameter", type=float,
+                        help="typical cell diameter in pixels: images are rescaled so cells match the model's "
+                             "training size (default: no rescaling)")
     parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
                         help="arithmetic precision (default: fp16 on CUDA, fp32 on the CPU)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing label files")
@@ -66,5 +70,5 @@ def run(args: argparse.Namespace) -> int:
 def _params(args: argparse.Namespace) -> dict:
     params = {"device": args.device, "precision": args.precision, "tile_size": args.tile_size,
               "min_size": args.min_size, "cell_threshold": args.cell_threshold,
-              "border_threshold": args.border_threshold}
+              "border_threshold": args.border_threshold, "diameter": args.diameter}
     return {key: value for key, value in params.items() if value is not None}

@@ -4,18 +4,22 @@ from .devices import DeviceError, available_devices, resolve_device
 from .instances import instances_from_probabilities, remove_small_instances
 from .normalize import ImageError, normalize_image
 from .predict import DEFAULT_OVERLAP, DEFAULT_TILE_SIZE, TiledPredictor, predict_probabilities
+from .rescale import FALLBACK_MODEL_DIAMETER, estimate_diameter, model_diameter
 from .segment import SegmentationResult, iter_segment, segment
 
 __all__ = [
     "DEFAULT_OVERLAP",
     "DEFAULT_TILE_SIZE",
     "DeviceError",
+    "FALLBACK_MODEL_DIAMETER",
     "ImageError",
     "SegmentationResult",
     "TiledPredictor",
     "available_devices",
+    "estimate_diameter",
     "instances_from_probabilities",
     "iter_segment",
+    "model_diameter",
     "normalize_image",
     "predict_probabilities",
     "remove_small_instances",

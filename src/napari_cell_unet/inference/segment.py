@@ -15,6 +15,7 @@ from .._progress import Progress
 from .instances import instances_from_probabilities
 from .normalize import ImageError, is_rgb
 from .predict import DEFAULT_BATCH_SIZE, DEFAULT_OVERLAP, DEFAULT_TILE_SIZE, TiledPredictor
+from .rescale import diameter_scale, rescale_plane, resize_probabilities, scaled_shape
 
 
 @dataclass
@@ -32,7 +33,7 @@ def iter_segment(image: Any, model: Any = None, *, device: str = "auto", tile_si
                  overlap: int | float = DEFAULT_OVERLAP, batch_size: int | None = DEFAULT_BATCH_SIZE,
                  precision: str = "auto", threads: int | None = None, cell_threshold: float | None = None,
                  border_threshold: float | None = None, min_size: int | None = None,
-                 return_probabilities: bool = False, rgb: bool | None = None
+                 return_probabilities: bool = False, rgb: bool | None = None, diameter: float | None = None
                  ) -> Generator[Progress | SegmentationResult, None, None]:
     """Segment a 2-D image or a stack; yield `Progress` per tile batch, then one `SegmentationResult`.
 
@@ -40,7 +41,12 @@ def iter_segment(image: Any, model: Any = None, *, device: str = "auto", tile_si
         dask or any array that slices lazily; leading axes are processed slice by slice.
     model: a `CellModel`, a model file path, or None for the bundled default model.
     rgb: whether the last axis is colour; None = detect (last axis of size 3 or 4).
-    cell_threshold, border_threshold, min_size: None = the model's tuned defaults.
+    cell_threshold, border_threshold, min_size: None = the model's tuned defaults. `min_size` always
+        counts pixels of the original image, whatever `diameter` is.
+    diameter: typical cell diameter in this image (px); each plane is zoomed by the model's
+        `cell_diameter` metadata (50 px for older model files) / `diameter` before prediction and the
+        probabilities are resized back, so labels (and probabilities) keep the image's shape.
+        None = no rescaling.
     Cancel by closing the generator (or just dropping it): the model goes back to where it
     was and GPU memory is freed. In a stack, a slice that is blank (constant or all NaN)
     gets empty labels and a warning; a single blank image raises `ImageError`.
@@ -57,6 +63,7 @@ def iter_segment(image: Any, model: Any = None, *, device: str = "auto", tile_si
         raise ImageError(f"expected an image of shape (..., H, W){' x C' if rgb else ''}, got {shape}")
     leading, plane = shape[:-plane_ndim], shape[-plane_ndim:][:2]
     slices = list(np.ndindex(*leading))
+    scale = diameter_scale(model, diameter)
     started = time.perf_counter()
     predictor = TiledPredictor(model, device=device, tile_size=tile_size, overlap=overlap,
                                batch_size=batch_size, precision=precision, threads=threads)
@@ -64,12 +71,12 @@ def iter_segment(image: Any, model: Any = None, *, device: str = "auto", tile_si
         labels = np.zeros(leading + plane, dtype=np.uint32)
         probabilities = (np.zeros(leading + (len(model.classes),) + plane, dtype=np.float32)
                          if return_probabilities else None)
-        steps = predictor.grid(plane).n_tiles + 1  # tiles, then instances
+        steps = predictor.grid(scaled_shape(plane, scale)).n_tiles + 1  # tiles, then instances
         for number, index in enumerate(slices):
             prefix = f"slice {number + 1}/{len(slices)}: " if leading else ""
             try:
-                probs = yield from _iter_slice(predictor, np.asarray(image[index]), rgb, number * steps, steps,
-                                               len(slices) * steps, prefix)
+                probs = yield from _iter_slice(predictor, np.asarray(image[index]), rgb, scale, number * steps,
+                                               steps, len(slices) * steps, prefix)
             except ImageError as exc:
                 if not leading or len(slices) == 1:
                     raise
@@ -107,17 +114,18 @@ def segment(image: Any, model: Any = None, *, progress: Callable[[Progress], Non
     raise RuntimeError("segmentation ended without a result")  # unreachable unless iter_segment is broken
 
 
-def _iter_slice(predictor: TiledPredictor, plane: np.ndarray, rgb: bool, offset: int, steps: int, total: int,
-                prefix: str) -> Generator[Progress, None, np.ndarray]:
-    """Predict one 2-D slice, turning its tile progress into progress over the whole run."""
-    tiles = predictor.iter_predict(plane, rgb=rgb)
+def _iter_slice(predictor: TiledPredictor, plane: np.ndarray, rgb: bool, scale: float, offset: int, steps: int,
+                total: int, prefix: str) -> Generator[Progress, None, np.ndarray]:
+    """Predict one 2-D slice (zoomed by `scale`, probabilities resized back to the slice's shape),
+    turning its tile progress into progress over the whole run."""
+    tiles = predictor.iter_predict(rescale_plane(plane, scale, rgb), rgb=rgb)
     try:
         while True:
             step = next(tiles)
             done = offset + round(step.fraction * (steps - 1))
             yield Progress(done, total, prefix + step.message)
     except StopIteration as finished:
-        return finished.value
+        return resize_probabilities(finished.value, plane.shape[:2])
 
 
 def _resolve_model(model: Any):

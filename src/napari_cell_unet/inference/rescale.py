@@ -1,0 +1,84 @@
+"""Cell diameter rescaling: bring cells to the size the model was trained on, predict, resize back.
+
+A model sees cells of one typical size during training (`cell_diameter` in its metadata, pixels);
+cells much smaller or larger are missed. Given the cells' diameter in an image, each 2-D plane is
+zoomed by `model_diameter / diameter` (bilinear) before prediction and the probability maps are
+resized back (bilinear) to the plane's shape, so instances are always computed at the original
+resolution (and `min_size` counts original pixels).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+# Models saved before `cell_diameter` was recorded were all trained on Usiigaci cells (median ~50 px).
+FALLBACK_MODEL_DIAMETER = 50.0
+MIN_OBJECT_PIXELS = 10
+
+
+def model_diameter(model: Any) -> float:
+    """The model's `cell_diameter` metadata (px), or `FALLBACK_MODEL_DIAMETER` for older files."""
+    value = (getattr(model, "metadata", None) or {}).get("cell_diameter")
+    return float(value) if value else FALLBACK_MODEL_DIAMETER
+
+
+def diameter_scale(model: Any, diameter: float | None) -> float:
+    """The zoom factor for images whose cells are `diameter` px across (1.0 when None)."""
+    if diameter is None:
+        return 1.0
+    diameter = float(diameter)
+    if not np.isfinite(diameter) or diameter <= 0:
+        raise ValueError(f"cell diameter must be a positive number of pixels, got {diameter}")
+    return model_diameter(model) / diameter
+
+
+def rescale_plane(plane: np.ndarray, scale: float, rgb: bool = False) -> np.ndarray:
+    """A 2-D (or H x W x C colour) plane zoomed by `scale` (bilinear, pixel centres aligned), float32.
+
+    Returns `plane` itself when `scale` is 1. The zoomed plane is at least 1 x 1.
+    """
+    if scale == 1.0:
+        return plane
+    return resize_bilinear(np.asarray(plane, dtype=np.float32), scaled_shape(plane.shape[:2], scale), axes=(0, 1))
+
+
+def scaled_shape(shape: tuple[int, int], scale: float) -> tuple[int, int]:
+    """A plane's (H, W) after zooming by `scale` (each side at least 1)."""
+    if scale == 1.0:
+        return tuple(shape)
+    return max(1, round(shape[0] * scale)), max(1, round(shape[1] * scale))
+
+
+def resize_probabilities(probabilities: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """(classes, h, w) probability maps resized (bilinear) to (classes, *shape), float32."""
+    if tuple(probabilities.shape[-2:]) == tuple(shape):
+        return probabilities
+    return resize_bilinear(probabilities, shape, axes=(1, 2))
+
+
+def resize_bilinear(array: np.ndarray, shape: tuple[int, int], axes: tuple[int, int]) -> np.ndarray:
+    """`array` with the two `axes` resized to exactly `shape` by linear interpolation (grid mode: pixel
+    centres map to pixel centres, as skimage.transform.resize), other axes untouched."""
+    zoom = [1.0] * array.ndim
+    for axis, size in zip(axes, shape):
+        zoom[axis] = size / array.shape[axis]
+    return ndimage.zoom(array, zoom, order=1, mode="nearest", grid_mode=True, output=np.float32, prefilter=False)
+
+
+def estimate_diameter(labels: np.ndarray, min_pixels: int = MIN_OBJECT_PIXELS) -> float:
+    """Median equivalent diameter (px, the diameter of a disc of equal area) of the objects in
+    instance `labels` (any leading axes; every 2-D slice counted) with at least `min_pixels` pixels.
+
+    Raises `ValueError` when there is no such object.
+    """
+    labels = np.asarray(labels)
+    planes = labels.reshape(-1, *labels.shape[-2:]) if labels.ndim >= 2 else labels[None, None]
+    areas = [np.bincount(plane.ravel().astype(np.int64, copy=False))[1:] for plane in planes if plane.any()]
+    areas = np.concatenate(areas) if areas else np.empty(0)
+    areas = areas[areas >= min_pixels]
+    if areas.size == 0:
+        raise ValueError(f"no labelled objects of at least {min_pixels} pixels to measure a diameter from")
+    return float(np.median(2.0 * np.sqrt(areas / np.pi)))
