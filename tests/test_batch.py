@@ -163,6 +163,29 @@ def test_segment_dask_runs_the_real_model_chunk_by_chunk(usiigaci, tiny_model):
     assert np.array_equal(ids, np.arange(ids.size))
 
 
+def test_output_names_never_collide(tmp_path):
+    files = [tmp_path / "set1" / "raw.tif", tmp_path / "set2" / "raw.tif", tmp_path / "x" / "cells.ome.tif",
+             tmp_path / "y" / "set1" / "raw.tif", tmp_path / "x" / "other.png"]
+    names = [p.name for p in batch.output_paths(files, tmp_path / "out")]
+    assert names == ["set1_raw_labels.tif", "set2_raw_labels.tif", "cells_labels.tif", "set1_raw_2_labels.tif",
+                     "other_labels.tif"]
+
+
+def test_segment_folder_names_same_stem_inputs_by_their_folder(tmp_path, usiigaci, tiny_model):
+    from conftest import load_usiigaci_set
+
+    image = load_usiigaci_set("set18")["image"][:64, :96]
+    for name in ("set1", "set2"):
+        (tmp_path / name).mkdir()
+        tifffile.imwrite(tmp_path / name / "raw.tif", image)
+    out = tmp_path / "out"
+    results = [r for r in batch.segment_folder([tmp_path / "set1", tmp_path / "set2"], out, tiny_model,
+                                               device="cpu") if isinstance(r, batch.FileResult)]
+    assert all(r.ok for r in results)
+    assert sorted(p.name for p in out.iterdir()) == ["set1_raw_labels.tif", "set2_raw_labels.tif"]
+    assert [r.output.name for r in results] == ["set1_raw_labels.tif", "set2_raw_labels.tif"]
+
+
 def test_dask_diameter_rescales_each_chunk(fake_network):
     image, truth = _disc_image()
     plain = batch.segment_dask(image, _FakeModel(), chunk=CHUNK, overlap=OVERLAP, predict=fake_network)

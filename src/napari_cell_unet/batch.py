@@ -23,6 +23,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,21 +108,13 @@ def _canonical_ids(local: np.ndarray, interior: np.ndarray, origin: tuple[int, i
 
 def _model_predictor(model: Any, device: Any, tile_size: int | None) -> Callable[[np.ndarray], np.ndarray]:
     """Chunk -> (2, h, w) probabilities with the model, for chunks already normalised with global percentiles."""
-    from .inference.normalize import to_model_channels
-    from .inference.predict import TiledPredictor
+    from .inference.predict import predict_probabilities
 
     def predict(normalized: np.ndarray) -> np.ndarray:
-        predictor = TiledPredictor(model, device=device, **({"tile_size": tile_size} if tile_size else {}))
-        try:
-            channels = to_model_channels(normalized, model.in_channels, rgb=False)
-            # identity ranges: TiledPredictor.iter_predict would normalise each chunk by its own percentiles
-            steps = predictor._iter_tiles(channels, [(0.0, 1.0)] * len(channels))
-            while True:
-                next(steps)
-        except StopIteration as done:
-            return done.value
-        finally:
-            predictor.close()
+        # identity ranges: by default each chunk would be normalised by its own percentiles
+        return predict_probabilities(normalized, model, device=device, rgb=False,
+                                     ranges=[(0.0, 1.0)] * model.in_channels,
+                                     **({"tile_size": tile_size} if tile_size else {}))
 
     return predict
 
@@ -296,18 +289,36 @@ def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
     return files
 
 
-def output_path(input_path: Path, output_dir: Path, suffix: str = "_labels.tif") -> Path:
+def output_path(input_path: Path, output_dir: Path, suffix: str = "_labels.tif", prefix: str = "") -> Path:
     name = input_path.name
     for ext in (".ome.tiff", ".ome.tif"):
         if name.lower().endswith(ext):
-            return output_dir / (name[: -len(ext)] + suffix)
-    return output_dir / (input_path.stem + suffix)
+            return output_dir / (prefix + name[: -len(ext)] + suffix)
+    return output_dir / (prefix + input_path.stem + suffix)
+
+
+def output_paths(files: Sequence[Path], output_dir: Path, suffix: str = "_labels.tif") -> list[Path]:
+    """One distinct output per input: `<stem><suffix>`; where stems collide (every Usiigaci image is raw.tif),
+    `<parent>_<stem><suffix>`; where those collide too, a counter goes before the suffix (`<parent>_<stem>_2<suffix>`)."""
+    plain = [output_path(path, output_dir, suffix) for path in files]
+    counts = Counter(str(p).lower() for p in plain)  # case-insensitive file systems collide too
+    named = [output_path(path, output_dir, suffix, prefix=f"{path.resolve().parent.name}_")
+             if counts[str(p).lower()] > 1 else p for path, p in zip(files, plain)]
+    seen: Counter = Counter()
+    unique = []
+    for path in named:
+        seen[str(path).lower()] += 1
+        number = seen[str(path).lower()]
+        unique.append(path if number == 1 else path.with_name(f"{path.name[:-len(suffix)]}_{number}{suffix}"))
+    return unique
 
 
 def segment_folder(inputs: str | Path | Sequence[str | Path], output_dir: str | Path, model: Any, *,
                    overwrite: bool = False, suffix: str = "_labels.tif",
                    large_image_pixels: int = LARGE_IMAGE_PIXELS, **params: Any) -> Iterator[Progress | FileResult]:
-    """Segment every image file (or every image in the given folders) into `output_dir/<stem>_labels.tif`.
+    """Segment every image file (or every image in the given folders) into `output_dir/<stem>_labels.tif`
+    (`<parent folder>_<stem>_labels.tif` where stems collide, see `output_paths`; existing files are never
+    replaced unless `overwrite`).
 
     Yields `Progress(files done, files, message)` while working and one `FileResult` per file; a file that
     cannot be read, has the wrong dimensions or would overwrite an existing output (without `overwrite`) gives
@@ -317,10 +328,9 @@ def segment_folder(inputs: str | Path | Sequence[str | Path], output_dir: str | 
     files = expand_inputs([inputs] if isinstance(inputs, (str, Path)) else inputs)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    for index, path in enumerate(files):
+    for index, (path, target) in enumerate(zip(files, output_paths(files, output_dir, suffix))):
         yield Progress(index, len(files), f"segmenting {path.name}")
-        yield from _segment_file(path, output_path(path, output_dir, suffix), model, overwrite,
-                                 large_image_pixels, params, index, len(files))
+        yield from _segment_file(path, target, model, overwrite, large_image_pixels, params, index, len(files))
     yield Progress(len(files), len(files), "done")
 
 

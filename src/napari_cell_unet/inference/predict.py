@@ -28,17 +28,20 @@ MIN_TILE_SIZE = 128
 def predict_probabilities(image2d: np.ndarray, model: Any, device: str | torch.device = "auto",
                           tile_size: int = DEFAULT_TILE_SIZE, overlap: int | float = DEFAULT_OVERLAP,
                           batch_size: int | None = DEFAULT_BATCH_SIZE, precision: str = "auto",
-                          rgb: bool | None = None, threads: int | None = None) -> np.ndarray:
+                          rgb: bool | None = None, threads: int | None = None,
+                          ranges: list[tuple[float, float]] | None = None) -> np.ndarray:
     """Cell and border probabilities, float32 of shape (2, H, W), for one 2-D (or H x W x RGB[A]) image.
 
     `overlap` is pixels (int) or a fraction of the tile (float < 1). `precision`: "auto"
     (fp16 autocast on CUDA, fp32 elsewhere), "fp32", "bf16" or "fp16" (CUDA only).
     `threads`: torch CPU threads while predicting (default: the cores this process may use).
+    `ranges`: per-channel (low, high) intensities mapped to 0 and 1 (default: this image's percentiles
+    as the model's metadata asks; pass [(0.0, 1.0)] for an image that is already normalised).
     """
     predictor = TiledPredictor(model, device=device, tile_size=tile_size, overlap=overlap,
                                batch_size=batch_size, precision=precision, threads=threads)
     try:
-        steps = predictor.iter_predict(image2d, rgb=rgb)
+        steps = predictor.iter_predict(image2d, rgb=rgb, ranges=ranges)
         while True:
             next(steps)
     except StopIteration as done:
