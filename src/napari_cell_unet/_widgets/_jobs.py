@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections import deque
 from collections.abc import Callable, Generator, Iterator
 from typing import Any, NamedTuple
 
@@ -73,6 +74,8 @@ class Job:
         self._pbar: cancelable_progress | None = None
         self.worker = None
         self.running = False
+        self._pending: deque = deque()
+        self._dispatching = False
 
     @property
     def cancelled(self) -> bool:
@@ -96,6 +99,19 @@ class Job:
         self.worker.start()
 
     def _handle(self, event: Any) -> None:
+        """Dispatch strictly in order: updating napari's progress bar can process Qt events, which
+        would otherwise deliver the next events (even the end) inside this handler."""
+        self._pending.append(event)
+        if self._dispatching:
+            return
+        self._dispatching = True
+        try:
+            while self._pending:
+                self._dispatch(self._pending.popleft())
+        finally:
+            self._dispatching = False
+
+    def _dispatch(self, event: Any) -> None:
         if isinstance(event, JobEnded):
             self._finish()
             return

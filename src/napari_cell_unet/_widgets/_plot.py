@@ -25,6 +25,7 @@ class LossPlot(FigureCanvasQTAgg):
         self.loss_axes = figure.add_subplot(1, 1, 1)
         self.metric_axes = self.loss_axes.twinx()
         self._last_draw = 0.0
+        self._legend = None
         self.clear()
 
     def clear(self) -> None:
@@ -63,14 +64,11 @@ class LossPlot(FigureCanvasQTAgg):
         metric_ax.plot(*self.dice, "s--", color="#7bd88f", ms=3, lw=1, label="val Dice")
         metric_ax.plot(*self.f1, "^--", color="#e0d25c", ms=3, lw=1, label="val F1@0.5")
         metric_ax.set_ylim(0, 1)
-        if any(v > 0 for v in self.train_loss[1] + self.val_loss[1]):
-            loss_ax.set_yscale("log")
         _style(loss_ax, metric_ax)
-        handles = loss_ax.get_legend_handles_labels()[0] + metric_ax.get_legend_handles_labels()[0]
-        if handles:
-            legend = loss_ax.legend(handles=handles, fontsize=7, loc="upper right", framealpha=0.4,
-                                    facecolor=BACKGROUND, labelcolor=FOREGROUND, edgecolor="none")
-            legend.set_zorder(5)
+        if self._legend is None and self.train_loss[0]:
+            handles = loss_ax.get_legend_handles_labels()[0] + metric_ax.get_legend_handles_labels()[0]
+            self._legend = self.figure.legend(handles=handles, loc="outside upper center", ncols=4, fontsize=7,
+                                              frameon=False, labelcolor=FOREGROUND, handlelength=1.5)
         self.draw_idle()
 
 
@@ -85,6 +83,8 @@ def _style(loss_ax, metric_ax) -> None:
     loss_ax.set_facecolor(BACKGROUND)
     loss_ax.set_xlabel("step", color=FOREGROUND, fontsize=8)
     loss_ax.set_ylabel("loss", color=FOREGROUND, fontsize=8)
+    metric_ax.yaxis.tick_right()  # clear() puts a twin axis's ticks and label back on the left
+    metric_ax.yaxis.set_label_position("right")
     metric_ax.set_ylabel("Dice / F1", color=FOREGROUND, fontsize=8)
     for ax in (loss_ax, metric_ax):
         ax.tick_params(colors=FOREGROUND, labelsize=7)

@@ -244,11 +244,9 @@ class TrainWidget(QWidget):
         self.progress_bar.setValue(1000 if not cancelled else self.progress_bar.value())
         entry = self.registry.add_session_model(self.result.model, select=True)
         self.save_button.setEnabled(True)
-        metrics = self.result.model.metadata.get("training", {}).get("metrics", {})
-        scores = ", ".join(f"{k} {v:.3f}" for k, v in metrics.items() if isinstance(v, (int, float)))
         head = "Training cancelled; kept the best model so far" if cancelled else "Training finished"
-        notify_info(self.status, f"{head} (step {self.result.best_step}{'; ' + scores if scores else ''}). "
-                                 f"'{entry.label}' is now selected in Segment cells.")
+        notify_info(self.status, f"{head}: {best_scores(self.result)}. '{entry.label}' is now selected "
+                                 "in Segment cells.")
 
     def _on_error(self, exc: BaseException) -> None:
         self._set_running(False)
@@ -285,6 +283,15 @@ class TrainWidget(QWidget):
 
     def _show_error(self, text: str) -> None:
         notify_error(self.status, text)
+
+
+def best_scores(result) -> str:
+    """'best at step 15: Dice 0.873, F1@0.5 0.511' from the model's training record."""
+    metrics = result.model.metadata.get("training", {}).get("metrics", {})
+    names = {"dice": "Dice", "f1": "F1@0.5", "val_loss": "val loss"}
+    scores = [f"{label} {metrics[key]:.3f}" for key, label in names.items()
+              if isinstance(metrics.get(key), (int, float))]
+    return f"best at step {result.best_step}" + (": " + ", ".join(scores) if scores else "")
 
 
 def _row(*widgets: QWidget) -> QHBoxLayout:
