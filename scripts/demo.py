@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -37,8 +38,9 @@ def main() -> int:
     for layer in layers:
         if layer is not image:
             layer.visible = False  # ground truth stays available, but the prediction is what we show
-    _, segmenter = viewer.window.add_plugin_dock_widget(PLUGIN, "Segment cells")
+    segment_dock, segmenter = viewer.window.add_plugin_dock_widget(PLUGIN, "Segment cells")
     viewer.window.add_plugin_dock_widget(PLUGIN, "Train / fine-tune", tabify=True)
+    segment_dock.raise_()  # show the Segment tab, the first step of the cycle
     viewer.layers.selection.active = image
 
     start = time.perf_counter()
@@ -51,7 +53,7 @@ def main() -> int:
         napari.run()
         return 0
     args.output_dir.mkdir(parents=True, exist_ok=True)
-    labels_path = args.output_dir / f"{image.name}_labels.tif"
+    labels_path = args.output_dir / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', image.name).strip('_')}_labels.tif"
     write_labels_tiff(labels_path, labels_layer.data, overwrite=True)
     shot = args.output_dir / "demo_screenshot.png"
     viewer.window.resize(1500, 950)
