@@ -6,6 +6,7 @@ import time
 
 from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from qtpy.QtWidgets import QSizePolicy
 
 BACKGROUND = "#262930"  # napari's dark theme
@@ -20,7 +21,7 @@ class LossPlot(FigureCanvasQTAgg):
         figure = Figure(figsize=(4, 2.6), dpi=90, facecolor=BACKGROUND, layout="constrained")
         super().__init__(figure)
         self.setParent(parent)
-        self.setMinimumHeight(200)
+        self.setMinimumHeight(230)
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
         self.loss_axes = figure.add_subplot(1, 1, 1)
         self.metric_axes = self.loss_axes.twinx()
@@ -81,6 +82,7 @@ def _append(series: tuple[list[int], list[float]], step: int, value: float) -> N
 
 def _style(loss_ax, metric_ax) -> None:
     loss_ax.set_facecolor(BACKGROUND)
+    loss_ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     loss_ax.set_xlabel("step", color=FOREGROUND, fontsize=8)
     loss_ax.set_ylabel("loss", color=FOREGROUND, fontsize=8)
     metric_ax.yaxis.tick_right()  # clear() puts a twin axis's ticks and label back on the left
