@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from ._progress import Progress
+from .inference.instances import relabel_consecutive
 
 DEFAULT_CHUNK = 2048
 DEFAULT_OVERLAP = 128
@@ -88,24 +89,6 @@ def _extended_origin(chunks: tuple[tuple[int, ...], ...], block_id: tuple[int, .
     return y0 - (depth if i > 0 else 0), x0 - (depth if j > 0 else 0)
 
 
-def _canonical_ids(local: np.ndarray, interior: np.ndarray, origin: tuple[int, int], width: int,
-                   dtype: np.dtype) -> np.ndarray:
-    """Map local ids to 1 + the full-image row-major index of each object's first *interior* pixel.
-
-    Interior pixels (cell and not border, a pointwise test of the shared probabilities) never sit on a contested
-    edge between two objects, so neighbouring chunks agree on them even where watershed ties assign an edge
-    pixel differently; objects without interior pixels fall back to their first pixel.
-    """
-    ids, first = np.unique(local.ravel(), return_index=True)
-    inner_ids, inner_first = np.unique(np.where(interior, local, 0).ravel(), return_index=True)
-    first[np.searchsorted(ids, inner_ids)] = inner_first  # every inner id is also in ids
-    rows, cols = np.divmod(first, local.shape[1])
-    lut = np.zeros(int(ids[-1]) + 1 if ids.size else 1, dtype)
-    lut[ids] = (rows + origin[0]).astype(np.uint64) * width + (cols + origin[1]).astype(np.uint64) + 1
-    lut[0] = 0
-    return lut[local]
-
-
 def _model_predictor(model: Any, device: Any, tile_size: int | None) -> Callable[[np.ndarray], np.ndarray]:
     """Chunk -> (2, h, w) probabilities with the model, for chunks already normalised with global percentiles."""
     from .inference.predict import predict_probabilities
@@ -146,7 +129,7 @@ def segment_dask(image: Any, model: Any, chunk: int = DEFAULT_CHUNK, overlap: in
     """
     import dask.array as da
 
-    from .inference.instances import instances_from_probabilities
+    from .inference.instances import canonical_ids, instances_from_probabilities
     from .inference.normalize import apply_normalization
     from .inference.rescale import diameter_scale
 
@@ -188,7 +171,7 @@ def segment_dask(image: Any, model: Any, chunk: int = DEFAULT_CHUNK, overlap: in
                                              min_size=params["min_size"])
         # the same pointwise test as the seeds of instances_from_probabilities
         interior = (block[0] > params["cell_threshold"]) & (block[1] < params["border_threshold"])
-        keyed = _canonical_ids(np.asarray(local), interior, _extended_origin(chunks, block_id, overlap), width,
+        keyed = canonical_ids(np.asarray(local), interior, _extended_origin(chunks, block_id, overlap), width,
                                label_dtype)
         core = _crop_core(keyed, block_id, (1, *numblocks), overlap)
         if on_block is not None:
@@ -198,20 +181,6 @@ def segment_dask(image: Any, model: Any, chunk: int = DEFAULT_CHUNK, overlap: in
     extended_probs = da.overlap.overlap(probabilities, depth={0: 0, 1: overlap, 2: overlap}, boundary="none")
     return extended_probs.map_blocks(label_block, dtype=label_dtype, drop_axis=0, chunks=chunks,
                                      meta=np.empty((0, 0), label_dtype))
-
-
-def relabel_consecutive(labels: Any, block_rows: int = DEFAULT_CHUNK) -> int:
-    """Renumber a written label array (numpy, memmap, zarr) in place to 1..N, a band of rows at a time.
-    Returns N."""
-    ids: np.ndarray = np.empty(0, np.uint64)
-    for start in range(0, labels.shape[0], block_rows):
-        ids = np.union1d(ids, np.unique(np.asarray(labels[start:start + block_rows])).astype(np.uint64))
-    ids = ids[ids > 0]
-    for start in range(0, labels.shape[0], block_rows):
-        band = np.asarray(labels[start:start + block_rows]).astype(np.uint64)
-        new = np.searchsorted(ids, band) + 1
-        labels[start:start + block_rows] = np.where(band > 0, new, 0).astype(labels.dtype)
-    return int(ids.size)
 
 
 def iter_segment_dask(image: Any, model: Any, out: Any | None = None, *, consecutive: bool = True,
@@ -299,7 +268,8 @@ def output_path(input_path: Path, output_dir: Path, suffix: str = "_labels.tif",
 
 def output_paths(files: Sequence[Path], output_dir: Path, suffix: str = "_labels.tif") -> list[Path]:
     """One distinct output per input: `<stem><suffix>`; where stems collide (every Usiigaci image is raw.tif),
-    `<parent>_<stem><suffix>`; where those collide too, a counter goes before the suffix (`<parent>_<stem>_2<suffix>`)."""
+    `<parent>_<stem><suffix>`; where those collide too, a counter goes before the suffix
+    (`<parent>_<stem>_2<suffix>`)."""
     plain = [output_path(path, output_dir, suffix) for path in files]
     counts = Counter(str(p).lower() for p in plain)  # case-insensitive file systems collide too
     named = [output_path(path, output_dir, suffix, prefix=f"{path.resolve().parent.name}_")

@@ -1,7 +1,7 @@
 """Inference: normalisation, device choice, tiled prediction and instance labels (no Qt, no napari)."""
 
 from .devices import DeviceError, available_devices, resolve_device
-from .instances import instances_from_probabilities, remove_small_instances
+from .instances import instances_from_probabilities, instances_in_bands, remove_small_instances
 from .normalize import ImageError, normalize_image
 from .predict import DEFAULT_OVERLAP, DEFAULT_TILE_SIZE, TiledPredictor, predict_probabilities
 from .rescale import FALLBACK_MODEL_DIAMETER, estimate_diameter, model_diameter
@@ -18,6 +18,7 @@ __all__ = [
     "available_devices",
     "estimate_diameter",
     "instances_from_probabilities",
+    "instances_in_bands",
     "iter_segment",
     "model_diameter",
     "normalize_image",

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from scipy import ndimage
 from skimage.segmentation import relabel_sequential, watershed
+
+# Planes above this many pixels get their instances in row bands (see `instances_in_bands`).
+BAND_PIXELS = 16_000_000
+BAND_MARGIN = 128
 
 
 def instances_from_probabilities(cell_prob: np.ndarray, border_prob: np.ndarray, cell_threshold: float = 0.5,
@@ -35,6 +41,35 @@ def instances_from_probabilities(cell_prob: np.ndarray, border_prob: np.ndarray,
     return remove_small_instances(labels, min_size)
 
 
+def instances_in_bands(cell_prob: np.ndarray, border_prob: np.ndarray, cell_threshold: float = 0.5,
+                       border_threshold: float = 0.5, min_size: int = 30, band_pixels: int = BAND_PIXELS,
+                       margin: int = BAND_MARGIN) -> np.ndarray:
+    """`instances_from_probabilities` on a large plane, a band of rows (about `band_pixels` pixels) at a time.
+
+    Each band is computed with `margin` rows of context above and below and keeps its own rows; objects
+    get band-independent ids (`canonical_ids`), so a cell crossing a band edge keeps one id as long as it
+    (and the cells touching it) lies within `margin` rows of the edge, then ids are renumbered 1..N.
+    Peak memory is that of one band instead of the whole plane (skimage's watershed copies its input to
+    float64 and pads it: ~25 bytes per pixel). Planes of at most one band are done in one piece.
+    """
+    height, width = cell_prob.shape
+    band_rows = max(1, band_pixels // max(1, width), 2 * margin)
+    params = {"cell_threshold": cell_threshold, "border_threshold": border_threshold, "min_size": min_size}
+    if height <= band_rows + margin:
+        return instances_from_probabilities(cell_prob, border_prob, **params)
+    dtype = np.dtype(np.uint32 if height * width < 2**32 - 1 else np.uint64)
+    labels = np.zeros((height, width), dtype)
+    for start in range(0, height, band_rows):
+        stop = min(height, start + band_rows)
+        top, bottom = max(0, start - margin), min(height, stop + margin)
+        cell, border = cell_prob[top:bottom], border_prob[top:bottom]
+        local = instances_from_probabilities(cell, border, **params)
+        interior = (cell > cell_threshold) & (border < border_threshold)  # the seeds' pointwise test
+        labels[start:stop] = canonical_ids(local, interior, (top, 0), width, dtype)[start - top:stop - top]
+    relabel_consecutive(labels, band_rows)
+    return labels.astype(np.uint32, copy=False)
+
+
 def remove_small_instances(labels: np.ndarray, min_size: int) -> np.ndarray:
     """Drop instances with fewer than `min_size` pixels and renumber the rest 1..N as uint32."""
     labels = np.asarray(labels)
@@ -46,3 +81,35 @@ def remove_small_instances(labels: np.ndarray, min_size: int) -> np.ndarray:
             labels = np.where(too_small[labels], 0, labels)
     relabelled, _, _ = relabel_sequential(labels)
     return relabelled.astype(np.uint32, copy=False)
+
+
+def canonical_ids(local: np.ndarray, interior: np.ndarray, origin: tuple[int, int], width: int,
+                   dtype: np.dtype) -> np.ndarray:
+    """Map local ids to 1 + the full-image row-major index of each object's first *interior* pixel.
+
+    Interior pixels (cell and not border, a pointwise test of the shared probabilities) never sit on a contested
+    edge between two objects, so neighbouring chunks agree on them even where watershed ties assign an edge
+    pixel differently; objects without interior pixels fall back to their first pixel.
+    """
+    ids, first = np.unique(local.ravel(), return_index=True)
+    inner_ids, inner_first = np.unique(np.where(interior, local, 0).ravel(), return_index=True)
+    first[np.searchsorted(ids, inner_ids)] = inner_first  # every inner id is also in ids
+    rows, cols = np.divmod(first, local.shape[1])
+    lut = np.zeros(int(ids[-1]) + 1 if ids.size else 1, dtype)
+    lut[ids] = (rows + origin[0]).astype(np.uint64) * width + (cols + origin[1]).astype(np.uint64) + 1
+    lut[0] = 0
+    return lut[local]
+
+
+def relabel_consecutive(labels: Any, block_rows: int = 2048) -> int:
+    """Renumber a written label array (numpy, memmap, zarr) in place to 1..N, a band of rows at a time.
+    Returns N."""
+    ids: np.ndarray = np.empty(0, np.uint64)
+    for start in range(0, labels.shape[0], block_rows):
+        ids = np.union1d(ids, np.unique(np.asarray(labels[start:start + block_rows])).astype(np.uint64))
+    ids = ids[ids > 0]
+    for start in range(0, labels.shape[0], block_rows):
+        band = np.asarray(labels[start:start + block_rows]).astype(np.uint64)
+        new = np.searchsorted(ids, band) + 1
+        labels[start:start + block_rows] = np.where(band > 0, new, 0).astype(labels.dtype)
+    return int(ids.size)

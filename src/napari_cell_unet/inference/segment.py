@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from .._progress import Progress
-from .instances import instances_from_probabilities
+from .instances import BAND_MARGIN, instances_in_bands
 from .normalize import ImageError, is_rgb
 from .predict import DEFAULT_BATCH_SIZE, DEFAULT_OVERLAP, DEFAULT_TILE_SIZE, TiledPredictor
 from .rescale import diameter_scale, rescale_plane, resize_probabilities, scaled_shape
@@ -64,6 +64,8 @@ def iter_segment(image: Any, model: Any = None, *, device: str = "auto", tile_si
     leading, plane = shape[:-plane_ndim], shape[-plane_ndim:][:2]
     slices = list(np.ndindex(*leading))
     scale = diameter_scale(model, diameter)
+    # rows of context around each band of the instance step: a few cell diameters
+    post_params["margin"] = max(BAND_MARGIN, int(3 * diameter)) if diameter else BAND_MARGIN
     started = time.perf_counter()
     predictor = TiledPredictor(model, device=device, tile_size=tile_size, overlap=overlap,
                                batch_size=batch_size, precision=precision, threads=threads)
@@ -82,7 +84,7 @@ def iter_segment(image: Any, model: Any = None, *, device: str = "auto", tile_si
                     raise
                 warnings.warn(f"slice {index}: {exc}; left empty", RuntimeWarning, stacklevel=2)
                 continue
-            labels[index] = instances_from_probabilities(probs[0], probs[1], **post_params)
+            labels[index] = instances_in_bands(probs[0], probs[1], **post_params)
             if probabilities is not None:
                 probabilities[index] = probs
             del probs
