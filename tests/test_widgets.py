@@ -114,6 +114,27 @@ def test_segment_real_image_adds_labels_layer(viewer, segment_widget, cells):
     assert f"{n_found} cells" in segment_widget.status.text() and "cpu" in segment_widget.status.text()
 
 
+def test_cell_diameter_rescales_small_cells_to_the_model(make_napari_viewer, segmenting_model_file, cells):
+    """Cells shrunk to half size are found again when the user gives their diameter."""
+    from skimage.transform import rescale
+
+    from napari_cell_unet.model import load_model
+
+    viewer = make_napari_viewer()
+    small = rescale(cells["image"].astype(np.float32), 0.5, order=1, preserve_range=True, anti_aliasing=True)
+    viewer.add_image(small, name="small cells")
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Segment cells")
+    assert widget.load_model_file(str(segmenting_model_file))
+    trained = float(load_model(segmenting_model_file).metadata.get("cell_diameter", 50.0))
+    widget.diameter.setValue(trained / 2)
+    assert widget._parameters()["diameter"] == pytest.approx(trained / 2)
+    widget.segment(sync=True)
+    labels = viewer.layers["small cells labels"].data
+    assert labels.shape == small.shape
+    n_true = gt_cell_count(cells["labels"])
+    assert 0.5 * n_true <= int(labels.max()) <= 2 * n_true, (int(labels.max()), n_true)
+
+
 def test_resegment_is_undoable_and_asks_before_overwriting_edits(viewer, segment_widget):
     asked = []
     segment_widget.confirm_replace = lambda layer: asked.append(layer.name) or "skip"

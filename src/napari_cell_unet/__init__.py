@@ -23,6 +23,12 @@ __all__ = ["__version__", *_LAZY]
 def __getattr__(name: str):
     if name in _LAZY:
         import importlib
+        import sys
+
+        if "napari" in sys.modules:  # e.g. napari's console: same Mesa/triton hazard as the widgets
+            from ._widgets._torch_guard import install_triton_guard
+
+            install_triton_guard()
 
         module, attr = _LAZY[name]
         return getattr(importlib.import_module(module), attr)

@@ -77,6 +77,11 @@ class SegmentWidget(QWidget):
         self.cell_threshold = double_spin(0.05, 0.95, 0.5, 0.05)
         self.border_threshold = double_spin(0.05, 0.95, 0.5, 0.05)
         self.min_size = spin(0, 100_000, 30, 5, " px")
+        self.diameter = double_spin(0.0, 1000.0, 0.0, 5.0)
+        self.diameter.setSpecialValueText("as trained")
+        self.diameter.setSuffix(" px")
+        self.diameter.setToolTip("Typical cell diameter in this image. The image is rescaled so that cells have the "
+                                 "size the model was trained on; 'as trained' uses the image as it is.")
         self.stack_combo = QComboBox()
         self.stack_combo.addItems([CURRENT_SLICE, WHOLE_STACK])
         self.probabilities_check = QCheckBox("add probability layers (cell, border)")
@@ -90,6 +95,7 @@ class SegmentWidget(QWidget):
         form.addRow("Cell threshold", self.cell_threshold)
         form.addRow("Border threshold", self.border_threshold)
         form.addRow("Minimum size", self.min_size)
+        form.addRow("Cell diameter", self.diameter)
         form.addRow("Stack", self.stack_combo)
         form.addRow(self.probabilities_check)
         advanced = QCollapsible("Advanced")
@@ -227,6 +233,8 @@ class SegmentWidget(QWidget):
                   "return_probabilities": self.probabilities_check.isChecked()}
         if self.tile_size.value() > 0:
             params["tile_size"] = self.tile_size.value()
+        if self.diameter.value() > 0:
+            params["diameter"] = self.diameter.value()
         return params
 
     def _run(self, tasks: list[SegmentTask], model, params: dict) -> Iterator:
