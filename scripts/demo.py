@@ -38,9 +38,9 @@ def main() -> int:
     for layer in layers:
         if layer is not image:
             layer.visible = False  # ground truth stays available, but the prediction is what we show
-    segment_dock, segmenter = viewer.window.add_plugin_dock_widget(PLUGIN, "Segment cells")
-    viewer.window.add_plugin_dock_widget(PLUGIN, "Train / fine-tune", tabify=True)
-    segment_dock.raise_()  # show the Segment tab, the first step of the cycle
+    viewer.window.add_plugin_dock_widget(PLUGIN, "Train / fine-tune")
+    # added last, so its tab is the one shown: segmenting is the first step of the cycle
+    _, segmenter = viewer.window.add_plugin_dock_widget(PLUGIN, "Segment cells", tabify=True)
     viewer.layers.selection.active = image
 
     start = time.perf_counter()

@@ -65,6 +65,11 @@ class LossPlot(FigureCanvasQTAgg):
         metric_ax.plot(*self.dice, "s--", color="#7bd88f", ms=3, lw=1, label="val Dice")
         metric_ax.plot(*self.f1, "^--", color="#e0d25c", ms=3, lw=1, label="val F1@0.5")
         metric_ax.set_ylim(0, 1)
+        if not self.train_loss[0]:
+            loss_ax.set_xlim(0, 100)
+            loss_ax.set_ylim(0, 1)
+            loss_ax.text(50, 0.5, "training loss and validation scores\nappear here during training",
+                         ha="center", va="center", color=FOREGROUND, fontsize=8, alpha=0.7)
         _style(loss_ax, metric_ax)
         if self._legend is None and self.train_loss[0]:
             handles = loss_ax.get_legend_handles_labels()[0] + metric_ax.get_legend_handles_labels()[0]
