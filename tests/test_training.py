@@ -309,3 +309,18 @@ def test_pairs_from_a_dataset_folder_and_from_files(tmp_path, shared_data):
     same = pairs_from_files([tmp_path / "images" / "set18.tif"], [tmp_path / "labels" / "set18.png"],
                             [tmp_path / "borders" / "set18.png"])
     assert np.array_equal(same[0].borders, pairs["set18.tif"].borders)
+
+
+def test_models_record_their_training_cell_diameter(shared_data):
+    """From scratch: the labels' median diameter (the reference for diameter= at inference); fine-tuned: kept."""
+    from napari_cell_unet.inference import estimate_diameter
+    from napari_cell_unet.training import TrainingPair, train
+
+    image, labels, borders = _real_crop()
+    scratch = train([TrainingPair(image, labels, borders)], "scratch",
+                    _fast_config(steps=2, architecture=dict(TINY_ARCHITECTURE))).model
+    assert scratch.metadata["cell_diameter"] == pytest.approx(estimate_diameter(labels), rel=1e-3)
+    base = _tiny()
+    base.metadata["cell_diameter"] = 31.0
+    tuned = train([TrainingPair(image, labels, borders)], base, _fast_config(steps=2)).model
+    assert tuned.metadata["cell_diameter"] == 31.0

@@ -392,6 +392,8 @@ class _Run:
         if previous:
             record["previous"] = previous
         meta["training"] = record
+        if self.trainer.model_spec == "scratch":
+            meta["cell_diameter"] = _training_cell_diameter(self.trainer.pairs)
         meta["name"] = cfg.name or (f"{self.model.name} (fine-tuned)" if self.trainer.model_spec != "scratch" else "trained from scratch")
 
     def release(self) -> None:
@@ -466,6 +468,24 @@ def validate(model: CellModel, val_data: list[dict[str, Any]], border_weight: fl
         dices.append(dice(labels > 0, item["instances"] > 0))
         f1s.append(match_instances(labels, item["instances"], 0.5).f1)
     return {"val_loss": float(np.mean(losses)), "dice": float(np.mean(dices)), "f1": float(np.mean(f1s))}
+
+
+def _training_cell_diameter(pairs: Sequence[TrainingPair]) -> float | None:
+    """Median cell diameter of the training labels: the reference size for inference's `diameter=` rescaling.
+
+    Fine-tuned models keep their base model's value, so one model has one reference size.
+    """
+    from ..inference import estimate_diameter
+
+    from .targets import as_instance_labels
+
+    diameters = []
+    for pair in pairs:
+        try:
+            diameters.append(estimate_diameter(as_instance_labels(pair.labels)))
+        except ValueError:  # no object in this pair
+            continue
+    return round(float(np.median(diameters)), 2) if diameters else None
 
 
 def _postprocessing_kwargs(params: dict[str, Any]) -> dict[str, Any]:
