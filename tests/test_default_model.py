@@ -1,0 +1,74 @@
+"""The bundled default model: it ships, loads without a download, and segments held-out real images well."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import LIVECELL_FRAME, load_usiigaci_set
+
+from napari_cell_unet.model import DEFAULT_MODEL_PATH
+
+HELD_OUT_SET = "set21"  # one of the six Usiigaci validation sets, never trained on
+
+
+@pytest.fixture(scope="module")
+def default_model():
+    from napari_cell_unet import load_model
+
+    return load_model()
+
+
+def test_bundled_model_ships_with_its_card(default_model):
+    assert DEFAULT_MODEL_PATH.stat().st_size < 30e6
+    meta = default_model.metadata
+    assert meta["classes"] == ["cell", "border"] and meta["in_channels"] == 1
+    assert meta["architecture"]["encoder_name"] == "resnet18"
+    assert set(default_model.postprocessing) >= {"cell_threshold", "border_threshold", "min_size"}
+    assert meta["cell_diameter"] > 0
+    assert meta["training"]["steps"] > 0 and "machine" in meta["training"]
+
+
+def test_held_out_set_was_never_trained_on(default_model):
+    records, training = [], default_model.metadata["training"]
+    while training:
+        records.append(training)
+        training = training.get("previous")
+    trained_on = {name.split("@")[0] for record in records for name in record["data"]["train"]}
+    assert records and HELD_OUT_SET not in trained_on
+    assert any(HELD_OUT_SET in record["data"]["validation"] for record in records)
+
+
+def test_segments_a_held_out_phase_contrast_image(shared_data, default_model):
+    from napari_cell_unet import segment
+    from napari_cell_unet.metrics import instance_scores
+
+    data = load_usiigaci_set(HELD_OUT_SET)
+    labels = segment(data["image"], default_model, device="cpu")
+    scores = instance_scores(labels, data["labels"])
+    assert 0.7 * scores["n_true"] <= scores["n_pred"] <= 1.4 * scores["n_true"], scores
+    assert scores["f1_50"] >= 0.8 and scores["pixel_iou"] >= 0.7, scores
+
+
+def test_segments_the_held_out_half_of_the_nuclei_sample(default_model):
+    from napari_cell_unet import segment
+    from napari_cell_unet._sample_data import sample_path
+    from napari_cell_unet.io import read_image, read_labels
+    from napari_cell_unet.metrics import instance_scores
+
+    right = (slice(None), slice(256, None))  # the left half was used for fine-tuning
+    image = read_image(sample_path("dsb2018_nuclei.tif"))[right]
+    truth = read_labels(sample_path("dsb2018_nuclei_labels.tif"))[right]
+    scores = instance_scores(segment(image, default_model, device="cpu"), truth)
+    assert scores["f1_50"] >= 0.8, scores
+
+
+def test_livecell_frame_with_its_cell_diameter(shared_data, default_model):
+    """A172 cells are ~25 px across, half the model's reference size: `diameter=` makes up for it."""
+    from napari_cell_unet import segment
+    from napari_cell_unet.io import read_image
+
+    image = read_image(LIVECELL_FRAME)
+    native = int(segment(image, default_model, device="cpu").max())
+    rescaled = segment(image, default_model, device="cpu", diameter=25)
+    assert rescaled.shape == image.shape
+    assert 30 <= int(rescaled.max()) <= 150 and int(rescaled.max()) > 2 * native
