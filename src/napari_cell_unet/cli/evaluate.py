@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ._data_arguments import add_data_arguments, check_data_arguments, load_pairs
+
 COLUMNS = (("n_true", "true", "{:d}"), ("n_pred", "found", "{:d}"), ("f1_50", "F1@.5", "{:.3f}"),
            ("precision_50", "P@.5", "{:.3f}"), ("recall_50", "R@.5", "{:.3f}"),
            ("mean_f1", "F1@.5:.95", "{:.3f}"), ("pixel_iou", "pixel IoU", "{:.3f}"), ("dice", "Dice", "{:.3f}"))
@@ -18,11 +20,7 @@ COLUMNS = (("n_true", "true", "{:d}"), ("n_pred", "found", "{:d}"), ("f1_50", "F
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, help="model .safetensors file (default: the bundled model)")
-    data = parser.add_mutually_exclusive_group(required=True)
-    data.add_argument("--images", nargs="+", type=Path, help="image files, paired by order with --labels")
-    data.add_argument("--coco", type=Path, help="COCO instance-segmentation json (LIVECell format)")
-    data.add_argument("--folder", type=Path, help="dataset folder with images/ and labels/")
-    parser.add_argument("--labels", nargs="+", type=Path, help="label files (instance ids or masks) for --images")
+    add_data_arguments(parser, borders=False)
     parser.add_argument("--output", type=Path, help="write per-image and mean scores to this JSON file")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
@@ -40,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         _check_output(args)
-        pairs = _load_pairs(args)
+        pairs = load_pairs(args)
         model = _load_model(args.model)
         report = _evaluate(model, pairs, args)
         print(format_table(report))
@@ -54,22 +52,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _check_output(args: argparse.Namespace) -> None:
-    if args.images is not None and not args.labels:
-        raise ValueError("--images needs --labels (one label file per image, in the same order)")
-    if args.labels and args.images is None:
-        raise ValueError("--labels goes with --images")
+    check_data_arguments(args)
     if args.output and args.output.exists() and not args.overwrite:
         raise FileExistsError(f"{args.output} already exists (add --overwrite to replace it)")
-
-
-def _load_pairs(args: argparse.Namespace) -> list:
-    from ..training import pairs_from_coco, pairs_from_files, pairs_from_folder
-
-    if args.images is not None:
-        return pairs_from_files(args.images, args.labels)
-    if args.coco is not None:
-        return pairs_from_coco(args.coco)
-    return pairs_from_folder(args.folder)
 
 
 def _load_model(path: str | None) -> Any:

@@ -11,14 +11,11 @@ import signal
 import sys
 from pathlib import Path
 
+from ._data_arguments import add_data_arguments, check_data_arguments, load_pairs
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    data = parser.add_mutually_exclusive_group(required=True)
-    data.add_argument("--images", nargs="+", type=Path, help="image files, paired by order with --labels")
-    data.add_argument("--folder", type=Path, help="dataset folder with images/, labels/ and optional borders/")
-    data.add_argument("--coco", type=Path, help="COCO instance-segmentation json (LIVECell format)")
-    parser.add_argument("--labels", nargs="+", type=Path, help="instance labels or binary masks for --images")
-    parser.add_argument("--borders", nargs="+", type=Path, help="optional painted border masks for --images")
+    add_data_arguments(parser, borders=True)
     parser.add_argument("--init", default="default",
                         help="start from: default (the bundled model), scratch, or a model file (default: default)")
     parser.add_argument("--output", type=Path, required=True, help="where to save the model (.safetensors)")
@@ -48,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         _check_arguments(args)
-        pairs = _load_pairs(args)
+        pairs = load_pairs(args)
         result = _train(pairs, args)
         _save(result.model, args)
     except (CellUnetFileError, FileExistsError, FileNotFoundError, ValueError) as exc:
@@ -58,26 +55,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _check_arguments(args: argparse.Namespace) -> None:
-    if args.images is not None and not args.labels:
-        raise ValueError("--images needs --labels (one label file per image, in the same order)")
-    if args.images is None and (args.labels or args.borders):
-        raise ValueError("--labels and --borders go with --images")
+    check_data_arguments(args)
     if args.output.suffix != ".safetensors":
         raise ValueError(f"{args.output}: the output must be a .safetensors file")
     if args.output.exists() and not args.overwrite:
         raise FileExistsError(f"{args.output} already exists (add --overwrite to replace it)")
     if not 0.0 <= args.val_fraction < 1.0:
         raise ValueError(f"--val-fraction must be in [0, 1), got {args.val_fraction}")
-
-
-def _load_pairs(args: argparse.Namespace):
-    from ..training import pairs_from_coco, pairs_from_files, pairs_from_folder
-
-    if args.folder is not None:
-        return pairs_from_folder(args.folder)
-    if args.coco is not None:
-        return pairs_from_coco(args.coco)
-    return pairs_from_files(args.images, args.labels, args.borders)
 
 
 def _train(pairs, args: argparse.Namespace):
