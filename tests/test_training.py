@@ -324,3 +324,19 @@ def test_models_record_their_training_cell_diameter(shared_data):
     base.metadata["cell_diameter"] = 31.0
     tuned = train([TrainingPair(image, labels, borders)], base, _fast_config(steps=2)).model
     assert tuned.metadata["cell_diameter"] == 31.0
+
+
+def test_pairs_from_files_with_the_same_file_name_get_distinct_names(tmp_path):
+    import tifffile
+
+    from napari_cell_unet.training import pairs_from_files
+
+    images, labels = [], []
+    for folder in ("set5", "set13"):
+        (tmp_path / folder).mkdir()
+        tifffile.imwrite(tmp_path / folder / "raw.tif", np.random.default_rng(0).random((32, 32), dtype=np.float32))
+        tifffile.imwrite(tmp_path / folder / "labels.tif", np.pad(np.ones((8, 8), np.uint8), 12))
+        images.append(tmp_path / folder / "raw.tif")
+        labels.append(tmp_path / folder / "labels.tif")
+    assert [p.name for p in pairs_from_files(images, labels)] == ["set5/raw.tif", "set13/raw.tif"]
+    assert [p.name for p in pairs_from_files(images[:1], labels[:1])] == ["raw.tif"]

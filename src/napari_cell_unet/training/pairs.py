@@ -88,10 +88,19 @@ def pairs_from_files(images: Sequence[str | os.PathLike], labels: Sequence[str |
     if borders is not None and len(borders) != len(images):
         raise TrainingDataError(f"{len(images)} images but {len(borders)} border files (they are paired by order)")
     pairs = []
+    names = _distinct_names(images)
     for n, (image_path, label_path) in enumerate(zip(images, labels)):
         border = _read_labels(borders[n]) > 0 if borders is not None else None
-        pairs.append(_pair(_read_image(image_path), _read_labels(label_path), border, Path(image_path).name))
+        pairs.append(_pair(_read_image(image_path), _read_labels(label_path), border, names[n]))
     return pairs
+
+
+def _distinct_names(paths: Sequence[str | os.PathLike]) -> list[str]:
+    """File names, or parent/name where file names repeat (e.g. set5/raw.tif, set13/raw.tif)."""
+    names = [Path(p).name for p in paths]
+    if len(set(names)) == len(names):
+        return names
+    return [f"{Path(p).parent.name}/{Path(p).name}" for p in paths]
 
 
 def pairs_from_folder(folder: str | os.PathLike) -> list[TrainingPair]:
