@@ -180,6 +180,21 @@ def test_stack_current_slice_or_whole_stack(viewer, segment_widget, cells):
     assert all(labels[i].max() > 0 for i in range(3))
 
 
+def test_rgb_image_gets_2d_labels(make_napari_viewer, segmenting_model_file, cells):
+    """A colour image (e.g. a bright-field RGB export) is segmented as one gray plane, not as three."""
+    viewer = make_napari_viewer()
+    gray = cells["image"].astype(np.float32)
+    rgb = np.clip((gray - gray.min()) / np.ptp(gray) * 255, 0, 255).astype(np.uint8)[..., None].repeat(3, axis=-1)
+    viewer.add_image(rgb, name="rgb cells", rgb=True)
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Segment cells")
+    assert widget.load_model_file(str(segmenting_model_file))
+    widget.segment(sync=True)
+    labels = viewer.layers["rgb cells labels"].data
+    assert labels.shape == gray.shape
+    n_true = gt_cell_count(cells["labels"])
+    assert 0.5 * n_true <= int(labels.max()) <= 2 * n_true, (int(labels.max()), n_true)
+
+
 def test_apply_to_all_open_images_with_probabilities(viewer, segment_widget, cells):
     viewer.add_image(cells["image"][:96, :160], name="small")
     segment_widget.probabilities_check.setChecked(True)
