@@ -157,3 +157,9 @@ def test_should_stop_cancels_segment(tiny_model, crop):
     result = segment(np.tile(crop, (4, 4)), tiny_model, device="cpu", tile_size=64, overlap=8, batch_size=1,
                      progress=seen.append, should_stop=lambda: len(seen) >= 2)
     assert result is None and len(calls) == 2
+
+
+def test_bundled_model_is_read_once_per_process():
+    from napari_cell_unet.inference.segment import _resolve_model
+
+    assert _resolve_model(None) is _resolve_model(None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 import warnings
@@ -131,10 +132,20 @@ def _iter_slice(predictor: TiledPredictor, plane: np.ndarray, rgb: bool, scale: 
 
 
 def _resolve_model(model: Any):
-    from ..model import CellModel, load_model
+    from ..model import CellModel, files, load_model
 
-    if model is None or isinstance(model, (str, os.PathLike)):
+    if model is None:
+        return _bundled_model(files.DEFAULT_MODEL_PATH)
+    if isinstance(model, (str, os.PathLike)):
         return load_model(model)
     if not isinstance(model, CellModel):
         raise TypeError(f"model must be a CellModel, a model file path or None, not {type(model).__name__}")
     return model
+
+
+@functools.lru_cache(maxsize=1)
+def _bundled_model(path: os.PathLike):
+    """The bundled model, read once per process: `segment(image)` in a loop should not re-read 29 MB each call."""
+    from ..model import load_model
+
+    return load_model(None)
