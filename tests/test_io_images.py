@@ -129,3 +129,14 @@ def test_float_mask_with_fractions_is_not_labels(tmp_path):
 ])
 def test_label_file_naming(path, expected):
     assert is_labels_path(path) is expected
+
+
+def test_written_files_get_the_usual_permissions_not_owner_only(tmp_path):
+    """Atomic writes go through mkstemp (owner-only 0600); the saved file must not keep that."""
+    from napari_cell_unet.io import _atomic, write_labels_tiff
+
+    path = write_labels_tiff(tmp_path / "cells_labels.tif", np.ones((4, 4), np.uint8))
+    assert path.stat().st_mode & 0o777 == 0o666 & ~_atomic._UMASK
+    path.chmod(0o640)
+    write_labels_tiff(path, np.zeros((4, 4), np.uint8), overwrite=True)
+    assert path.stat().st_mode & 0o777 == 0o640  # a replaced file keeps its permissions

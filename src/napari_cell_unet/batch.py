@@ -344,27 +344,20 @@ def _segment_in_memory(image: np.ndarray, target: Path, model: Any, params: dict
 
 def _segment_large(image: Any, target: Path, model: Any, params: dict, index: int, total: int,
                    name: str) -> Iterator[Progress]:
-    import os
-    import tempfile
-
     import tifffile
 
+    from .io._atomic import atomic_path
+
     dtype = np.uint32 if image.shape[0] * image.shape[1] < 2**32 - 1 else np.uint64
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    try:
+    with atomic_path(target, overwrite=True) as tmp:
         out = tifffile.memmap(tmp, shape=tuple(image.shape), dtype=dtype, photometric="minisblack")
-        n_cells = 0
         for item in iter_segment_dask(image, model, out, **_dask_params(params)):
             if isinstance(item, Progress):
                 yield Progress(index, total, f"{name}: {item.message}")
         out.flush()
         n_cells = int(out.max()) if out.size else 0
         del out
-        os.replace(tmp, target)
-        return n_cells
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    return n_cells
 
 
 def _dask_params(params: dict) -> dict:
