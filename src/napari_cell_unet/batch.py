@@ -56,14 +56,14 @@ def _model_defaults(model: Any) -> dict[str, Any]:
 
 
 def global_percentiles(image: Any, low: float, high: float, max_pixels: int = SAMPLE_PIXELS) -> tuple[float, float]:
-    """Percentiles of a regular subsample of a (dask or numpy) 2D image, ignoring NaN/Inf."""
+    """Percentiles of a regular 2D subsample of a (dask or numpy) image, as inference computes them.
+
+    Only the subsample is read, so a lazy image is not loaded whole.
+    """
+    from .inference.normalize import percentile_range
+
     step = max(1, int(np.ceil(np.sqrt(image.shape[0] * image.shape[1] / max_pixels))))
-    sample = np.asarray(image[::step, ::step], dtype=np.float64)
-    sample = sample[np.isfinite(sample)]
-    if sample.size == 0:
-        raise ValueError("the image holds no finite pixel values")
-    lo, hi = np.percentile(sample, (low, high))
-    return float(lo), float(hi)
+    return percentile_range(np.asarray(image[::step, ::step]), low, high)
 
 
 def _chunks_for(length: int, chunk: int, overlap: int) -> tuple[int, ...]:
