@@ -117,4 +117,4 @@ def test_evaluate_runs_a_real_model_end_to_end(crops, model_file, tmp_path, caps
     row = report["images"][0]
     assert row["n_true"] == len(np.unique(crops.files[0][2])) - 1
     assert 0.0 <= row["f1_50"] <= 1.0 and 0.0 <= row["pixel_iou"] <= 1.0
-    assert report["segment_params"] == {"device": "cpu", "tile_size": 256}
+    assert report["segment_params"] == {"device": "cpu", "tile_size": 256, "diameter": "auto"}

@@ -69,6 +69,9 @@ def test_diameter_option_rescales_and_keeps_the_shape(model_file, usiigaci, tmp_
     assert main(["segment", str(image), "-o", str(tmp_path / "o"), "--model", str(model_file), "--device", "cpu",
                  "--diameter", "100"]) == 0  # half size for a 50-px model
     assert tifffile.imread(tmp_path / "o" / "a_labels.tif").shape == (80, 100)
-    assert main(["segment", str(image), "-o", str(tmp_path / "p"), "--model", str(model_file), "--device", "cpu",
-                 "--diameter", "-3"]) == 1
-    assert "diameter" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["segment", str(image), "-o", str(tmp_path / "p"), "--model", str(model_file), "--diameter", "-3"])
+    assert exit_info.value.code == 2 and "positive number of pixels" in capsys.readouterr().err
+    assert main(["segment", str(image), "-o", str(tmp_path / "q"), "--model", str(model_file), "--device", "cpu",
+                 "--diameter", "0.001"]) == 1  # would zoom 50,000x
+    assert "out of range" in capsys.readouterr().err

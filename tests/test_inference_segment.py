@@ -81,7 +81,7 @@ def crop(usiigaci):
 def test_stack_is_segmented_slice_by_slice(tiny_model, crop):
     stack = np.stack([crop, crop[::-1], crop[:, ::-1]])
     items = list(iter_segment(stack, tiny_model, device="cpu", tile_size=64, overlap=16, min_size=0,
-                              return_probabilities=True))
+                              return_probabilities=True, diameter=None))
     result = items[-1]
     assert isinstance(result, SegmentationResult)
     assert result.labels.shape == stack.shape and result.labels.dtype == np.uint32
@@ -93,7 +93,7 @@ def test_stack_is_segmented_slice_by_slice(tiny_model, crop):
     assert [p.done for p in progress] == sorted(p.done for p in progress)
     assert progress[-1].done == progress[-1].total and "slice 3/3" in progress[-1].message
     # each slice equals segmenting it alone
-    alone = segment(stack[1], tiny_model, device="cpu", tile_size=64, overlap=16, min_size=0)
+    alone = segment(stack[1], tiny_model, device="cpu", tile_size=64, overlap=16, min_size=0, diameter=None)
     np.testing.assert_array_equal(alone, result.labels[1])
 
 
@@ -143,7 +143,8 @@ def test_closing_the_generator_stops_a_long_run(tiny_model, crop):
     calls = count_forward_calls(tiny_model)
     tiny_model.network.train()
     threads = torch.get_num_threads()
-    steps = iter_segment(image, tiny_model, device="cpu", tile_size=64, overlap=8, batch_size=2, threads=1)
+    steps = iter_segment(image, tiny_model, device="cpu", tile_size=64, overlap=8, batch_size=2, threads=1,
+                         diameter=None)
     first = next(steps)
     assert isinstance(first, Progress) and first.total > 50
     steps.close()
@@ -155,7 +156,7 @@ def test_should_stop_cancels_segment(tiny_model, crop):
     calls = count_forward_calls(tiny_model)
     seen = []
     result = segment(np.tile(crop, (4, 4)), tiny_model, device="cpu", tile_size=64, overlap=8, batch_size=1,
-                     progress=seen.append, should_stop=lambda: len(seen) >= 2)
+                     progress=seen.append, should_stop=lambda: len(seen) >= 2, diameter=None)
     assert result is None and len(calls) == 2
 
 

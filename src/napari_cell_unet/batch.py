@@ -112,11 +112,21 @@ def _rescaled_predictor(predict: Callable[[np.ndarray], np.ndarray], scale: floa
     return rescaled
 
 
+def central_diameter(image: Any, model: Any, device: str = "auto", side: int = 2048) -> float | None:
+    """The cells' diameter (px) estimated on the central `side` x `side` pixels of a huge 2-D image."""
+    from .inference.diameter import estimate_cell_diameter
+
+    height, width = (int(n) for n in image.shape)
+    top, left = max(0, (height - side) // 2), max(0, (width - side) // 2)
+    centre = np.asarray(image[top:top + side, left:left + side])
+    return estimate_cell_diameter(centre, model, device=device, rgb=False).diameter
+
+
 def segment_dask(image: Any, model: Any, chunk: int = DEFAULT_CHUNK, overlap: int = DEFAULT_OVERLAP, *,
                  device: str = "auto", tile_size: int | None = None, low: float | None = None,
                  high: float | None = None, cell_threshold: float | None = None,
-                 border_threshold: float | None = None, min_size: int | None = None, diameter: float | None = None,
-                 on_block: Callable[[], None] | None = None,
+                 border_threshold: float | None = None, min_size: int | None = None,
+                 diameter: float | str | None = None, on_block: Callable[[], None] | None = None,
                  predict: Callable[[np.ndarray], np.ndarray] | None = None) -> Any:
     """Lazy instance labels of a huge 2D image (numpy, memmap or dask), computed chunk by chunk.
 
@@ -124,8 +134,9 @@ def segment_dask(image: Any, model: Any, chunk: int = DEFAULT_CHUNK, overlap: in
     docstring for why an object crossing chunk borders keeps one id. `on_block` is called after each labelled
     chunk (progress; raising cancels). `predict` maps a globally normalised float32 chunk to its (2, h, w)
     probabilities (default: `model` through the tiled predictor). `diameter`: typical cell diameter (px); each
-    chunk is zoomed to the model's cell size for prediction (see `inference.iter_segment`); `overlap` and
-    `min_size` stay in original pixels. Other parameters default to the model's metadata.
+    chunk is zoomed to the model's cell size for prediction (see `inference.iter_segment`); "auto" estimates it
+    on the image's central 2048 x 2048 pixels; `overlap` and `min_size` stay in original pixels. Other parameters
+    default to the model's metadata.
     """
     import dask.array as da
 
@@ -148,6 +159,8 @@ def segment_dask(image: Any, model: Any, chunk: int = DEFAULT_CHUNK, overlap: in
         from .inference.devices import resolve_device
 
         predict = _model_predictor(model, resolve_device(device), tile_size)
+    if diameter == "auto":
+        diameter = central_diameter(image, model, device)
     scale = diameter_scale(model, diameter)
     if scale != 1.0:
         predict = _rescaled_predictor(predict, scale)

@@ -78,10 +78,12 @@ class SegmentWidget(QWidget):
         self.border_threshold = double_spin(0.05, 0.95, 0.5, 0.05)
         self.min_size = spin(0, 100_000, 30, 5, " px")
         self.diameter = double_spin(0.0, 1000.0, 0.0, 5.0)
-        self.diameter.setSpecialValueText("as trained")
+        self.diameter.setSpecialValueText("auto")
         self.diameter.setSuffix(" px")
-        self.diameter.setToolTip("Typical cell diameter in this image. The image is rescaled so that cells have the "
-                                 "size the model was trained on; 'as trained' uses the image as it is.")
+        self.diameter.setToolTip("Typical cell diameter in this image, in pixels. The image is rescaled so that its "
+                                 "cells have the size the model was trained on. 'auto' measures it from the image "
+                                 "(the status line shows the estimate); type a number if cells come out split "
+                                 "(number too small) or merged (number too large).")
         self.stack_combo = QComboBox()
         self.stack_combo.addItems([CURRENT_SLICE, WHOLE_STACK])
         self.probabilities_check = QCheckBox("add probability layers (cell, border)")
@@ -233,8 +235,7 @@ class SegmentWidget(QWidget):
                   "return_probabilities": self.probabilities_check.isChecked()}
         if self.tile_size.value() > 0:
             params["tile_size"] = self.tile_size.value()
-        if self.diameter.value() > 0:
-            params["diameter"] = self.diameter.value()
+        params["diameter"] = self.diameter.value() if self.diameter.value() > 0 else "auto"
         return params
 
     def _run(self, tasks: list[SegmentTask], model, params: dict) -> Iterator:
@@ -263,7 +264,9 @@ class SegmentWidget(QWidget):
             target = self._add_labels_layer(task, labels)
         if result.probabilities is not None:
             self._write_probabilities(task, np.asarray(result.probabilities))
-        target.metadata[_layers.METADATA_KEY].update(n_cells=int(result.n_cells), device=str(result.device))
+        target.metadata[_layers.METADATA_KEY].update(
+            n_cells=int(result.n_cells), device=str(result.device), cell_diameter=result.diameter,
+            cell_diameter_estimated=result.diameter_estimate is not None)
 
     def _add_labels_layer(self, task: SegmentTask, labels: np.ndarray) -> Labels:
         shape = _layers.spatial_shape(task.layer)
@@ -306,7 +309,8 @@ class SegmentWidget(QWidget):
                                      "finished layers were kept, nothing else was changed.")
             return
         where = "" if len(self.results) == 1 else f" in {len(self.results)} images"
-        notify_info(self.status, f"{n_cells} cells{where} in {seconds:.1f} s on {', '.join(devices)}.")
+        notify_info(self.status, f"{n_cells} cells{where} in {seconds:.1f} s on {', '.join(devices)}; "
+                                 f"{diameter_text(self.results)}.")
 
     def _on_error(self, exc: BaseException) -> None:
         self._set_running(False)
@@ -316,6 +320,17 @@ class SegmentWidget(QWidget):
         self.segment_button.setEnabled(not running)
         self.all_button.setEnabled(not running)
         self.cancel_button.setEnabled(running)
+
+
+def diameter_text(results: list[TaskDone]) -> str:
+    """'cell diameter: auto, 27 px' (or 'auto, 25-31 px' over several images, '40 px' when typed in)."""
+    diameters = [done.result.diameter for done in results if done.result.diameter is not None]
+    auto = any(done.result.diameter_estimate is not None for done in results)
+    prefix = "cell diameter: auto, " if auto else "cell diameter: "
+    if not diameters:
+        return prefix + ("no cells to measure, model's own size" if auto else "model's own size")
+    low, high = min(diameters), max(diameters)
+    return prefix + (f"{low:.0f} px" if round(low) == round(high) else f"{low:.0f}-{high:.0f} px")
 
 
 def labels_name(layer) -> str:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ._data_arguments import add_data_arguments, check_data_arguments, load_pairs
+from ._diameter import add_diameter_argument
 
 COLUMNS = (("n_true", "true", "{:d}"), ("n_pred", "found", "{:d}"), ("f1_50", "F1@.5", "{:.3f}"),
            ("precision_50", "P@.5", "{:.3f}"), ("recall_50", "R@.5", "{:.3f}"),
@@ -28,8 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cell-threshold", type=float, help="cell probability threshold (default: the model's)")
     parser.add_argument("--border-threshold", type=float, help="border probability threshold (default: the model's)")
     parser.add_argument("--min-size", type=int, help="smallest object kept, in pixels (default: the model's)")
-    parser.add_argument("--diameter", type=float,
-                        help="typical cell diameter in pixels: images are rescaled to the model's cell size")
+    add_diameter_argument(parser)
     parser.add_argument("--no-ap", action="store_true", help="skip COCO AP (slow with thousands of cells)")
 
 
@@ -72,8 +72,8 @@ def _evaluate(model: Any, pairs: list, args: argparse.Namespace) -> dict:
     from ..metrics import evaluate_model
 
     params = {"device": args.device, "tile_size": args.tile_size, "cell_threshold": args.cell_threshold,
-              "border_threshold": args.border_threshold, "min_size": args.min_size, "diameter": args.diameter}
-    params = {k: v for k, v in params.items() if v is not None}
+              "border_threshold": args.border_threshold, "min_size": args.min_size}
+    params = {**{k: v for k, v in params.items() if v is not None}, "diameter": args.diameter}
     with tqdm(total=len(pairs), unit="image", file=sys.stderr, leave=False) as bar:
         def progress(p) -> None:
             bar.n = p.done

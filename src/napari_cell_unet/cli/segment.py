@@ -13,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+from ._diameter import add_diameter_argument
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="image files or folders of images")
@@ -23,9 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-size", type=int, help="smallest object kept, in pixels (default: the model's)")
     parser.add_argument("--cell-threshold", type=float, help="cell probability threshold (default: the model's)")
     parser.add_argument("--border-threshold", type=float, help="border probability threshold (default: the model's)")
-    parser.add_argument("--diameter", type=float,
-                        help="typical cell diameter in pixels: images are rescaled so cells match the model's "
-                             "training size (default: no rescaling)")
+    add_diameter_argument(parser)
     parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
                         help="arithmetic precision (default: fp16 on CUDA, fp32 on the CPU)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing label files")
@@ -70,5 +70,5 @@ def run(args: argparse.Namespace) -> int:
 def _params(args: argparse.Namespace) -> dict:
     params = {"device": args.device, "precision": args.precision, "tile_size": args.tile_size,
               "min_size": args.min_size, "cell_threshold": args.cell_threshold,
-              "border_threshold": args.border_threshold, "diameter": args.diameter}
-    return {key: value for key, value in params.items() if value is not None}
+              "border_threshold": args.border_threshold}
+    return {**{key: value for key, value in params.items() if value is not None}, "diameter": args.diameter}

@@ -17,6 +17,8 @@ from scipy import ndimage
 # Models saved before `cell_diameter` was recorded were all trained on Usiigaci cells (median ~50 px).
 FALLBACK_MODEL_DIAMETER = 50.0
 MIN_OBJECT_PIXELS = 10
+MAX_ZOOM = 20.0
+MAX_ZOOMED_PIXELS = 2_000_000_000
 
 
 def model_diameter(model: Any) -> float:
@@ -25,14 +27,29 @@ def model_diameter(model: Any) -> float:
     return float(value) if value else FALLBACK_MODEL_DIAMETER
 
 
-def diameter_scale(model: Any, diameter: float | None) -> float:
-    """The zoom factor for images whose cells are `diameter` px across (1.0 when None)."""
+def diameter_scale(model: Any, diameter: float | None, plane: tuple[int, int] | None = None) -> float:
+    """The zoom factor for images whose cells are `diameter` px across (1.0 when None).
+
+    Raises ValueError for a diameter that is not a positive number, or one that would zoom by more
+    than `MAX_ZOOM` either way or blow a `plane` of that (H, W) up beyond `MAX_ZOOMED_PIXELS`.
+    """
     if diameter is None:
         return 1.0
-    diameter = float(diameter)
+    try:
+        diameter = float(diameter)
+    except (TypeError, ValueError):
+        raise ValueError(f"cell diameter must be a number of pixels, got {diameter!r}") from None
     if not np.isfinite(diameter) or diameter <= 0:
         raise ValueError(f"cell diameter must be a positive number of pixels, got {diameter}")
-    return model_diameter(model) / diameter
+    reference = model_diameter(model)
+    scale = reference / diameter
+    if not 1 / MAX_ZOOM <= scale <= MAX_ZOOM:
+        raise ValueError(f"a cell diameter of {diameter:g} px is out of range for this model (cells of "
+                         f"{reference:g} px): give {reference / MAX_ZOOM:g} to {reference * MAX_ZOOM:g} px, or 'auto'")
+    if plane is not None and scaled_shape(plane, scale)[0] * scaled_shape(plane, scale)[1] > MAX_ZOOMED_PIXELS:
+        raise ValueError(f"a cell diameter of {diameter:g} px would enlarge this {plane[0]} x {plane[1]} image "
+                         f"{scale:.1f}x, beyond {MAX_ZOOMED_PIXELS / 1e6:.0f} megapixels: give a larger diameter")
+    return scale
 
 
 def rescale_plane(plane: np.ndarray, scale: float, rgb: bool = False) -> np.ndarray:

@@ -13,28 +13,38 @@ from typing import Any
 import numpy as np
 
 from .._progress import Progress
+from .diameter import DiameterEstimate, iter_estimate_diameter
 from .instances import BAND_MARGIN, instances_in_bands
 from .normalize import ImageError, is_rgb
 from .predict import DEFAULT_BATCH_SIZE, DEFAULT_OVERLAP, DEFAULT_TILE_SIZE, TiledPredictor
 from .rescale import diameter_scale, rescale_plane, resize_probabilities, scaled_shape
 
 
+AUTO = "auto"
+
+
 @dataclass
 class SegmentationResult:
-    """labels: uint32 (..., H, W), ids 1..n per 2-D slice; probabilities: float32 (..., 2, H, W) cell, border, or None."""
+    """labels: uint32 (..., H, W), ids 1..n per 2-D slice; probabilities: float32 (..., 2, H, W) cell, border, or None.
+
+    diameter: the cell diameter (px) the image was treated as having, None = the model's own size (no rescaling);
+    diameter_estimate: the `DiameterEstimate` when `diameter="auto"`, else None.
+    """
 
     labels: np.ndarray
     probabilities: np.ndarray | None
     n_cells: int
     seconds: float
     device: str
+    diameter: float | None = None
+    diameter_estimate: DiameterEstimate | None = None
 
 
 def iter_segment(image: Any, model: Any = None, *, device: str = "auto", tile_size: int = DEFAULT_TILE_SIZE,
                  overlap: int | float = DEFAULT_OVERLAP, batch_size: int | None = DEFAULT_BATCH_SIZE,
                  precision: str = "auto", threads: int | None = None, cell_threshold: float | None = None,
                  border_threshold: float | None = None, min_size: int | None = None,
-                 return_probabilities: bool = False, rgb: bool | None = None, diameter: float | None = None
+                 return_probabilities: bool = False, rgb: bool | None = None, diameter: float | str | None = AUTO
                  ) -> Generator[Progress | SegmentationResult, None, None]:
     """Segment a 2-D image or a stack; yield `Progress` per tile batch, then one `SegmentationResult`.
 
@@ -47,7 +57,8 @@ def iter_segment(image: Any, model: Any = None, *, device: str = "auto", tile_si
     diameter: typical cell diameter in this image (px); each plane is zoomed by the model's
         `cell_diameter` metadata (50 px for older model files) / `diameter` before prediction and the
         probabilities are resized back, so labels (and probabilities) keep the image's shape.
-        None = no rescaling.
+        "auto" (default) = estimated from the image (a stack: from its middle slice, used for all);
+        None = no rescaling (the cells are taken to be the model's own size).
     Cancel by closing the generator (or just dropping it): the model goes back to where it
     was and GPU memory is freed. In a stack, a slice that is blank (constant or all NaN)
     gets empty labels and a warning; a single blank image raises `ImageError`.
@@ -64,13 +75,22 @@ def iter_segment(image: Any, model: Any = None, *, device: str = "auto", tile_si
         raise ImageError(f"expected an image of shape (..., H, W){' x C' if rgb else ''}, got {shape}")
     leading, plane = shape[:-plane_ndim], shape[-plane_ndim:][:2]
     slices = list(np.ndindex(*leading))
-    scale = diameter_scale(model, diameter)
-    # rows of context around each band of the instance step: a few cell diameters
-    post_params["margin"] = max(BAND_MARGIN, int(3 * diameter)) if diameter else BAND_MARGIN
+    auto = isinstance(diameter, str)
+    if auto and diameter != AUTO:
+        raise ValueError(f"diameter must be a number of pixels, 'auto' or None, not {diameter!r}")
+    if not auto:
+        diameter_scale(model, diameter, plane)  # a clear error before any work
     started = time.perf_counter()
     predictor = TiledPredictor(model, device=device, tile_size=tile_size, overlap=overlap,
                                batch_size=batch_size, precision=precision, threads=threads)
     try:
+        estimate = None
+        if auto:
+            estimate = yield from _iter_auto_diameter(predictor, image, slices, rgb)
+            diameter = estimate.diameter
+        scale = diameter_scale(model, diameter, plane)
+        # rows of context around each band of the instance step: a few cell diameters
+        post_params["margin"] = max(BAND_MARGIN, int(3 * diameter)) if diameter else BAND_MARGIN
         labels = np.zeros(leading + plane, dtype=np.uint32)
         probabilities = (np.zeros(leading + (len(model.classes),) + plane, dtype=np.float32)
                          if return_probabilities else None)
@@ -91,7 +111,8 @@ def iter_segment(image: Any, model: Any = None, *, device: str = "auto", tile_si
             del probs
             yield Progress((number + 1) * steps, len(slices) * steps, f"{prefix}instances done")
         n_cells = sum(int(labels[index].max(initial=0)) for index in slices)
-        yield SegmentationResult(labels, probabilities, n_cells, time.perf_counter() - started, predictor.device_name)
+        yield SegmentationResult(labels, probabilities, n_cells, time.perf_counter() - started, predictor.device_name,
+                                 None if diameter is None else float(diameter), estimate)
     finally:
         predictor.close()
 
@@ -115,6 +136,22 @@ def segment(image: Any, model: Any = None, *, progress: Callable[[Progress], Non
     finally:
         steps.close()
     raise RuntimeError("segmentation ended without a result")  # unreachable unless iter_segment is broken
+
+
+def _iter_auto_diameter(predictor: TiledPredictor, image: Any, slices: list[tuple[int, ...]], rgb: bool
+                        ) -> Generator[Progress, None, DiameterEstimate]:
+    """The cells' diameter estimated on the middle slice (the first non-blank one from there on)."""
+    order = slices[len(slices) // 2:] + slices[:len(slices) // 2]
+    for index in order:
+        try:
+            estimate = yield from iter_estimate_diameter(predictor, np.asarray(image[index]), rgb)
+        except ImageError:  # a blank slice: try the next one
+            continue
+        if estimate.diameter is None:
+            warnings.warn("found no cells of any size to measure the cell diameter from: segmenting at the "
+                          "model's own cell size", RuntimeWarning, stacklevel=3)
+        return estimate
+    raise ImageError("the image is blank (constant or all NaN): nothing to segment")
 
 
 def _iter_slice(predictor: TiledPredictor, plane: np.ndarray, rgb: bool, scale: float, offset: int, steps: int,

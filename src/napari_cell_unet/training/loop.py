@@ -56,6 +56,7 @@ class TrainConfig:
     threads: int | None = None  # torch CPU threads while training (None: torch's default)
     amp: bool = True  # mixed precision on CUDA (bf16 where supported, else fp16 with a GradScaler)
     augment: bool = True
+    scale_range: tuple[float, float] = (1.0, 1.0)  # zoom augmentation of crops (log-uniform); (1, 1) = off
     # train only the decoder: about twice as fast on a CPU. None = freeze when fine-tuning a
     # trained model on the CPU (not when training from scratch or on a GPU)
     freeze_encoder: bool | None = None
@@ -218,8 +219,9 @@ class _Run:
         self.train_names = [p.name for p in train_pairs]
         self.val_names = [p.name for p in val_pairs]
         generator = torch.Generator().manual_seed(cfg.seed)
+        augment = AugmentConfig(scale=tuple(cfg.scale_range)) if cfg.augment else None
         sampler = CropSampler([d["image"] for d in self.train_data], [d["target"] for d in self.train_data],
-                              self._crop_size(), generator, AugmentConfig() if cfg.augment else None)
+                              self._crop_size(), generator, augment, [d["weight"] for d in self.train_data])
         annotated = float(sum(d["target"][2].sum() for d in self.train_data))
         self.steps_per_epoch = max(1, math.ceil(annotated / (self._crop_size() ** 2 * self.batch_size)))
         self.total_steps = self._total_steps()
@@ -262,7 +264,7 @@ class _Run:
         else:  # small images: pad to a crop; the padding lies outside the region, so it gets no loss
             image, target = _pad_to(image, target, self._crop_size())
         out = {"image": torch.from_numpy(image).to(self.device), "target": torch.from_numpy(target).to(self.device),
-               "shape": cell.shape, "name": pair.name}
+               "shape": cell.shape, "name": pair.name, "weight": pair.weight}
         if keep_instances:
             out["instances"] = np.where(region, instances, 0)
             out["region"] = region
@@ -435,7 +437,7 @@ def _split_single(pair: TrainingPair, fraction: float) -> tuple[list[TrainingPai
     val_region = None if pair.region is None else pair.region[window]
     if not train_region.any() or (val_region is not None and not val_region.any()):
         return [pair], []
-    train = TrainingPair(pair.image, pair.labels, pair.borders, train_region, pair.name)
+    train = TrainingPair(pair.image, pair.labels, pair.borders, train_region, pair.name, pair.weight)
     val = TrainingPair(pair.image[window], pair.labels[window],
                        None if pair.borders is None else pair.borders[window], val_region, f"{pair.name} (held-out strip)")
     return [train], [val]

@@ -23,6 +23,8 @@ class TrainingPair:
              it get no loss at all, so unpainted cells there are never taught as background
              (partial annotation, see docs/partial_annotation.md). None = everything annotated.
     name     shown in reports and the model's training record.
+    weight   how often crops come from this pair, relative to its annotated area (1 = in proportion
+             to it): balances domains when one kind of image would otherwise dominate.
     """
 
     image: np.ndarray
@@ -30,6 +32,7 @@ class TrainingPair:
     borders: np.ndarray | None = None
     region: np.ndarray | None = None
     name: str = ""
+    weight: float = 1.0
 
     def __post_init__(self) -> None:
         self.image = np.asarray(self.image)
@@ -46,6 +49,8 @@ class TrainingPair:
                 if mask.shape != self.labels.shape:
                     raise TrainingDataError(f"{where}{field_name} shape {mask.shape} differs from labels shape {self.labels.shape}")
                 setattr(self, field_name, mask.astype(bool, copy=False))
+        if not np.isfinite(self.weight) or self.weight <= 0:
+            raise TrainingDataError(f"{where}sampling weight must be a positive number, got {self.weight}")
         if self.region is not None and not self.region.any():
             raise TrainingDataError(f"{where}the annotated region is empty")
 

@@ -1,0 +1,161 @@
+"""Find the cells' diameter in an image from the image itself (`diameter="auto"`).
+
+The network is shown small probes of the image zoomed as if the cells were a few candidate sizes
+apart (12 to 135 px). At the candidate nearest the truth it sees cells of the size it was trained
+on and outlines them; far from it, it finds nothing, or fragments much smaller than the candidate.
+The median diameter of the cells found whole inside the probe (not cut by its edge) is the
+estimate; one more probe zoomed to that estimate refines it. Cost: five probes of at most
+192-384 model pixels a side, whatever the image size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+from .._progress import Progress
+from .instances import instances_from_probabilities
+from .normalize import to_model_channels
+from .rescale import model_diameter, rescale_plane
+
+CANDIDATE_DIAMETERS = (12.0, 27.0, 60.0, 135.0)  # px; neighbours 2.2x apart
+COARSE_PROBE = 192  # side of a coarse probe, in the model's (zoomed) pixels
+FINE_PROBE = 384
+MIN_CELLS = 2  # whole cells a probe must find for its estimate to count
+CONSISTENT = (0.45, 2.2)  # estimate / candidate ratios of a probe that saw real cells, not fragments
+
+
+@dataclass
+class DiameterEstimate:
+    """diameter: median cell diameter in the image (px), None when no probe found cells.
+    cells: whole cells the final probe measured. probes: one dict per probe (candidate, cells, estimate)."""
+
+    diameter: float | None
+    cells: int = 0
+    probes: list[dict[str, Any]] = field(default_factory=list)
+
+
+def iter_estimate_diameter(predictor: Any, plane: np.ndarray, rgb: bool = False
+                           ) -> Generator[Progress, None, DiameterEstimate]:
+    """Yield `Progress` per probe; return the `DiameterEstimate` for one 2-D (or colour) plane.
+
+    `predictor` is an active `TiledPredictor` (its model, device and precision are used as they are).
+    """
+    model = predictor.model
+    channels = to_model_channels(plane, model.in_channels, rgb)
+    ranges = predictor.normalization_ranges(channels)
+    activity = _activity(channels)
+    thresholds = _instance_thresholds(model)
+    reference = model_diameter(model)
+    total = len(CANDIDATE_DIAMETERS) + 1
+    probes = []
+    for number, candidate in enumerate(CANDIDATE_DIAMETERS):
+        yield Progress(number, total, f"estimating cell size: trying {candidate:.0f} px")
+        probes.append(_probe(predictor, plane, rgb, ranges, activity, candidate, reference, COARSE_PROBE, thresholds))
+    best = _best_probe(probes)
+    if best is None:
+        yield Progress(total, total, "estimating cell size: no cells found")
+        return DiameterEstimate(None, 0, probes)
+    yield Progress(total - 1, total, f"estimating cell size: refining around {best['estimate']:.0f} px")
+    fine = _probe(predictor, plane, rgb, ranges, activity, best["estimate"], reference, FINE_PROBE, thresholds)
+    probes.append(fine)
+    final = fine if fine["cells"] >= MIN_CELLS and _consistent(fine) else best
+    yield Progress(total, total, f"estimated cell diameter: {final['estimate']:.0f} px")
+    return DiameterEstimate(round(float(final["estimate"]), 1), int(final["cells"]), probes)
+
+
+def estimate_cell_diameter(plane: np.ndarray, model: Any = None, *, device: str = "auto", rgb: bool | None = None,
+                           threads: int | None = None) -> DiameterEstimate:
+    """The cells' median diameter (px) in a 2-D image, estimated by the model. See module doc."""
+    from .normalize import is_rgb
+    from .predict import TiledPredictor
+    from .segment import _resolve_model
+
+    predictor = TiledPredictor(_resolve_model(model), device=device, threads=threads)
+    try:
+        return _drive(iter_estimate_diameter(predictor, np.asarray(plane), is_rgb(np.shape(plane)) if rgb is None else rgb))
+    finally:
+        predictor.close()
+
+
+def _probe(predictor, plane, rgb, ranges, activity, candidate, reference, side, thresholds) -> dict[str, Any]:
+    """Zoom a window of the plane so cells of `candidate` px would look `reference` px; measure what is found."""
+    zoom = reference / candidate
+    window = min(plane.shape[0], plane.shape[1], max(8, int(round(side / zoom))))
+    top, left = _busiest_window(activity, plane.shape[:2], window)
+    crop = plane[top:top + window, left:left + window]
+    probabilities = _drive(predictor.iter_predict(rescale_plane(crop, zoom, rgb), rgb=rgb, ranges=ranges))
+    labels = instances_from_probabilities(probabilities[0], probabilities[1], **thresholds)
+    diameters = _whole_cell_diameters(labels) / zoom
+    estimate = float(np.median(diameters)) if diameters.size else float("nan")
+    return {"candidate": round(float(candidate), 1), "cells": int(diameters.size), "estimate": estimate,
+            "confidence": float(probabilities[0][labels > 0].mean()) if labels.any() else 0.0}
+
+
+def _best_probe(probes: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The probe that found the most whole cells of about its candidate size (confidence breaks ties)."""
+    usable = [p for p in probes if p["cells"] >= MIN_CELLS and _consistent(p)]
+    if not usable:
+        return None
+    return max(usable, key=lambda p: (p["cells"] * p["confidence"], p["confidence"]))
+
+
+def _consistent(probe: dict[str, Any]) -> bool:
+    ratio = probe["estimate"] / probe["candidate"]
+    return CONSISTENT[0] <= ratio <= CONSISTENT[1]
+
+
+def _whole_cell_diameters(labels: np.ndarray) -> np.ndarray:
+    """Equivalent diameters (px) of the instances that do not touch the probe's edge."""
+    if not labels.any():
+        return np.empty(0)
+    edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    areas = np.bincount(labels.ravel())
+    keep = np.ones(areas.size, bool)
+    keep[0] = False
+    keep[edge] = False
+    areas = areas[keep & (areas >= 10)]
+    return 2.0 * np.sqrt(areas / np.pi)
+
+
+def _activity(channels: np.ndarray, size: int = 256) -> tuple[np.ndarray, int]:
+    """A coarse map of local contrast (|gradient| of the first channel, every `step`-th pixel) and its step."""
+    first = channels[0]
+    step = max(1, int(np.ceil(max(first.shape) / size)))
+    small = np.asarray(first[::step, ::step], dtype=np.float32)
+    lo, hi = np.nanpercentile(small, (1, 99)) if small.size else (0.0, 1.0)
+    small = np.nan_to_num((small - lo) / max(hi - lo, 1e-12))
+    return np.hypot(ndimage.sobel(small, 0), ndimage.sobel(small, 1)), step
+
+
+def _busiest_window(activity: tuple[np.ndarray, int], shape: tuple[int, int], window: int) -> tuple[int, int]:
+    """(top, left) of the `window`-px square with the most local contrast (cells rather than empty background)."""
+    grid, step = activity
+    cells = max(1, window // step)
+    if cells >= min(grid.shape):
+        return (shape[0] - window) // 2, (shape[1] - window) // 2
+    totals = ndimage.uniform_filter(grid, size=cells, mode="constant")
+    half = cells // 2
+    inner = totals[half:grid.shape[0] - (cells - half) + 1, half:grid.shape[1] - (cells - half) + 1]
+    y, x = np.unravel_index(int(np.argmax(inner)), inner.shape)
+    top = min(max(0, y * step), shape[0] - window)
+    left = min(max(0, x * step), shape[1] - window)
+    return top, left
+
+
+def _instance_thresholds(model: Any) -> dict[str, Any]:
+    post = model.postprocessing
+    return {"cell_threshold": post["cell_threshold"], "border_threshold": post["border_threshold"], "min_size": 0}
+
+
+def _drive(steps: Generator[Any, None, Any]) -> Any:
+    """Run a progress generator to its return value."""
+    try:
+        while True:
+            next(steps)
+    except StopIteration as done:
+        return done.value
