@@ -24,7 +24,7 @@ from .._progress import Progress
 from ..model import CellModel
 from .augment import AugmentConfig, CropSampler
 from .losses import segmentation_loss
-from .pairs import TrainingPair
+from .pairs import TrainingPair, zoom_to_diameter
 from .targets import TrainingDataError, make_targets
 
 ModelSpec = Union[str, os.PathLike, CellModel]
@@ -57,6 +57,8 @@ class TrainConfig:
     amp: bool = True  # mixed precision on CUDA (bf16 where supported, else fp16 with a GradScaler)
     augment: bool = True
     scale_range: tuple[float, float] = (1.0, 1.0)  # zoom augmentation of crops (log-uniform); (1, 1) = off
+    # fine-tuning: zoom each pair so its cells have the model's cell_diameter, as inference does
+    match_model_diameter: bool = True
     # train only the decoder: about twice as fast on a CPU. None = freeze when fine-tuning a
     # trained model on the CPU (not when training from scratch or on a GPU)
     freeze_encoder: bool | None = None
@@ -214,7 +216,14 @@ class _Run:
         if self.device.type == "cuda":
             network.to(memory_format=torch.channels_last)
         yield Progress(0, 0, "preparing the training data")
-        train_pairs, val_pairs = split_validation(self.trainer.pairs, self.trainer.val_pairs, cfg.val_fraction, cfg.seed)
+        pairs, val_pairs = self.trainer.pairs, self.trainer.val_pairs
+        if cfg.match_model_diameter and self.trainer.model_spec != "scratch":
+            from ..inference import model_diameter
+
+            reference = model_diameter(self.model)
+            pairs = [zoom_to_diameter(p, reference) for p in pairs]
+            val_pairs = None if val_pairs is None else [zoom_to_diameter(p, reference) for p in val_pairs]
+        train_pairs, val_pairs = split_validation(pairs, val_pairs, cfg.val_fraction, cfg.seed)
         self.train_data, self.val_data = self._prepare_all(train_pairs, val_pairs)
         self.train_names = [p.name for p in train_pairs]
         self.val_names = [p.name for p in val_pairs]

@@ -59,6 +59,40 @@ class TrainingPair:
         return self.labels.shape  # type: ignore[return-value]
 
 
+def zoom_to_diameter(pair: TrainingPair, reference: float, tolerance: float = 0.1) -> TrainingPair:
+    """The pair zoomed so its cells' median diameter (from its labels) becomes `reference` px.
+
+    Inference zooms images to the model's cell size (`diameter="auto"`), so fine-tuning must show
+    the network cells of that size too. Pairs already within `tolerance` of it, and pairs without
+    a measurable cell, are returned as they are. Image: bilinear (anti-aliased when shrinking);
+    labels, borders and region: nearest neighbour.
+    """
+    from skimage.transform import resize
+
+    from ..inference import estimate_diameter
+    from ..inference.rescale import MAX_ZOOM
+    from .targets import as_instance_labels
+
+    try:
+        diameter = estimate_diameter(as_instance_labels(pair.labels))
+    except ValueError:
+        return pair
+    zoom = float(np.clip(reference / diameter, 1 / MAX_ZOOM, MAX_ZOOM))
+    if abs(zoom - 1.0) <= tolerance:
+        return pair
+    shape = tuple(max(1, int(round(n * zoom))) for n in pair.shape)
+
+    def nearest(array: np.ndarray | None) -> np.ndarray | None:
+        if array is None:
+            return None
+        return resize(array, shape, order=0, anti_aliasing=False, preserve_range=True).astype(array.dtype)
+
+    image = resize(pair.image.astype(np.float32), shape + pair.image.shape[2:], order=1, anti_aliasing=zoom < 1,
+                   preserve_range=True).astype(np.float32)
+    return TrainingPair(image, nearest(pair.labels), nearest(pair.borders), nearest(pair.region),
+                        f"{pair.name}@{zoom:.2f}x", pair.weight)
+
+
 def painted_region(labels: np.ndarray, margin: int = 16) -> np.ndarray:
     """The region around painted cells: every pixel within `margin` px of a labelled pixel.
 
