@@ -139,7 +139,7 @@ def summary(rows, aggregate, coco_ap):
     ap = coco_ap([r["labels"] for r in rows], [r["truth"] for r in rows], probabilities=[r["cell_map"] for r in rows])
     return {"images": len(rows), "cells": int(total["n_true"]), "found": int(total["n_pred"]),
             "f1_50": round(total.get("pooled_f1_50", total["f1_50"]), 3), "mean_f1": round(total["mean_f1"], 3),
-            "pixel_iou": round(total["pixel_iou"], 3), "ap": round(ap["ap"], 3), "ap50": round(ap["ap50"], 3),
+            "pixel_iou": round(total["pixel_iou"], 3), "ap": round(ap["AP"], 3), "ap50": round(ap["AP50"], 3),
             "seconds_per_image": round(float(np.mean([r["seconds"] for r in rows])), 2)}
 
 

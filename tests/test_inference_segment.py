@@ -164,3 +164,17 @@ def test_bundled_model_is_read_once_per_process():
     from napari_cell_unet.inference.segment import _resolve_model
 
     assert _resolve_model(None) is _resolve_model(None)
+
+
+def test_test_time_augmentation_averages_the_four_flips(tiny_model, crop):
+    from napari_cell_unet.inference import predict_probabilities
+
+    image = crop[:64, :64]
+    params = {"device": "cpu", "tile_size": 64, "overlap": 8}
+    with_tta = predict_probabilities(image, tiny_model, tta=True, **params)
+    flips = [(), (0,), (1,), (0, 1)]
+    manual = np.mean([np.flip(predict_probabilities(np.flip(image, axes), tiny_model, **params), [a + 1 for a in axes])
+                      for axes in flips], axis=0)
+    np.testing.assert_allclose(with_tta, manual, atol=1e-5)
+    plain = predict_probabilities(image, tiny_model, **params)
+    assert not np.allclose(with_tta, plain, atol=1e-4)  # the untrained network is not flip-symmetric

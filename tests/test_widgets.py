@@ -135,6 +135,18 @@ def test_cell_diameter_rescales_small_cells_to_the_model(make_napari_viewer, seg
     assert 0.5 * n_true <= int(labels.max()) <= 2 * n_true, (int(labels.max()), n_true)
 
 
+def test_cell_diameter_auto_is_the_default_and_shown(viewer, segment_widget, cells):
+    from napari_cell_unet._widgets._layers import METADATA_KEY
+    from napari_cell_unet.inference import estimate_diameter
+
+    assert segment_widget.diameter.text() == "auto" and segment_widget._parameters()["diameter"] == "auto"
+    segment_widget.segment(sync=True)
+    record = viewer.layers["cells labels"].metadata[METADATA_KEY]
+    assert record["cell_diameter_estimated"] is True and record["cell_diameter"] > 0
+    assert f"cell diameter: auto, {record['cell_diameter']:.0f} px" in segment_widget.status.text()
+    assert record["cell_diameter"] == pytest.approx(estimate_diameter(cells["labels"]), rel=0.5)
+
+
 def test_resegment_is_undoable_and_asks_before_overwriting_edits(viewer, segment_widget):
     asked = []
     segment_widget.confirm_replace = lambda layer: asked.append(layer.name) or "skip"

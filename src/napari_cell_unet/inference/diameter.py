@@ -45,6 +45,14 @@ def iter_estimate_diameter(predictor: Any, plane: np.ndarray, rgb: bool = False
 
     `predictor` is an active `TiledPredictor` (its model, device and precision are used as they are).
     """
+    tta, predictor.tta = getattr(predictor, "tta", False), False  # probes need no test-time augmentation
+    try:
+        return (yield from _iter_estimate(predictor, plane, rgb))
+    finally:
+        predictor.tta = tta
+
+
+def _iter_estimate(predictor: Any, plane: np.ndarray, rgb: bool) -> Generator[Progress, None, DiameterEstimate]:
     model = predictor.model
     channels = to_model_channels(plane, model.in_channels, rgb)
     ranges = predictor.normalization_ranges(channels)

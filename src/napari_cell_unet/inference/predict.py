@@ -29,7 +29,7 @@ def predict_probabilities(image2d: np.ndarray, model: Any, device: str | torch.d
                           tile_size: int = DEFAULT_TILE_SIZE, overlap: int | float = DEFAULT_OVERLAP,
                           batch_size: int | None = DEFAULT_BATCH_SIZE, precision: str = "auto",
                           rgb: bool | None = None, threads: int | None = None,
-                          ranges: list[tuple[float, float]] | None = None) -> np.ndarray:
+                          ranges: list[tuple[float, float]] | None = None, tta: bool = False) -> np.ndarray:
     """Cell and border probabilities, float32 of shape (2, H, W), for one 2-D (or H x W x RGB[A]) image.
 
     `overlap` is pixels (int) or a fraction of the tile (float < 1). `precision`: "auto"
@@ -37,9 +37,10 @@ def predict_probabilities(image2d: np.ndarray, model: Any, device: str | torch.d
     `threads`: torch CPU threads while predicting (default: the cores this process may use).
     `ranges`: per-channel (low, high) intensities mapped to 0 and 1 (default: this image's percentiles
     as the model's metadata asks; pass [(0.0, 1.0)] for an image that is already normalised).
+    `tta`: test-time augmentation, the mean over the four flips of each tile (4x the compute).
     """
     predictor = TiledPredictor(model, device=device, tile_size=tile_size, overlap=overlap,
-                               batch_size=batch_size, precision=precision, threads=threads)
+                               batch_size=batch_size, precision=precision, threads=threads, tta=tta)
     try:
         steps = predictor.iter_predict(image2d, rgb=rgb, ranges=ranges)
         while True:
@@ -60,8 +61,9 @@ class TiledPredictor:
 
     def __init__(self, model: Any, device: str | torch.device = "auto", tile_size: int = DEFAULT_TILE_SIZE,
                  overlap: int | float = DEFAULT_OVERLAP, batch_size: int | None = DEFAULT_BATCH_SIZE,
-                 precision: str = "auto", threads: int | None = None):
+                 precision: str = "auto", threads: int | None = None, tta: bool = False):
         self.model = model
+        self.tta = bool(tta)
         self.network = model.network
         self.tile_size = int(tile_size)
         self.overlap = overlap
@@ -163,8 +165,18 @@ class TiledPredictor:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.autocast or torch.float32,
                                                      enabled=self.autocast is not None):
+            if self.tta:
+                flips = ((), (-1,), (-2,), (-2, -1))
+                probabilities = sum(torch.sigmoid(self._flipped(x, axes).float()) for axes in flips) / len(flips)
+                return probabilities.cpu().numpy()
             logits = self.network(x)
         return torch.sigmoid(logits.float()).cpu().numpy()
+
+    def _flipped(self, x: torch.Tensor, axes: tuple[int, ...]) -> torch.Tensor:
+        """The network's logits for `x` flipped along `axes`, flipped back."""
+        if not axes:
+            return self.network(x)
+        return torch.flip(self.network(torch.flip(x, axes)), axes)
 
 
 def size_multiple(architecture: dict[str, Any]) -> int:

@@ -44,8 +44,8 @@ def iter_segment(image: Any, model: Any = None, *, device: str = "auto", tile_si
                  overlap: int | float = DEFAULT_OVERLAP, batch_size: int | None = DEFAULT_BATCH_SIZE,
                  precision: str = "auto", threads: int | None = None, cell_threshold: float | None = None,
                  border_threshold: float | None = None, min_size: int | None = None,
-                 return_probabilities: bool = False, rgb: bool | None = None, diameter: float | str | None = AUTO
-                 ) -> Generator[Progress | SegmentationResult, None, None]:
+                 return_probabilities: bool = False, rgb: bool | None = None, diameter: float | str | None = AUTO,
+                 tta: bool = False) -> Generator[Progress | SegmentationResult, None, None]:
     """Segment a 2-D image or a stack; yield `Progress` per tile batch, then one `SegmentationResult`.
 
     image: (H, W), (H, W, 3|4) colour, or any leading axes (T, Z, ...) before those, as numpy,
@@ -59,6 +59,7 @@ def iter_segment(image: Any, model: Any = None, *, device: str = "auto", tile_si
         probabilities are resized back, so labels (and probabilities) keep the image's shape.
         "auto" (default) = estimated from the image (a stack: from its middle slice, used for all);
         None = no rescaling (the cells are taken to be the model's own size).
+    tta: test-time augmentation: probabilities averaged over the four flips of each tile (4x slower).
     Cancel by closing the generator (or just dropping it): the model goes back to where it
     was and GPU memory is freed. In a stack, a slice that is blank (constant or all NaN)
     gets empty labels and a warning; a single blank image raises `ImageError`.
@@ -82,7 +83,7 @@ def iter_segment(image: Any, model: Any = None, *, device: str = "auto", tile_si
         diameter_scale(model, diameter, plane)  # a clear error before any work
     started = time.perf_counter()
     predictor = TiledPredictor(model, device=device, tile_size=tile_size, overlap=overlap,
-                               batch_size=batch_size, precision=precision, threads=threads)
+                               batch_size=batch_size, precision=precision, threads=threads, tta=tta)
     try:
         estimate = None
         if auto:
