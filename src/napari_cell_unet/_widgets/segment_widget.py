@@ -309,8 +309,13 @@ class SegmentWidget(QWidget):
                                      "finished layers were kept, nothing else was changed.")
             return
         where = "" if len(self.results) == 1 else f" in {len(self.results)} images"
-        notify_info(self.status, f"{n_cells} cells{where} in {seconds:.1f} s on {', '.join(devices)}; "
-                                 f"{diameter_text(self.results)}.")
+        summary = (f"{n_cells} cells{where} in {seconds:.1f} s on {', '.join(devices)}; "
+                   f"{diameter_text(self.results)}.")
+        if n_cells == 0 and self.results:
+            summary = (f"Found no cells ({seconds:.1f} s; {diameter_text(self.results)}). This model was trained on "
+                       "phase contrast and fluorescent nuclei: try another Cell diameter, or paint a few cells "
+                       "and fine-tune it in the Train tab.")
+        notify_info(self.status, summary)
 
     def _on_error(self, exc: BaseException) -> None:
         self._set_running(False)
