@@ -33,7 +33,7 @@ def test_held_out_set_was_never_trained_on(default_model):
     while training:
         records.append(training)
         training = training.get("previous")
-    trained_on = {name.split("@")[0] for record in records for name in record["data"]["train"]}
+    trained_on = {name.split("/")[-1].split("@")[0] for record in records for name in record["data"]["train"]}
     assert records and HELD_OUT_SET not in trained_on
     assert any(HELD_OUT_SET in record["data"]["validation"] for record in records)
 
@@ -62,13 +62,33 @@ def test_segments_the_held_out_half_of_the_nuclei_sample(default_model):
     assert scores["f1_50"] >= 0.8, scores
 
 
-def test_livecell_frame_with_its_cell_diameter(shared_data, default_model):
-    """A172 cells are ~25 px across, half the model's reference size: `diameter=` makes up for it."""
-    from napari_cell_unet import segment
+def test_livecell_frame_at_the_default_call(shared_data, default_model):
+    """A172 cells are ~25 px across, half the model's reference size: the automatic diameter makes up for it."""
+    from napari_cell_unet.inference import iter_segment
     from napari_cell_unet.io import read_image
 
     image = read_image(LIVECELL_FRAME)
-    native = int(segment(image, default_model, device="cpu").max())
-    rescaled = segment(image, default_model, device="cpu", diameter=25)
-    assert rescaled.shape == image.shape
-    assert 30 <= int(rescaled.max()) <= 150 and int(rescaled.max()) > 2 * native
+    result = list(iter_segment(image, default_model, device="cpu"))[-1]
+    assert result.labels.shape == image.shape
+    assert 18 <= result.diameter <= 35, result.diameter_estimate
+    assert 45 <= result.n_cells <= 150, result.n_cells
+
+
+@pytest.mark.parametrize("zoom", [0.5, 2.0])
+def test_automatic_diameter_follows_zoomed_held_out_cells(shared_data, default_model, zoom):
+    """Held-out phase-contrast cells shown at half and twice their size: the estimate follows the zoom and the
+    cells found stay about the same."""
+    from skimage.transform import rescale
+
+    from napari_cell_unet.inference import estimate_diameter, iter_segment
+
+    data = load_usiigaci_set(HELD_OUT_SET)
+    crop = (slice(200, 712), slice(200, 712))
+    image, truth = data["image"][crop].astype(np.float32), data["labels"][crop]
+    at_1x = list(iter_segment(image, default_model, device="cpu"))[-1]
+    zoomed = rescale(image, zoom, order=1, preserve_range=True, anti_aliasing=zoom < 1)
+    at_zoom = list(iter_segment(zoomed, default_model, device="cpu"))[-1]
+    true_diameter = estimate_diameter(truth)
+    assert at_1x.diameter == pytest.approx(true_diameter, rel=0.2), at_1x.diameter_estimate
+    assert at_zoom.diameter == pytest.approx(zoom * at_1x.diameter, rel=0.15), at_zoom.diameter_estimate
+    assert at_zoom.n_cells == pytest.approx(at_1x.n_cells, rel=0.15)

@@ -178,3 +178,24 @@ def test_test_time_augmentation_averages_the_four_flips(tiny_model, crop):
     np.testing.assert_allclose(with_tta, manual, atol=1e-5)
     plain = predict_probabilities(image, tiny_model, **params)
     assert not np.allclose(with_tta, plain, atol=1e-4)  # the untrained network is not flip-symmetric
+
+
+def test_auto_precision_is_bf16_only_on_cpus_that_do_it_natively(monkeypatch):
+    from napari_cell_unet.inference import devices
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(devices, "native_bf16_cpu", lambda: True)
+    assert devices.resolve_precision("auto", cpu) == "bf16" and devices.channels_last(cpu, "bf16")
+    monkeypatch.setattr(devices, "native_bf16_cpu", lambda: False)
+    assert devices.resolve_precision("auto", cpu) == "fp32" and not devices.channels_last(cpu, "fp32")
+    assert devices.resolve_precision("bf16", cpu) == "bf16"  # on request, whatever the CPU
+
+
+def test_bf16_channels_last_prediction_matches_fp32(tiny_model, crop):
+    from napari_cell_unet.inference import predict_probabilities
+
+    image = crop[:64, :64]
+    fp32 = predict_probabilities(image, tiny_model, device="cpu", tile_size=64, overlap=8, precision="fp32")
+    bf16 = predict_probabilities(image, tiny_model, device="cpu", tile_size=64, overlap=8, precision="bf16")
+    assert np.abs(bf16 - fp32).max() < 0.05
+    assert next(tiny_model.network.parameters()).is_contiguous()  # memory format restored afterwards

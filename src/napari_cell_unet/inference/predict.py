@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from .._progress import Progress
-from .devices import autocast_dtype, cpu_threads, resolve_device, resolve_precision
+from .devices import autocast_dtype, channels_last, cpu_threads, resolve_device, resolve_precision
 from .normalize import ImageError, apply_normalization, is_rgb, percentile_range, to_model_channels
 from .tiling import TileGrid, make_grid
 
@@ -124,7 +124,8 @@ class TiledPredictor:
         self.batch_size = max(1, int(self.requested_batch_size or default_batch))
         torch.set_num_threads(self.threads or (cpu_threads() if device.type == "cpu" else self._restore[2]))
         self.network.eval()
-        memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+        self.channels_last = channels_last(device, self.precision)
+        memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
         self.network.to(device, memory_format=memory_format)
 
     def _recover_from_oom(self) -> None:
@@ -161,7 +162,7 @@ class TiledPredictor:
 
     def _forward(self, tiles: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(tiles).to(self.device)
-        if self.device.type == "cuda":
+        if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.autocast or torch.float32,
                                                      enabled=self.autocast is not None):
