@@ -90,7 +90,7 @@ def test_report(model, items, zoom_every, start):
     from napari_cell_unet.inference.rescale import resize_bilinear
     from napari_cell_unet.metrics import aggregate, coco_ap, instance_scores
 
-    groups, diameters = defaultdict(list), []
+    groups, diameters, overheads = defaultdict(list), [], []
     for number, item in enumerate(items):
         image, labels = item.load()
         started = time.perf_counter()
@@ -103,6 +103,9 @@ def test_report(model, items, zoom_every, start):
                "labels": result.labels, "truth": labels, "cell_map": result.probabilities[0]}
         groups[(item.domain, item.group)].append(row)
         if number % zoom_every == 0:
+            if result.diameter is not None:  # the estimate's cost: the same call with the diameter given
+                fixed = segment_item(model, image, diameter=result.diameter)
+                overheads.append((result.seconds - fixed.seconds) / fixed.seconds)
             for zoom in (0.5, 1.0, 2.0):
                 zoomed = image if zoom == 1 else resize_bilinear(
                     image, (round(image.shape[0] * zoom), round(image.shape[1] * zoom)), axes=(0, 1))
@@ -122,7 +125,8 @@ def test_report(model, items, zoom_every, start):
     within = [d for d in diameters if d["error"] is not None and abs(d["error"]) <= 0.15]
     report["diameter"] = {"checked": len(diameters), "within_15_percent": len(within),
                           "fraction": round(len(within) / max(1, len(diameters)), 3),
-                          "by_domain_zoom": _diameter_table(diameters), "rows": diameters}
+                          "by_domain_zoom": _diameter_table(diameters), "rows": diameters,
+                          "estimate_overhead_median": round(float(np.median(overheads)), 3) if overheads else None}
     return report
 
 
