@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import CellUnetError
+
 # Percentiles of huge images are estimated on an evenly strided sample of this many
 # pixels: the estimate is accurate to a fraction of a percentile and avoids copying
 # (and partially sorting) an 8000 x 8000 image.
@@ -11,7 +13,7 @@ _PERCENTILE_SAMPLE = 4_000_000
 _RGB_TO_GRAY = np.array([0.2125, 0.7154, 0.0721], dtype=np.float32)  # ITU-R 709, as skimage.color.rgb2gray
 
 
-class ImageError(ValueError):
+class ImageError(CellUnetError, ValueError):
     """An image that cannot be segmented (empty, constant, no finite values, wrong shape)."""
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from ..errors import CellUnetError
 from ..io._atomic import atomic_path
 from .cell_model import CellModel
 
@@ -18,7 +19,7 @@ DEFAULT_MODEL_PATH = Path(__file__).parent / "weights" / "default.safetensors"
 _TORCH_SUFFIXES = (".pt", ".pth", ".ckpt")
 
 
-class ModelFileError(ValueError):
+class ModelFileError(CellUnetError, ValueError):
     """A model file that cannot be used; the message is one line naming the file and the problem."""
 
 
