@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import re
 import warnings
 from collections.abc import Iterator
@@ -169,12 +170,14 @@ def _open_tiff(path: Path, lazy: bool | None) -> ImageData:
             scale, unit = _physical_scale(tif, axes, path)
             nbytes = math.prod(shape) * dtype.itemsize
             if lazy is None:
-                lazy = nbytes > LAZY_BYTES or len(series.pages) > MANY_PAGES
+                lazy = nbytes > LAZY_BYTES or len(tif.pages) > MANY_PAGES
             if problems:
                 raise ImageFileError(path, f"corrupt or truncated TIFF ({problems[0]})")
             if np.dtype(dtype).kind not in "biuf":
                 raise ImageFileError(path, f"unsupported pixel type {dtype}")
             _check_not_truncated(path, series)
+            if not lazy:
+                _check_fits_in_memory(path, nbytes)
             data = _lazy_tiff(path, tif, series) if lazy else series.asarray()
     except ImageFileError:
         raise
@@ -188,6 +191,17 @@ def _open_tiff(path: Path, lazy: bool | None) -> ImageData:
         axes = axes.replace("S", "") + "S"
         scale = None if scale is None else (*scale[:s], *scale[s + 1:], 1.0)
     return _usable(ImageData(data=data, axes=axes, scale=scale, unit=unit, lazy=lazy, path=path))
+
+
+def _check_fits_in_memory(path: Path, nbytes: int) -> None:
+    """A (corrupt or huge) header can ask for more memory than the computer has; say so instead of swapping."""
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # not on every platform
+        return
+    if nbytes > memory:
+        raise ImageFileError(path, f"the image needs {nbytes / 2**30:.1f} GiB, more than this computer's "
+                             f"{memory / 2**30:.1f} GiB of memory")
 
 
 def _first_series(tif, path: Path):
