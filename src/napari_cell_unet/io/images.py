@@ -152,12 +152,12 @@ def _usable(image: ImageData) -> ImageData:
 
 
 def _trailing_channels(image: ImageData) -> bool:
-    """A last axis of 1 or 2 values per pixel (not RGB): colour-like samples, or a tifffile-shaped (H, W, 2)
-    array that would otherwise be read as H images 2 pixels wide. It becomes a leading channel axis."""
+    """A last axis of 1 or 2 values per pixel (not RGB): samples, or an (H, W, 2) array that tifffile stored as
+    H pages 2 pixels wide (a stack of a few narrow images stays a stack). It becomes a leading channel axis."""
     shape = image.data.shape
     if len(shape) < 3 or shape[-1] > 2:
         return False
-    return image.axes.endswith("S") or shape[-2] > 16
+    return image.axes.endswith("S") or (len(shape) == 3 and min(shape[:2]) > 16)
 
 
 def _open_tiff(path: Path, lazy: bool | None) -> ImageData:
