@@ -268,6 +268,9 @@ ROWS = [
     Bad("tiff-two-channel", "Image file", "(H, W, 2) two-channel TIFF", "opens as 2 channels of H x W (was: H images 2 px wide)",
         lambda t: open_image(_tif(t / "two.tif", np.zeros((64, 48, 2), np.uint16))),
         check=lambda image: image.data.shape == (2, 64, 48) and image.axes == "CYX"),
+    Bad("png-gray-alpha", "Image file", "gray + alpha PNG", "opens as the gray image (transparency dropped)",
+        lambda t: open_image(_gray_alpha_png(t / "la.png")),
+        check=lambda image: image.data.shape == (30, 40) and image.data.max() == 7),
     Bad("tiff-1x1", "Image file", "1 x 1 pixel image", "error: `image is constant (every pixel is 7): nothing to segment`",
         lambda t: _segment(read_image(_tif(t / "p.tif", np.full((1, 1), 7, np.uint8)))), CellUnetError, "constant"),
     Bad("tiff-1xN", "Image file", "1 x 300 pixel image", "labels of shape (1, 300)",
@@ -476,6 +479,15 @@ def _float_second_labels(tmp: Path) -> Path:
     folder = _dataset(tmp, {"a": ((8, 8), (8, 8)), "b": ((8, 8), None)})
     _tif(folder / "labels" / "b.tif", np.full((8, 8), 0.5, np.float32))
     return folder
+
+
+def _gray_alpha_png(path: Path) -> Path:
+    from PIL import Image
+
+    data = np.zeros((30, 40, 2), np.uint8)
+    data[..., 0], data[..., 1] = 7, 255
+    Image.fromarray(data, "LA").save(path)
+    return path
 
 
 def _dataset_pairs(folder: Path):

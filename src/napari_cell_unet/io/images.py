@@ -29,6 +29,7 @@ LABEL_NAME_PATTERN = re.compile(r"_(labels|masks?|borders?)$", re.IGNORECASE)
 LAZY_BYTES = 512 * 2**20
 MANY_PAGES = 1024  # above this, series detection is bounded and pixels are read lazily
 PIXEL_SIZE_RANGE_UM = (1e-5, 1e5)  # 0.01 nm .. 10 cm per pixel; anything else is a broken header
+_GRAY_WITH_ALPHA = ("LA", "La", "PA")  # Pillow modes whose second band is transparency: dropped
 _CHUNK_BYTES, _CHUNK_PAGES = 16 * 2**20, 64  # at most this much per dask chunk when decoding lazily
 
 _UNIT_TO_MICRONS = {"µm": 1.0, "um": 1.0, "micron": 1.0, "microns": 1.0, "\\u00B5m": 1.0,
@@ -78,7 +79,7 @@ def image_shape(path: str | Path) -> tuple[int, ...]:
 
         try:
             with Image.open(path) as im:
-                bands = len(im.getbands())
+                bands = 1 if im.mode in _GRAY_WITH_ALPHA else len(im.getbands())
                 return (im.height, im.width, bands) if bands > 1 else (im.height, im.width)
         except (OSError, UnidentifiedImageError) as exc:
             raise ImageFileError(path, f"cannot read image ({exc})") from None
@@ -126,6 +127,8 @@ def _open_with_pillow(path: Path) -> ImageData:
     try:
         with Image.open(path) as im:
             data = np.asarray(im)
+            if im.mode in _GRAY_WITH_ALPHA:
+                data = data[..., 0]
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise ImageFileError(path, f"cannot read image ({exc})") from None
     if data.ndim < 2 or data.dtype == object:
