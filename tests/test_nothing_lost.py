@@ -142,3 +142,37 @@ def test_a_full_disk_at_the_end_of_training_keeps_the_model(training_files, monk
         rescued.unlink()
     assert files["output"].read_bytes() == before
     assert [p.name for p in files["output"].parent.iterdir()] == ["model.safetensors"]
+
+
+def test_sigkill_while_segmenting_a_folder_leaves_only_whole_files(training_files, tmp_path):
+    """Each output is the old file or a complete new one, never a part (cell-unet segment --overwrite)."""
+    images = tmp_path / "images"
+    out = tmp_path / "labels"
+    images.mkdir()
+    out.mkdir()
+    old = np.full((96, 96), 7, np.uint8)
+    for k in range(12):
+        tifffile.imwrite(images / f"img{k:02d}.tif", _cells()[0])
+        tifffile.imwrite(out / f"img{k:02d}_labels.tif", old)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    command = [sys.executable, "-m", "napari_cell_unet.cli", "segment", images, "-o", out, "--overwrite",
+               "--model", training_files["tiny"], "--device", "cpu"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
+    process = subprocess.Popen([str(c) for c in command], stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                               env=env)
+    try:
+        _wait_for(lambda: any(p.read_bytes() != before[p.name] for p in out.iterdir() if p.name in before),
+                  120, process)
+        process.send_signal(signal.SIGKILL)
+        process.wait(10)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    visible = sorted(p for p in out.iterdir() if not p.name.startswith("."))
+    assert [p.name for p in visible] == sorted(before)
+    replaced = 0
+    for path in visible:
+        labels = tifffile.imread(path)
+        assert labels.shape == (96, 96)
+        replaced += not np.array_equal(labels, old)
+    assert 1 <= replaced
