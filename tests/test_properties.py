@@ -24,7 +24,7 @@ from napari_cell_unet.io.coco import CocoDataset, read_coco
 # Deterministic by default (each property still sees dozens of inputs); CELL_UNET_HYPOTHESIS=hunt searches
 # thousands of random ones.
 _CHECKS = [HealthCheck.too_slow, HealthCheck.data_too_large]
-settings.register_profile("cell-unet", max_examples=40, deadline=None, derandomize=True, database=None,
+settings.register_profile("cell-unet", max_examples=25, deadline=None, derandomize=True, database=None,
                           suppress_health_check=_CHECKS)
 settings.register_profile("hunt", max_examples=2000, deadline=None, database=None, suppress_health_check=_CHECKS)
 settings.load_profile(os.environ.get("CELL_UNET_HYPOTHESIS", "cell-unet"))
