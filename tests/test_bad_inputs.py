@@ -594,3 +594,26 @@ def test_nothing_failed_to_write_is_left_under_a_temp_name(tmp_path):
         assert target.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["keep.tif"]
     with pytest.raises(OutputExistsError):
         write_labels_tiff(target, np.ones((4, 4), np.uint8))
+
+
+def test_debug_shows_the_traceback_and_a_bug_is_reported_in_one_line(tmp_path, monkeypatch):
+    (tmp_path / "f").write_bytes(b"")
+    for args in (["--debug", "segment", "x.tif", "-o", tmp_path / "f"], ["segment", "x.tif", "-o", tmp_path / "f", "--debug"]):
+        with pytest.raises(OutputError, match="is a file, not a folder"):
+            _cli_raw(args)
+    from napari_cell_unet.cli import segment
+
+    def bug(args):
+        raise KeyError("oops")
+
+    monkeypatch.setattr(segment, "run", bug)
+    run = _cli("segment", "x.tif", "-o", tmp_path)
+    assert run.rc == 3 and run.err.count("\n") == 1
+    assert "unexpected error (please report it; --debug shows the traceback): KeyError: 'oops'" in run.err
+
+
+def _cli_raw(args: list) -> int:
+    from napari_cell_unet.cli import main
+
+    with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
+        return main([str(a) for a in args])
