@@ -54,6 +54,22 @@ def test_labels_survive_a_coco_rle_round_trip(labels):
     np.testing.assert_array_equal(dataset.labels(0, annotation_ids=True), labels.astype(np.uint32))
 
 
+@pytest.mark.filterwarnings("ignore:.*images not found")  # only labels are saved: no image files beside them
+@given(labels=_label_images())
+def test_labels_survive_the_napari_writers_and_readers(labels):
+    """What a user does: save a Labels layer as TIFF or COCO from napari, open it again."""
+    from napari_cell_unet import _reader, _writer
+
+    with tempfile.TemporaryDirectory() as folder:
+        tiff = _writer.write_labels_tiff(str(Path(folder) / "cells_labels.tif"), labels, {"name": "cells"})[0]
+        coco = _writer.write_labels_coco(str(Path(folder) / "cells.json"), labels, {"name": "cells"})[0]
+        (tiff_data, _, tiff_kind), = _reader.read_image_layers(tiff)
+        (coco_data, _, coco_kind), = _reader.read_coco_layers(coco)
+    assert tiff_kind == coco_kind == "labels"
+    np.testing.assert_array_equal(tiff_data, labels.astype(np.uint32))
+    np.testing.assert_array_equal(coco_data, labels.astype(np.uint32))
+
+
 def _documented_only(action: Callable[[], object]) -> None:
     """The action succeeds or raises a CellUnetError with a one-line message; nothing else."""
     with warnings.catch_warnings():
