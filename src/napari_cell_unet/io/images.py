@@ -141,8 +141,7 @@ def _usable(image: ImageData) -> ImageData:
     """Pixel types and layouts that napari and the network cannot take: refuse, or convert cheaply."""
     path, dtype = image.path, np.dtype(image.data.dtype)
     if dtype.kind not in "biuf":
-        raise ImageFileError(path, f"unsupported pixel type {dtype} ({'complex numbers' if dtype.kind == 'c' else 'not a number'}); "
-                             "save the magnitude or real part as a real-valued image")
+        raise ImageFileError(path, f"unsupported pixel type {dtype}: save a real-valued image (e.g. the magnitude)")
     if dtype == np.float16:  # numpy and OpenGL handle it poorly; float32 holds every value exactly
         image.data = image.data.astype(np.float32)
     if min(image.data.shape, default=0) == 0:
@@ -177,7 +176,7 @@ def _open_tiff(path: Path, lazy: bool | None) -> ImageData:
             if problems:
                 raise ImageFileError(path, f"corrupt or truncated TIFF ({problems[0]})")
             if np.dtype(dtype).kind not in "biuf":
-                raise ImageFileError(path, f"unsupported pixel type {dtype}")
+                raise ImageFileError(path, f"unsupported pixel type {dtype}: save a real-valued image (e.g. the magnitude)")
             _check_not_truncated(path, series)
             if not lazy:
                 _check_fits_in_memory(path, nbytes)
@@ -185,7 +184,7 @@ def _open_tiff(path: Path, lazy: bool | None) -> ImageData:
     except ImageFileError:
         raise
     except MemoryError:
-        raise ImageFileError(path, f"image of shape {shape} does not fit in memory") from None
+        raise ImageFileError(path, "the image does not fit in memory") from None
     except Exception as exc:  # tifffile raises many types for corrupt files
         raise ImageFileError(path, f"cannot read TIFF ({type(exc).__name__}: {_first_line(exc)})") from None
     if "S" in axes and not axes.endswith("S"):
