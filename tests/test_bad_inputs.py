@@ -293,7 +293,7 @@ ROWS = [
         check=lambda image: image.scale is None),
     Bad("huge-header", "Image file", "TIFF header claiming more pixels than memory holds",
         "error: `<file>: the image needs N GiB, more than this computer's M GiB of memory`",
-        lambda t: read_image(_bytes(t / "big.tif", _huge_header())), ImageFileError, r"big\.tif: .*(GiB|truncated)"),
+        lambda t: read_image(_bytes(t / "big.tif", _huge_header())), ImageFileError, r"big\.tif: the image needs [0-9,]+ GiB, more than"),
     Bad("labels-float", "Image file", "label file with fractional values", "error: `<file>: not a label mask: pixel type float32 is not integer`",
         lambda t: read_labels(_tif(t / "l.tif", np.full((4, 4), 0.5, np.float32))), ImageFileError, r"l\.tif: not a label mask"),
     Bad("labels-negative", "Image file", "label file with negative values", "error: `<file>: not a label mask: it has negative values`",
@@ -401,7 +401,7 @@ ROWS = [
         lambda t: _load(_bytes(t / "m.safetensors", _model_file(t).read_bytes()[:5000])), CellUnetError, "not a readable safetensors"),
     Bad("model-text", "Model file", "a text file named `.safetensors`", "error: `<file>: not a readable safetensors file (...)`",
         lambda t: _load(_bytes(t / "m.safetensors", b"hello")), CellUnetError, r"m\.safetensors: not a readable"),
-    Bad("model-version-string", "Model file", 'metadata `"format_version": "2"`', "error: `<file>: unknown model format_version '2'` (was: TypeError)",
+    Bad("model-version-string", "Model file", 'metadata `"format_version": "2"`', "error: `<file>: unknown model format_version \"2\"` (was: TypeError)",
         lambda t: _load(_model_file(t, lambda m: m.update(format_version="2"))), CellUnetError, "unknown model format_version"),
     Bad("model-version-newer", "Model file", "metadata `format_version: 2`", "error: `<file>: written by a newer napari-cell-unet (format 2); please upgrade`",
         lambda t: _load(_model_file(t, lambda m: m.update(format_version=2))), CellUnetError, "newer"),
@@ -409,7 +409,7 @@ ROWS = [
         lambda t: _load(_model_file(t, lambda m: m["architecture"].update(activation="sigmoid"))), CellUnetError, "activation"),
     Bad("model-channels-lie", "Model file", "metadata claiming 3 input channels for 1-channel weights", "error: `<file>: weights do not match the architecture: 1 tensors of the wrong shape (...)`",
         lambda t: _load(_model_file(t, lambda m: m.update(in_channels=3))), CellUnetError, "wrong shape"),
-    Bad("model-classes-lie", "Model file", "metadata with other output classes", "error: `<file>: metadata classes ['cell'] are not ['cell', 'border']`",
+    Bad("model-classes-lie", "Model file", "metadata with other output classes", "error: `<file>: metadata classes [\"cell\"] are not [\"cell\", \"border\"]`",
         lambda t: _load(_model_file(t, lambda m: m.update(classes=["cell"]))), CellUnetError, "classes"),
     Bad("model-threshold-lie", "Model file", "metadata cell threshold 5", "error: `<file>: metadata cell_threshold 5 is not between 0 and 1`",
         lambda t: _load(_model_file(t, lambda m: m["postprocessing"].update(cell_threshold=5))), CellUnetError, "cell_threshold"),
@@ -460,7 +460,7 @@ def _huge_header() -> bytes:
     import struct
 
     entries = [(256, 4, 1, 2**31 - 1), (257, 4, 1, 2**31 - 1), (258, 3, 1, 8), (259, 3, 1, 8),
-               (262, 3, 1, 1), (273, 4, 1, 8 + 2 + 10 * 12 + 4), (277, 3, 1, 1), (278, 4, 1, 2**31 - 1),
+               (262, 3, 1, 1), (273, 4, 1, 8 + 2 + 9 * 12 + 4), (277, 3, 1, 1), (278, 4, 1, 2**31 - 1),
                (279, 4, 1, 4)]
     ifd = struct.pack("<H", len(entries))
     for tag, kind, count, value in entries:

@@ -202,7 +202,7 @@ def _check_fits_in_memory(path: Path, nbytes: int) -> None:
     except (AttributeError, ValueError, OSError):  # not on every platform
         return
     if nbytes > memory:
-        raise ImageFileError(path, f"the image needs {nbytes / 2**30:.1f} GiB, more than this computer's "
+        raise ImageFileError(path, f"the image needs {nbytes / 2**30:,.0f} GiB, more than this computer's "
                              f"{memory / 2**30:.1f} GiB of memory")
 
 

@@ -121,7 +121,7 @@ def metadata_problem(metadata: Any) -> str | None:
         return "model metadata is not a JSON object"
     version = metadata.get("format_version", FORMAT_VERSION)
     if not _is_int(version) or version < 1:
-        return f"unknown model format_version {str(version)[:20]!r}"
+        return f"unknown model format_version {_show(version)}"
     if version > FORMAT_VERSION:
         return f"written by a newer napari-cell-unet (format {version}); please upgrade"
     for check in (_architecture_problem, _channels_problem, _settings_problem):
@@ -142,21 +142,21 @@ def _architecture_problem(metadata: dict) -> str | None:
         return f"metadata 'architecture' has settings this version refuses: {', '.join(unknown)[:80]}"
     depth = arch.get("encoder_depth", 5)
     if not _is_int(depth) or not 3 <= depth <= 5:
-        return f"metadata encoder_depth {str(depth)[:20]!r} is not 3, 4 or 5"
+        return f"metadata encoder_depth {_show(depth)} is not 3, 4 or 5"
     channels = arch.get("decoder_channels")
     if channels is not None and not (isinstance(channels, list) and len(channels) == depth
                                      and all(_is_int(c) and 1 <= c <= _MAX_CHANNELS for c in channels)):
-        return f"metadata decoder_channels {str(channels)[:40]} is not {depth} channel counts"
+        return f"metadata decoder_channels {_show(channels)} is not {depth} channel counts"
     return None
 
 
 def _channels_problem(metadata: dict) -> str | None:
     in_channels = metadata.get("in_channels", 1)
     if not _is_int(in_channels) or not 1 <= in_channels <= 64:
-        return f"metadata in_channels {str(in_channels)[:20]!r} is not a channel count"
+        return f"metadata in_channels {_show(in_channels)} is not a channel count"
     classes = metadata.get("classes", list(OUTPUT_CLASSES))
     if classes != list(OUTPUT_CLASSES):
-        return f"metadata classes {str(classes)[:40]} are not {list(OUTPUT_CLASSES)}"
+        return f"metadata classes {_show(classes)} are not {_show(list(OUTPUT_CLASSES))}"
     return None
 
 
@@ -167,16 +167,22 @@ def _settings_problem(metadata: dict) -> str | None:
     low, high = norm.get("low", 1.0), norm.get("high", 99.8)
     if norm.get("method", "percentile") != "percentile" or not (_is_number(low) and _is_number(high)
                                                                  and 0 <= low < high <= 100):
-        return f"metadata normalization {str(norm)[:60]} is not percentiles 0 <= low < high <= 100"
+        return f"metadata normalization {_show(norm)} is not percentiles 0 <= low < high <= 100"
     for key in ("cell_threshold", "border_threshold"):
         if key in post and not (_is_number(post[key]) and 0 <= post[key] <= 1):
-            return f"metadata {key} {str(post[key])[:20]!r} is not between 0 and 1"
+            return f"metadata {key} {_show(post[key])} is not between 0 and 1"
     if "min_size" in post and not (_is_int(post["min_size"]) and post["min_size"] >= 0):
-        return f"metadata min_size {str(post['min_size'])[:20]!r} is not a pixel count"
+        return f"metadata min_size {_show(post['min_size'])} is not a pixel count"
     diameter = metadata.get("cell_diameter")
     if diameter is not None and not (_is_number(diameter) and 0 < diameter <= 1e5):
-        return f"metadata cell_diameter {str(diameter)[:20]!r} is not a diameter in pixels"
+        return f"metadata cell_diameter {_show(diameter)} is not a diameter in pixels"
     return None
+
+
+def _show(value: Any) -> str:
+    """A metadata value as it is written in the file (a string keeps its quotes), cut short."""
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _is_int(value: Any) -> bool:
