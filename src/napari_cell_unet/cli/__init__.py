@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{prefix}: interrupted", file=sys.stderr)
         return 130
-    except CellUnetError as exc:
+    except (CellUnetError, ValueError) as exc:  # ValueError: as before CellUnetError, e.g. a bad --diameter
         if args.debug:
             raise
         print(f"{prefix}: error: {_one_line(exc)}", file=sys.stderr)
