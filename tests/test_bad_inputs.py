@@ -313,6 +313,8 @@ ROWS = [
     # ---- COCO
     Bad("coco-not-json", "COCO file", "invalid JSON", "error: `<file>: not valid JSON (...)`",
         lambda t: read_coco(_bytes(t / "a.json", b"{nope")), CocoFormatError, r"a\.json: not valid JSON"),
+    Bad("coco-folder", "COCO file", "a folder named `.json`", "error: `<path>: cannot read (Is a directory)`",
+        lambda t: read_coco((t / "a.json").mkdir() or t / "a.json"), CocoFormatError, r"a\.json: cannot read"),
     Bad("coco-not-coco", "COCO file", "JSON that is not COCO", "error: `<file>: not a COCO annotation file: needs 'images' and 'annotations'`",
         lambda t: read_coco(_bytes(t / "a.json", b'{"layers": []}')), CocoFormatError, "not a COCO annotation file"),
     Bad("coco-missing-keys", "COCO file", "image entry without height/width", "error: `<file>: image entry ... lacks id, file_name, height or width`",

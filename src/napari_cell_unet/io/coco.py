@@ -156,6 +156,8 @@ def _read_coco(path: Path) -> CocoDataset:
         data = _load_json(path.read_bytes())
     except FileNotFoundError:
         raise CocoFormatError(path, "file not found") from None
+    except OSError as exc:  # a folder, no permission, an I/O error
+        raise CocoFormatError(path, f"cannot read ({exc.strerror or type(exc).__name__})") from None
     except (ValueError, UnicodeDecodeError) as exc:  # json.JSONDecodeError and orjson's error are ValueErrors
         raise CocoFormatError(path, f"not valid JSON ({exc})") from None
     return CocoDataset(path, data)
