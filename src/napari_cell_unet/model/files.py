@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from ..errors import CellUnetError
-from ..io._atomic import atomic_path
+from ..io._atomic import atomic_path, check_output_folder
 from .architecture import OUTPUT_CLASSES
 from .cell_model import CellModel
 
@@ -53,7 +53,7 @@ def save_model(model: CellModel, path: str | os.PathLike, half: bool = False) ->
         if half and value.is_floating_point():
             value = value.half()
         tensors[key] = value.contiguous()
-    path.parent.mkdir(parents=True, exist_ok=True)
+    check_output_folder(path.parent)
     with atomic_path(path, overwrite=True) as tmp:
         save_file(tensors, str(tmp), metadata={METADATA_KEY: json.dumps(metadata)})
     return path
