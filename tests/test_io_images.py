@@ -89,13 +89,20 @@ def test_large_compressed_stack_decodes_only_the_pages_looked_at(tmp_path, monke
     data = np.random.default_rng(2).integers(0, 1000, (40, 64, 64), dtype=np.uint16)
     tifffile.imwrite(tmp_path / "big.tif", data, compression="zlib")
     monkeypatch.setattr(image_io, "LAZY_BYTES", 1000)
+    monkeypatch.setattr(image_io, "_CHUNK_PAGES", 4)
     pages_read: list[int] = []
-    real_read = image_io._read_tiff_page
-    monkeypatch.setattr(image_io, "_read_tiff_page", lambda path, key: pages_read.append(key) or real_read(path, key))
+    real_read = image_io._read_tiff_pages
+
+    def counting_read(path, offsets, *args):
+        pages_read.append(len(offsets))
+        return real_read(path, offsets, *args)
+
+    monkeypatch.setattr(image_io, "_read_tiff_pages", counting_read)
     image = open_image(tmp_path / "big.tif")
     assert image.lazy and pages_read == []
     np.testing.assert_array_equal(np.asarray(image.data[12]), data[12])
-    assert pages_read == [12]
+    assert pages_read == [4]  # the one chunk of 4 pages that holds page 12
+    np.testing.assert_array_equal(np.asarray(image.data), data)
 
 
 @pytest.mark.parametrize("lazy", [False, True])

@@ -51,10 +51,11 @@ def test_pickled_file_is_refused_and_never_executed(tmp_path, monkeypatch, suffi
     monkeypatch.setenv("CELL_UNET_PICKLE_MARKER", str(marker))
     path = tmp_path / f"evil{suffix}"
     torch.save({"conv.weight": torch.zeros(1), "payload": _Exploit()}, path)
-    with pytest.raises(ModelFileError, match="refused or unreadable") as info:
+    with pytest.raises(ModelFileError, match=r"refused: it holds pickled Python objects \(posix.mkdir\)") as info:
         load_model(path)
     assert not marker.exists()
     assert "\n" not in str(info.value) and str(path) in str(info.value)
+    assert "weights_only" not in str(info.value)  # never suggest the unsafe way to load it
 
 
 def test_plain_state_dict_loads_with_weights_only(tmp_path):

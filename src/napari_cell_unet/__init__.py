@@ -8,6 +8,8 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from .errors import CellUnetError  # noqa: E402  (no heavy imports: keeps napari start-up light)
+
 _LAZY = {
     "load_model": ("napari_cell_unet.model", "load_model"),
     "save_model": ("napari_cell_unet.model", "save_model"),
@@ -17,7 +19,7 @@ _LAZY = {
     "train": ("napari_cell_unet.training", "train"),
 }
 
-__all__ = ["__version__", *_LAZY]
+__all__ = ["CellUnetError", "__version__", *_LAZY]
 
 
 def __getattr__(name: str):

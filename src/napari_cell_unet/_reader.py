@@ -16,7 +16,7 @@ import numpy as np
 from .io import images as image_io
 from .io.coco import CocoDataset, paused_garbage_collection, read_coco
 from .io.dataset import DatasetPair, find_dataset_pairs, is_dataset_folder
-from .io.errors import ImageFileError
+from .io.errors import DatasetFolderError, ImageFileError
 from .io.stacks import common_shape, lazy_stack
 
 LayerData = tuple[Any, dict, str]
@@ -82,6 +82,7 @@ def read_dataset_layers(path: str | Path) -> list[LayerData]:
     """Image, Labels and (if any) border layers of a dataset folder; several pairs become lazy stacks."""
     path = Path(path)
     pairs = find_dataset_pairs(path)
+    _check_pair_shapes(pairs)
     metadata = {"dataset": {"path": str(path), "names": [p.name for p in pairs]}}
     first = image_io.read_image(pairs[0].image)
     image = _pair_stack(pairs, lambda p: p.image, image_io.read_image, first)
@@ -165,6 +166,20 @@ def _pair_stack(pairs: list[DatasetPair], file_of: Callable[[DatasetPair], Path 
     dtype = first.dtype if first is not None else np.uint8
     return lazy_stack(lambda i: read(file_of(pairs[i])) if file_of(pairs[i]) is not None else None,
                       len(pairs), shape, dtype)
+
+
+def _check_pair_shapes(pairs: list[DatasetPair]) -> None:
+    """Labels of another size than their image would be padded or cropped without a word: refuse."""
+    for pair in pairs:
+        image = image_io.image_shape(pair.image)[:2]
+        for mask in (pair.labels, pair.borders):
+            if mask is not None and image_io.image_shape(mask)[:2] != image:
+                raise DatasetFolderError(mask, f"is {_size(image_io.image_shape(mask))} pixels but its image "
+                                         f"{pair.image.name} is {_size(image)}")
+
+
+def _size(shape: tuple[int, ...]) -> str:
+    return f"{shape[1]}x{shape[0]}" if len(shape) >= 2 else str(shape)
 
 
 def _read_border(path: Path) -> np.ndarray:

@@ -309,8 +309,9 @@ def segment_folder(inputs: str | Path | Sequence[str | Path], output_dir: str | 
     `segment_dask` into a memory-mapped TIFF. Stop iterating (or `.close()`) to cancel.
     """
     files = expand_inputs([inputs] if isinstance(inputs, (str, Path)) else inputs)
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    from .io._atomic import check_output_folder
+
+    output_dir = check_output_folder(output_dir)
     for index, (path, target) in enumerate(zip(files, output_paths(files, output_dir, suffix))):
         yield Progress(index, len(files), f"segmenting {path.name}")
         yield from _segment_file(path, target, model, overwrite, large_image_pixels, params, index, len(files))
@@ -319,7 +320,8 @@ def segment_folder(inputs: str | Path | Sequence[str | Path], output_dir: str | 
 
 def _segment_file(path: Path, target: Path, model: Any, overwrite: bool, large_image_pixels: int,
                   params: dict, index: int, total: int) -> Iterator[Progress | FileResult]:
-    from .io import CellUnetFileError, open_image
+    from .errors import CellUnetError
+    from .io import open_image
 
     start = time.perf_counter()
     try:
@@ -331,7 +333,7 @@ def _segment_file(path: Path, target: Path, model: Any, overwrite: bool, large_i
         else:
             n_cells = yield from _segment_in_memory(np.asarray(data), target, model, params, overwrite,
                                                     index, total, path.name)
-    except (CellUnetFileError, FileExistsError, ValueError, OSError) as exc:
+    except (CellUnetError, ValueError, OSError) as exc:
         message = str(exc) if str(path) in str(exc) or str(target) in str(exc) else f"{path}: {exc}"
         yield FileResult(path, None, seconds=time.perf_counter() - start, error=message)
         return

@@ -19,8 +19,14 @@ import numpy as np
 from scipy import ndimage, sparse
 from scipy.optimize import linear_sum_assignment
 
+from .errors import CellUnetError
+
 DEFAULT_THRESHOLDS: tuple[float, ...] = tuple(np.round(np.arange(0.5, 0.96, 0.05), 2).tolist())
 COUNT_KEYS = ("n_pred", "n_true", "tp_50", "fp_50", "fn_50")
+
+
+class MetricsError(CellUnetError, ValueError):
+    """Predictions and ground truth that cannot be compared (shapes, types, counts)."""
 
 
 class MatchResult(NamedTuple):
@@ -50,7 +56,7 @@ def _foreground(a: np.ndarray) -> np.ndarray:
 
 def _check_shapes(pred: np.ndarray, gt: np.ndarray) -> None:
     if np.shape(pred) != np.shape(gt):
-        raise ValueError(f"prediction shape {np.shape(pred)} differs from ground truth shape {np.shape(gt)}")
+        raise MetricsError(f"prediction shape {np.shape(pred)} differs from ground truth shape {np.shape(gt)}")
 
 
 def _pixel_counts(pred: np.ndarray, gt: np.ndarray) -> tuple[int, int, int]:
@@ -83,7 +89,7 @@ def _as_instances(labels: np.ndarray) -> tuple[np.ndarray, int]:
         compact, n = ndimage.label(labels)
         return compact, int(n)
     if not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"instance labels must be integers or a boolean mask, not {labels.dtype}")
+        raise MetricsError(f"instance labels must be integers or a boolean mask, not {labels.dtype}")
     labels = np.where(labels > 0, labels, 0) if np.issubdtype(labels.dtype, np.signedinteger) else labels
     ids = np.unique(labels)
     ids = ids[ids > 0]
@@ -172,7 +178,7 @@ def aggregate(scores: Iterable[Mapping[str, Any]]) -> dict[str, float]:
     (computed from the summed matches, so images with many cells weigh more)."""
     scores = list(scores)
     if not scores:
-        raise ValueError("no scores to aggregate")
+        raise MetricsError("no scores to aggregate")
     keys = [k for k, v in scores[0].items() if isinstance(v, (int, float, np.number)) and not isinstance(v, bool)]
     out: dict[str, float] = {"n_images": len(scores)}
     for key in keys:
@@ -195,7 +201,7 @@ def _instance_rles(labels: np.ndarray) -> list[tuple[int, dict]]:
 
     labels = np.asarray(labels)
     if labels.ndim != 2:
-        raise ValueError(f"COCO evaluation needs 2D label images, got shape {labels.shape}")
+        raise MetricsError(f"COCO evaluation needs 2D label images, got shape {labels.shape}")
     compact, _ = _as_instances(labels)
     buffer = np.zeros(labels.shape, dtype=np.uint8, order="F")
     out = []
@@ -238,7 +244,7 @@ def coco_ap(pred_list: Sequence[np.ndarray], gt_list: Sequence[np.ndarray], max_
     from pycocotools.cocoeval import COCOeval
 
     if len(pred_list) != len(gt_list):
-        raise ValueError(f"{len(pred_list)} predictions for {len(gt_list)} ground-truth images")
+        raise MetricsError(f"{len(pred_list)} predictions for {len(gt_list)} ground-truth images")
     images, gt_anns, dets = [], [], []
     for image_id, (pred, gt) in enumerate(zip(pred_list, gt_list), start=1):
         _check_shapes(pred, gt)

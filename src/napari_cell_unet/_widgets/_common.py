@@ -7,6 +7,7 @@ from collections.abc import Callable
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtWidgets import QComboBox, QDoubleSpinBox, QFileDialog, QLabel, QSpinBox, QWidget
 
+from ..errors import CellUnetError
 from ._registry import ModelEntry, ModelRegistry
 
 LOAD_FILE_TEXT = "Load model file..."
@@ -16,7 +17,7 @@ def error_message(exc: BaseException) -> str:
     """One line for the user: our own errors speak for themselves, others get their type name."""
     lines = str(exc).strip().splitlines()
     text = lines[0] if lines else ""
-    if isinstance(exc, (ValueError, FileNotFoundError, KeyError)) and text:
+    if isinstance(exc, (CellUnetError, ValueError, FileNotFoundError, KeyError)) and text:
         return text
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 

@@ -8,10 +8,11 @@ from dataclasses import dataclass
 import numpy as np
 from napari.layers import Image, Labels
 
+from ..errors import CellUnetError
 from . import _layers
 
 
-class PairError(ValueError):
+class PairError(CellUnetError, ValueError):
     """Layers that cannot be used for training; the message names the layers and the problem."""
 
 

@@ -18,11 +18,13 @@ def add_data_arguments(parser: argparse.ArgumentParser, borders: bool) -> None:
 
 
 def check_data_arguments(args: argparse.Namespace) -> None:
+    from ..errors import CellUnetError as UsageError
+
     borders = getattr(args, "borders", None)
     if args.images is not None and not args.labels:
-        raise ValueError("--images needs --labels (one label file per image, in the same order)")
+        raise UsageError("--images needs --labels (one label file per image, in the same order)")
     if args.images is None and (args.labels or borders):
-        raise ValueError("--labels" + (" and --borders go" if hasattr(args, "borders") else " goes") + " with --images")
+        raise UsageError("--labels" + (" and --borders go" if hasattr(args, "borders") else " goes") + " with --images")
 
 
 def load_pairs(args: argparse.Namespace) -> list:

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from . import _checks as checks
 from ._data_arguments import add_data_arguments, check_data_arguments, load_pairs
 from ._diameter import add_diameter_argument
 
@@ -25,45 +26,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", type=Path, help="write per-image and mean scores to this JSON file")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
-    parser.add_argument("--tile-size", type=int, help="tile size for prediction")
-    parser.add_argument("--cell-threshold", type=float, help="cell probability threshold (default: the model's)")
-    parser.add_argument("--border-threshold", type=float, help="border probability threshold (default: the model's)")
-    parser.add_argument("--min-size", type=int, help="smallest object kept, in pixels (default: the model's)")
+    parser.add_argument("--tile-size", type=checks.tile_size,
+                        help=f"tile side for prediction, {checks.MIN_TILE_SIZE} or more (default: 1024)")
+    parser.add_argument("--cell-threshold", type=checks.probability, help="cell probability threshold (default: the model's)")
+    parser.add_argument("--border-threshold", type=checks.probability, help="border probability threshold (default: the model's)")
+    parser.add_argument("--min-size", type=checks.non_negative_int, help="smallest object kept, in pixels (default: the model's)")
     add_diameter_argument(parser)
     parser.add_argument("--no-ap", action="store_true", help="skip COCO AP (slow with thousands of cells)")
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..io import CellUnetFileError
+    from ..model import load_model
 
-    try:
-        _check_output(args)
-        pairs = load_pairs(args)
-        model = _load_model(args.model)
-        report = _evaluate(model, pairs, args)
-        print(format_table(report))
-        if args.output:
-            write_json(args.output, report, overwrite=args.overwrite)
-            print(f"scores written to {args.output}")
-    except (CellUnetFileError, FileExistsError, FileNotFoundError, ValueError) as exc:
-        print(f"cell-unet evaluate: error: {exc}", file=sys.stderr)
-        return 2
+    _check_arguments(args)
+    pairs = load_pairs(args)
+    model = load_model(args.model)
+    report = _evaluate(model, pairs, args)
+    print(format_table(report))
+    if args.output:
+        write_json(args.output, report, overwrite=args.overwrite)
+        print(f"scores written to {args.output}")
     return 0
 
 
-def _check_output(args: argparse.Namespace) -> None:
+def _check_arguments(args: argparse.Namespace) -> None:
+    """Before the long work: the data arguments fit together, the device exists, the output can be written."""
+    from ..inference import resolve_device
+    from ..io._atomic import check_output_file
+
     check_data_arguments(args)
-    if args.output and args.output.exists() and not args.overwrite:
-        raise FileExistsError(f"{args.output} already exists (add --overwrite to replace it)")
-
-
-def _load_model(path: str | None) -> Any:
-    from ..model import ModelFileError, load_model
-
-    try:
-        return load_model(path)
-    except ModelFileError as exc:
-        raise ValueError(str(exc)) from exc
+    resolve_device(args.device)
+    if args.output:
+        check_output_file(args.output, args.overwrite)
 
 
 def _evaluate(model: Any, pairs: list, args: argparse.Namespace) -> dict:

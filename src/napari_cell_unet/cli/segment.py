@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+from . import _checks as checks
 from ._diameter import add_diameter_argument
 
 
@@ -21,10 +22,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output-dir", "-o", type=Path, required=True, help="folder for the *_labels.tif files")
     parser.add_argument("--model", default=None, help="model .safetensors file (default: the bundled model)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
-    parser.add_argument("--tile-size", type=int, default=None, help="tile side in pixels (default: 1024)")
-    parser.add_argument("--min-size", type=int, help="smallest object kept, in pixels (default: the model's)")
-    parser.add_argument("--cell-threshold", type=float, help="cell probability threshold (default: the model's)")
-    parser.add_argument("--border-threshold", type=float, help="border probability threshold (default: the model's)")
+    parser.add_argument("--tile-size", type=checks.tile_size, default=None,
+                        help=f"tile side in pixels, {checks.MIN_TILE_SIZE} or more (default: 1024)")
+    parser.add_argument("--min-size", type=checks.non_negative_int,
+                        help="smallest object kept, in pixels (default: the model's)")
+    parser.add_argument("--cell-threshold", type=checks.probability,
+                        help="cell probability threshold, between 0 and 1 (default: the model's)")
+    parser.add_argument("--border-threshold", type=checks.probability,
+                        help="border probability threshold, between 0 and 1 (default: the model's)")
     add_diameter_argument(parser)
     parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
                         help="arithmetic precision (default: fp16 on CUDA, fp32 on the CPU)")
@@ -35,19 +40,17 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from ..batch import FileResult, expand_inputs, segment_folder
-    from ..inference import DeviceError, resolve_device
-    from ..model import ModelFileError, load_model
+    from ..errors import CellUnetError
+    from ..inference import resolve_device
+    from ..io._atomic import check_output_folder
+    from ..model import load_model
 
-    try:
-        resolve_device(args.device)
-        model = load_model(args.model)
-    except (DeviceError, ModelFileError) as exc:
-        print(f"cell-unet segment: error: {exc}", file=sys.stderr)
-        return 2
     files = expand_inputs(args.inputs)
     if not files:
-        print("cell-unet segment: error: no image files in the given inputs", file=sys.stderr)
-        return 2
+        raise CellUnetError("no image files in the given inputs")
+    resolve_device(args.device)
+    check_output_folder(args.output_dir)
+    model = load_model(args.model)
     started = time.perf_counter()
     done, failed, cells = 0, 0, 0
     with tqdm(total=len(files), unit="image", file=sys.stderr, dynamic_ncols=True) as bar:

@@ -7,10 +7,12 @@ borders/); or --coco (a COCO/LIVECell json). Ctrl-C stops training and still sav
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 from pathlib import Path
 
+from . import _checks as checks
 from ._data_arguments import add_data_arguments, check_data_arguments, load_pairs
 
 
@@ -21,47 +23,47 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", type=Path, required=True, help="where to save the model (.safetensors)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
     length = parser.add_mutually_exclusive_group()
-    length.add_argument("--epochs", type=float, help="epochs (one epoch = crops covering the annotated area once)")
-    length.add_argument("--steps", type=int, help="optimizer steps (default: 100)")
-    length.add_argument("--minutes", type=float, help="train for this many minutes")
-    parser.add_argument("--val-fraction", type=float, default=0.2,
-                        help="fraction of the pairs (or of a single image's width) held out for validation; 0 = none")
-    parser.add_argument("--crop-size", type=int, help="training crop size in pixels (default: 256 on a GPU, 128 on the CPU)")
-    parser.add_argument("--batch-size", type=int, help="crops per step (default: 8 on a GPU, 4 on the CPU)")
-    parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default: 0.001)")
+    length.add_argument("--epochs", type=checks.positive_float, help="epochs (one epoch = crops covering the annotated area once)")
+    length.add_argument("--steps", type=checks.positive_int, help="optimizer steps (default: 100)")
+    length.add_argument("--minutes", type=checks.positive_float, help="train for this many minutes")
+    parser.add_argument("--val-fraction", type=checks.val_fraction, default=0.2,
+                        help="fraction of the pairs (or of a single image's width) held out for validation, "
+                             f"0 to {checks.MAX_VAL_FRACTION}; 0 = none (default: 0.2)")
+    parser.add_argument("--crop-size", type=checks.int_range(32, 4096), help="training crop size in pixels (default: 256 on a GPU, 128 on the CPU)")
+    parser.add_argument("--batch-size", type=checks.int_range(1, 1024), help="crops per step (default: 8 on a GPU, 4 on the CPU)")
+    parser.add_argument("--lr", type=checks.float_range(0.0, 1.0, low_open=True), default=1e-3, help="peak learning rate (default: 0.001)")
     parser.add_argument("--freeze-encoder", action=argparse.BooleanOptionalAction, default=None,
                         help="train only the decoder (default: yes when fine-tuning on a CPU, where it is "
                              "about twice as fast; no from scratch or on a GPU)")
-    parser.add_argument("--early-stopping", type=int, metavar="N", help="stop after N validations without improvement")
+    parser.add_argument("--early-stopping", type=checks.positive_int, metavar="N", help="stop after N validations without improvement")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
-    parser.add_argument("--threads", type=int, help="CPU threads for training (default: all cores; 1 can be "
+    parser.add_argument("--threads", type=checks.int_range(1, 1024), help="CPU threads for training (default: all cores; 1 can be "
                         "much faster when other programs keep the cores busy)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=checks.non_negative_int, default=0)
     parser.add_argument("--name", help="model name stored in the file (shown in the plugin)")
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..io import CellUnetFileError
-
-    try:
-        _check_arguments(args)
-        pairs = load_pairs(args)
-        result = _train(pairs, args)
-        _save(result.model, args)
-    except (CellUnetFileError, FileExistsError, FileNotFoundError, ValueError) as exc:
-        print(f"cell-unet train: error: {exc}", file=sys.stderr)
-        return 2
+    _check_arguments(args)
+    pairs = load_pairs(args)
+    result = _train(pairs, args)
+    _save(result.model, args)
     return 0
 
 
 def _check_arguments(args: argparse.Namespace) -> None:
+    """Everything that can be checked before training, so that no work is lost to a typo."""
+    from ..errors import CellUnetError
+    from ..inference import resolve_device
+    from ..io._atomic import check_output_file
+
     check_data_arguments(args)
     if args.output.suffix != ".safetensors":
-        raise ValueError(f"{args.output}: the output must be a .safetensors file")
-    if args.output.exists() and not args.overwrite:
-        raise FileExistsError(f"{args.output} already exists (add --overwrite to replace it)")
-    if not 0.0 <= args.val_fraction < 1.0:
-        raise ValueError(f"--val-fraction must be in [0, 1), got {args.val_fraction}")
+        raise CellUnetError(f"{args.output}: the output must be a .safetensors file")
+    check_output_file(args.output, args.overwrite)
+    resolve_device(args.device)
+    if args.init not in ("default", "scratch") and not Path(args.init).is_file():
+        raise CellUnetError(f"--init {args.init}: no such model file (or use default or scratch)")
 
 
 def _train(pairs, args: argparse.Namespace):
@@ -107,8 +109,24 @@ def _save(model, args: argparse.Namespace) -> None:
     from ..model import save_model
 
     if args.output.exists() and not args.overwrite:  # appeared while we trained
-        raise FileExistsError(f"{args.output} already exists (add --overwrite to replace it)")
-    save_model(model, args.output)
+        _save_elsewhere(model, args, "it appeared while training and --overwrite was not given")
+    try:
+        save_model(model, args.output)
+    except OSError as exc:  # OutputError, or the folder vanished
+        _save_elsewhere(model, args, str(exc))
     metrics = model.metadata.get("training", {}).get("metrics") or {}
     summary = "  ".join(f"{k} {v:.3f}" for k, v in metrics.items() if isinstance(v, float))
     print(f"saved {args.output}" + (f" (best validation: {summary})" if summary else ""))
+
+
+def _save_elsewhere(model, args: argparse.Namespace, problem: str) -> None:
+    """The output cannot be written after all (disk full, folder gone): keep the trained model anyway."""
+    import tempfile
+
+    from ..errors import OutputError
+    from ..model import save_model
+
+    fd, rescue = tempfile.mkstemp(prefix=f"{args.output.stem}-", suffix=".safetensors")
+    os.close(fd)
+    save_model(model, rescue)
+    raise OutputError(f"{args.output} was not written ({problem}); the trained model was saved to {rescue}")

@@ -6,10 +6,12 @@ import os
 
 import torch
 
+from ..errors import CellUnetError
+
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
-class DeviceError(ValueError):
+class DeviceError(CellUnetError, ValueError):
     """A device or precision that cannot be used here; the message is one line."""
 
 

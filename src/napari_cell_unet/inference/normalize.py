@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import CellUnetError
+
 # Percentiles of huge images are estimated on an evenly strided sample of this many
 # pixels: the estimate is accurate to a fraction of a percentile and avoids copying
 # (and partially sorting) an 8000 x 8000 image.
@@ -11,7 +13,7 @@ _PERCENTILE_SAMPLE = 4_000_000
 _RGB_TO_GRAY = np.array([0.2125, 0.7154, 0.0721], dtype=np.float32)  # ITU-R 709, as skimage.color.rgb2gray
 
 
-class ImageError(ValueError):
+class ImageError(CellUnetError, ValueError):
     """An image that cannot be segmented (empty, constant, no finite values, wrong shape)."""
 
 
@@ -32,7 +34,9 @@ def percentile_range(image: np.ndarray, low: float = 1.0, high: float = 99.8) ->
         sample = sample[np.isfinite(sample)]
         if sample.size == 0:
             raise ImageError("image has no finite pixel values (all NaN or Inf)")
-    elif sample.dtype.kind not in "uib":
+    elif sample.dtype.kind == "b":
+        sample = sample.view(np.uint8)  # numpy's percentile cannot subtract booleans
+    elif sample.dtype.kind not in "ui":
         raise ImageError(f"unsupported pixel type {image.dtype}")
     lo, hi = np.percentile(sample, [low, high])
     if not hi > lo:
@@ -44,11 +48,24 @@ def percentile_range(image: np.ndarray, low: float = 1.0, high: float = 99.8) ->
 
 def apply_normalization(image: np.ndarray, lo: float, hi: float) -> np.ndarray:
     """Map `lo` -> 0 and `hi` -> 1 (not clipped) as float32; NaN -> 0, +Inf -> 1, -Inf -> 0."""
-    out = np.asarray(image, dtype=np.float32)
-    out = (out - np.float32(lo)) * np.float32(1.0 / (hi - lo))
+    image = np.asarray(image)
+    if _needs_float64(image.dtype, lo, hi):
+        # float32 would overflow (floats near 1e296) or merge neighbouring values (integers above 2**24)
+        half = np.float64(0.5)
+        scaled = (image * half - lo * half) / (hi * half - lo * half)
+        out = np.clip(scaled, -1e30, 1e30, out=scaled).astype(np.float32)
+    else:
+        out = (image.astype(np.float32) - np.float32(lo)) * np.float32(1.0 / (hi - lo))
     if not np.isfinite(out).all():
         np.nan_to_num(out, copy=False, nan=0.0, posinf=1.0, neginf=0.0)
     return out
+
+
+def _needs_float64(dtype: np.dtype, lo: float, hi: float) -> bool:
+    if dtype.kind in "iu":
+        return dtype.itemsize >= 4 and max(abs(lo), abs(hi)) >= 2**24
+    return dtype.kind == "f" and dtype.itemsize > 4 and (
+        max(abs(lo), abs(hi)) > 1e30 or 0 < hi - lo < 1e-30 * max(abs(lo), abs(hi), 1.0))
 
 
 def normalize_image(image: np.ndarray, low: float = 1.0, high: float = 99.8) -> np.ndarray:

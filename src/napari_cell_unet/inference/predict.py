@@ -22,7 +22,7 @@ from .tiling import TileGrid, make_grid
 DEFAULT_TILE_SIZE = 1024
 DEFAULT_OVERLAP = 64
 DEFAULT_BATCH_SIZE = None  # 4 tiles per forward on a GPU, 1 on the CPU (no faster batched, ~1 GB more RSS)
-MIN_TILE_SIZE = 128
+MIN_TILE_SIZE = 4 * DEFAULT_OVERLAP  # after GPU out-of-memory; 128 px left no room for the overlap
 
 
 def predict_probabilities(image2d: np.ndarray, model: Any, device: str | torch.device = "auto",

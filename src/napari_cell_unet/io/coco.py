@@ -5,9 +5,10 @@ from __future__ import annotations
 import contextlib
 import gc
 import json
+import math
 from collections.abc import Iterable, Iterator
 from functools import cached_property
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 import numpy as np
@@ -19,6 +20,8 @@ from .images import read_image
 LIVECELL_IMAGE_FOLDERS = ("livecell_train_val_images", "livecell_train_images", "livecell_val_images",
                           "livecell_test_images")
 POLYGON_TOLERANCE_PX = 1.0  # rasterisers round coordinates; allow this much past the image edge
+MAX_SIDE = 2**20  # pixels per image side: larger sizes are typos or attacks, not microscopy
+MAX_ID = 2**63 - 1  # ids go into int64 tables
 
 
 class CocoDataset:
@@ -59,7 +62,12 @@ class CocoDataset:
         if path is None:
             raise ImageFileError(self.file_name(i), f"image of {self.path.name} not found; searched "
                                  + ", ".join(self.searched_folders))
-        return read_image(path)
+        image = read_image(path)
+        if image.shape[:2] != self.shape(i):
+            height, width = self.shape(i)
+            raise ImageFileError(path, f"image is {image.shape[1]}x{image.shape[0]} pixels but {self.path.name} "
+                                 f"says {width}x{height}")
+        return image
 
     def labels(self, i: int, annotation_ids: bool = False) -> np.ndarray:
         """Instance labels of image ``i`` as uint32: 1..N in annotation order, or the COCO
@@ -67,7 +75,11 @@ class CocoDataset:
         from pycocotools import mask as mask_utils
 
         height, width = self.shape(i)
-        labels = np.zeros((height, width), dtype=np.uint32)
+        try:
+            labels = np.zeros((height, width), dtype=np.uint32)
+        except MemoryError:
+            raise CocoFormatError(self.path, f"image {self.image_ids[i]} ({width}x{height} pixels) is too large "
+                                  "to decode in memory") from None
         for number, ann in enumerate(self.annotations(i), start=1):
             rle = _to_rle(ann["segmentation"], height, width)
             if rle is None:
@@ -111,7 +123,7 @@ class CocoDataset:
     def _find_image(self, file_name: str) -> Path | None:
         name = Path(file_name)
         cell_type = name.name.split("_")[0]
-        candidates: list[Path] = [name] if name.is_absolute() else []
+        candidates: list[Path] = []  # names are relative and stay inside (validated in _validate_images)
         for folder in self._plain_folders:
             candidates += [folder / name, folder / name.name]
         for folder in self._livecell_folders:
@@ -144,6 +156,8 @@ def _read_coco(path: Path) -> CocoDataset:
         data = _load_json(path.read_bytes())
     except FileNotFoundError:
         raise CocoFormatError(path, "file not found") from None
+    except OSError as exc:  # a folder, no permission, an I/O error
+        raise CocoFormatError(path, f"cannot read ({exc.strerror or type(exc).__name__})") from None
     except (ValueError, UnicodeDecodeError) as exc:  # json.JSONDecodeError and orjson's error are ValueErrors
         raise CocoFormatError(path, f"not valid JSON ({exc})") from None
     return CocoDataset(path, data)
@@ -168,7 +182,7 @@ def _validate(path: Path, data: Any) -> tuple[list[dict], dict[int, str], dict[i
         raise CocoFormatError(path, f"not a COCO annotation file: needs 'images' and 'annotations' (found {keys})")
     images = _validate_images(path, data["images"])
     sizes = {image["id"]: (image["height"], image["width"]) for image in images}
-    categories = _validate_categories(path, data.get("categories", []))
+    categories = _validate_categories(path, data.get("categories") or [])
     by_image: dict[int, list[dict]] = {}
     seen: set[int] = set()
     for ann in _annotation_list(path, data["annotations"]):
@@ -192,19 +206,43 @@ def _validate_images(path: Path, images: Any) -> list[dict]:
     for image in images:
         if not isinstance(image, dict) or not {"id", "file_name", "height", "width"} <= image.keys():
             raise CocoFormatError(path, f"image entry {str(image)[:80]} lacks id, file_name, height or width")
-        if not (_is_int(image["height"]) and _is_int(image["width"]) and image["height"] > 0 and image["width"] > 0):
-            raise CocoFormatError(path, f"image {image['id']} has invalid size {image['width']}x{image['height']}")
+        if not _is_int(image["id"]) or not 0 <= image["id"] <= MAX_ID:
+            raise CocoFormatError(path, f"image id {str(image['id'])[:40]!r} is not an integer in 0..2**63-1")
+        if not all(_is_int(image[k]) and 0 < image[k] <= MAX_SIDE for k in ("height", "width")):
+            raise CocoFormatError(path, f"image {image['id']} has invalid size {str(image['width'])[:20]}x"
+                                  f"{str(image['height'])[:20]} (each side must be 1..{MAX_SIDE} pixels)")
+        problem = _file_name_problem(image["file_name"])
+        if problem:
+            raise CocoFormatError(path, f"image {image['id']}: file_name {str(image['file_name'])[:80]!r} {problem}")
         if image["id"] in seen:
             raise CocoFormatError(path, f"image id {image['id']} appears twice")
         seen.add(image["id"])
     return images
 
 
+def _file_name_problem(file_name: Any) -> str | None:
+    """Image files are looked up next to the JSON file only: a shared annotation file must not make us read
+    (and show) arbitrary files such as ``../../.ssh/id_rsa`` or ``/etc/passwd``."""
+    if not isinstance(file_name, str) or not file_name.strip():
+        return "must be a non-empty string"
+    posix, windows = PurePosixPath(file_name), PureWindowsPath(file_name)
+    if posix.is_absolute() or windows.anchor:
+        return "is an absolute path; only paths relative to the JSON file's folder are read"
+    if ".." in windows.parts:  # PureWindowsPath splits on both / and \
+        return "points outside the JSON file's folder ('..'); refused"
+    if "\0" in file_name:
+        return "contains a NUL character"
+    return None
+
+
 def _validate_categories(path: Path, categories: Any) -> dict[int, str]:
     try:
-        return {c["id"]: str(c.get("name", c["id"])) for c in categories}
-    except (TypeError, KeyError):
+        table = {c["id"]: str(c.get("name", c["id"])) for c in categories}
+    except (TypeError, KeyError, AttributeError):
         raise CocoFormatError(path, "'categories' must be a list of objects with an 'id'") from None
+    if not all(_is_int(c) and 0 <= c <= MAX_ID for c in table):
+        raise CocoFormatError(path, "category ids must be integers in 0..2**63-1")
+    return table
 
 
 def _validate_annotation(path: Path, ann: Any, sizes: dict[int, tuple[int, int]], seen: set[int]) -> None:
@@ -216,7 +254,11 @@ def _validate_annotation(path: Path, ann: Any, sizes: dict[int, tuple[int, int]]
     if ann_id in seen:
         raise CocoFormatError(path, f"annotation id {ann_id} appears twice")
     seen.add(ann_id)
-    size = sizes.get(ann["image_id"])
+    category = ann.get("category_id", 0)
+    if not _is_int(category) or not 0 <= category <= MAX_ID:
+        raise CocoFormatError(path, f"annotation {ann_id}: category_id {str(category)[:40]!r} is not an integer "
+                              "in 0..2**63-1")
+    size = sizes.get(ann["image_id"]) if _hashable(ann["image_id"]) else None
     if size is None:
         raise CocoFormatError(path, f"annotation {ann_id} refers to image id {ann['image_id']!r}, "
                               "which is not in 'images'")
@@ -248,8 +290,8 @@ def _segmentation_problem(seg: Any, height: int, width: int) -> str | None:
         if "counts" not in seg or not isinstance(size, list) or len(size) != 2:
             return "RLE segmentation needs 'counts' and 'size'"
         if list(size) != [height, width]:
-            return f"RLE size {size} differs from the image size [{height}, {width}]"
-        return None
+            return f"RLE size {str(size)[:40]} differs from the image size [{height}, {width}]"
+        return _rle_counts_problem(seg["counts"], height * width)
     if not isinstance(seg, list):
         return f"segmentation must be polygons or RLE, not {type(seg).__name__}"
     for polygon in seg:
@@ -257,6 +299,8 @@ def _segmentation_problem(seg: Any, height: int, width: int) -> str | None:
             return "polygon must be a flat list of numbers [x1, y1, x2, y2, ...]"
         if not polygon:
             continue
+        if not all(_is_number(v) for v in polygon):
+            return "polygon must be a flat list of numbers [x1, y1, x2, y2, ...], all finite"
         try:
             x_min, x_max, y_min, y_max = min(polygon[0::2]), max(polygon[0::2]), min(polygon[1::2]), max(polygon[1::2])
             outside = (x_min < -POLYGON_TOLERANCE_PX or x_max > width + POLYGON_TOLERANCE_PX
@@ -281,5 +325,57 @@ def _to_rle(seg: Any, height: int, width: int) -> dict | None:
     return mask_utils.merge(mask_utils.frPyObjects(polygons, height, width))
 
 
+def _rle_counts_problem(counts: Any, n_pixels: int) -> str | None:
+    """pycocotools trusts the run lengths: runs that do not add up to the image leave the rest of its
+    mask buffer uninitialised (leftover memory would become labels)."""
+    if isinstance(counts, str):
+        runs = rle_string_counts(counts)
+        if runs is None:
+            return "RLE counts is not a valid compressed COCO RLE string"
+    elif isinstance(counts, list):
+        if not all(_is_int(c) for c in counts):
+            return "RLE counts must be a list of integers or a compressed string"
+        runs = np.array(counts, dtype=object)
+    else:
+        return f"RLE counts must be a list of integers or a compressed string, not {type(counts).__name__}"
+    if len(runs) and (min(runs) < 0 or max(runs) >= 2**32):
+        return "RLE counts has run lengths outside 0..2**32-1"
+    total = int(sum(int(r) for r in runs)) if runs.dtype == object else int(runs.sum())
+    if total != n_pixels:
+        return f"RLE runs cover {total} pixels, the image has {n_pixels}"
+    return None
+
+
+def rle_string_counts(text: str) -> np.ndarray | None:
+    """Run lengths of a compressed COCO RLE string (pycocotools' rleFrString, vectorised), or None when the
+    string is malformed. Each number is 5-bit groups, low bits first, 0x20 = more groups follow, 0x10 in the
+    last group = negative; from the third run on, each is stored as the difference to the run two before."""
+    codes = np.frombuffer(text.encode("latin-1", "replace"), np.uint8).astype(np.int64) - 48
+    if codes.size == 0:
+        return np.zeros(0, np.int64)
+    if codes.min() < 0 or codes.max() > 63 or codes[-1] & 0x20:
+        return None
+    last = (codes & 0x20) == 0
+    starts = np.flatnonzero(np.concatenate([[True], last[:-1]]))
+    position = np.arange(codes.size) - np.repeat(starts, np.diff(np.append(starts, codes.size)))
+    if position.max() > 11:  # more than 60 bits: no real image has such runs
+        return None
+    values = np.add.reduceat((codes & 0x1F) << (5 * position), starts)
+    negative = (codes[last] & 0x10) != 0
+    values[negative] -= np.left_shift(1, 5 * (position[last][negative] + 1))
+    runs = values.copy()
+    runs[2::2] = np.cumsum(values[2::2])
+    runs[3::2] = np.cumsum(values[3::2]) + values[1]
+    return runs
+
+
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return (_is_int(value) or isinstance(value, float)) and math.isfinite(value)
+
+
+def _hashable(value: Any) -> bool:
+    return isinstance(value, (int, str)) and not isinstance(value, bool)

@@ -61,7 +61,11 @@ def _labels_folder(folder: Path) -> Path | None:
 
 def _files_by_key(folder: Path) -> dict[str, Path]:
     files: dict[str, Path] = {}
-    for path in sorted(folder.iterdir()):
+    try:
+        entries = sorted(folder.iterdir())
+    except OSError as exc:
+        raise DatasetFolderError(folder, f"cannot list the folder ({exc.strerror or type(exc).__name__})") from None
+    for path in entries:
         if path.name.startswith(".") or not path.is_file() or not path.name.lower().endswith(IMAGE_SUFFIXES):
             continue
         key = pair_key(path)

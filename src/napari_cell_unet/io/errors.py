@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..errors import CellUnetError
 
-class CellUnetFileError(ValueError):
+
+class CellUnetFileError(CellUnetError, ValueError):
     """A file this package reads or writes is unusable; the message names the file and the problem."""
 
     def __init__(self, path: str | Path, problem: str):

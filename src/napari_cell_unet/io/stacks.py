@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import uuid
+import warnings
 from collections.abc import Callable
 
 import numpy as np
+
+from ..errors import CellUnetError
 
 
 def lazy_stack(read_slice: Callable[[int], np.ndarray | None], count: int, shape: tuple[int, ...],
@@ -31,8 +34,12 @@ def common_shape(shapes: list[tuple[int, ...]]) -> tuple[int, ...]:
 
 def _fitted(read_slice: Callable[[int], np.ndarray | None], index: int, shape: tuple[int, ...],
             dtype: np.dtype) -> np.ndarray:
-    data = read_slice(index)
     out = np.zeros(shape, dtype=dtype)
+    try:
+        data = read_slice(index)
+    except CellUnetError as exc:  # raised while napari draws a slice: an exception would only reach Qt's loop
+        warnings.warn(f"slice {index} left empty: {exc}", UserWarning, stacklevel=2)
+        return out
     if data is None:
         return out
     data = np.asarray(data)

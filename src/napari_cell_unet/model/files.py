@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..io._atomic import atomic_path
+from ..errors import CellUnetError
+from ..io._atomic import atomic_path, check_output_folder
+from .architecture import OUTPUT_CLASSES
 from .cell_model import CellModel
 
 METADATA_KEY = "napari_cell_unet"
@@ -18,7 +22,7 @@ DEFAULT_MODEL_PATH = Path(__file__).parent / "weights" / "default.safetensors"
 _TORCH_SUFFIXES = (".pt", ".pth", ".ckpt")
 
 
-class ModelFileError(ValueError):
+class ModelFileError(CellUnetError, ValueError):
     """A model file that cannot be used; the message is one line naming the file and the problem."""
 
 
@@ -49,7 +53,7 @@ def save_model(model: CellModel, path: str | os.PathLike, half: bool = False) ->
         if half and value.is_floating_point():
             value = value.half()
         tensors[key] = value.contiguous()
-    path.parent.mkdir(parents=True, exist_ok=True)
+    check_output_folder(path.parent)
     with atomic_path(path, overwrite=True) as tmp:
         save_file(tensors, str(tmp), metadata={METADATA_KEY: json.dumps(metadata)})
     return path
@@ -93,19 +97,116 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, An
         raise ModelFileError(f"{path}: not a readable safetensors file ({_one_line(exc)})") from None
     try:
         metadata = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise ModelFileError(f"{path}: model metadata is not valid JSON ({exc.msg})") from None
-    if metadata.get("format_version", FORMAT_VERSION) > FORMAT_VERSION:
-        raise ModelFileError(f"{path}: written by a newer napari-cell-unet (format {metadata['format_version']}); please upgrade")
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise ModelFileError(f"{path}: model metadata is not valid JSON ({getattr(exc, 'msg', 'nested too deeply')})") from None
+    problem = metadata_problem(metadata)
+    if problem:
+        raise ModelFileError(f"{path}: {problem}")
     return state, metadata
 
 
+# smp keyword arguments that only shape the network; anything else (e.g. "activation", which would apply a second
+# sigmoid so that nothing is ever found, or "aux_params") is refused rather than passed on.
+_ARCHITECTURE_KEYS = frozenset({
+    "name", "encoder_name", "encoder_depth", "decoder_channels", "decoder_use_batchnorm", "decoder_use_norm",
+    "decoder_attention_type", "decoder_pyramid_channels", "decoder_segmentation_channels", "decoder_merge_policy",
+    "decoder_dropout", "decoder_interpolation", "upsampling",
+})
+_MAX_CHANNELS = 4096
+
+
+def metadata_problem(metadata: Any) -> str | None:
+    """What is wrong with a model file's metadata, or None. Checked before anything is built from it."""
+    if not isinstance(metadata, dict):
+        return "model metadata is not a JSON object"
+    version = metadata.get("format_version", FORMAT_VERSION)
+    if not _is_int(version) or version < 1:
+        return f"unknown model format_version {_show(version)}"
+    if version > FORMAT_VERSION:
+        return f"written by a newer napari-cell-unet (format {version}); please upgrade"
+    for check in (_architecture_problem, _channels_problem, _settings_problem):
+        problem = check(metadata)
+        if problem:
+            return problem
+    return None
+
+
+def _architecture_problem(metadata: dict) -> str | None:
+    arch = metadata.get("architecture")
+    if arch is None:
+        return None
+    if not isinstance(arch, dict):
+        return "metadata 'architecture' is not a JSON object"
+    unknown = sorted(map(str, set(arch) - _ARCHITECTURE_KEYS))
+    if unknown:
+        return f"metadata 'architecture' has settings this version refuses: {', '.join(unknown)[:80]}"
+    depth = arch.get("encoder_depth", 5)
+    if not _is_int(depth) or not 3 <= depth <= 5:
+        return f"metadata encoder_depth {_show(depth)} is not 3, 4 or 5"
+    channels = arch.get("decoder_channels")
+    if channels is not None and not (isinstance(channels, list) and len(channels) == depth
+                                     and all(_is_int(c) and 1 <= c <= _MAX_CHANNELS for c in channels)):
+        return f"metadata decoder_channels {_show(channels)} is not {depth} channel counts"
+    return None
+
+
+def _channels_problem(metadata: dict) -> str | None:
+    in_channels = metadata.get("in_channels", 1)
+    if not _is_int(in_channels) or not 1 <= in_channels <= 64:
+        return f"metadata in_channels {_show(in_channels)} is not a channel count"
+    classes = metadata.get("classes", list(OUTPUT_CLASSES))
+    if classes != list(OUTPUT_CLASSES):
+        return f"metadata classes {_show(classes)} are not {_show(list(OUTPUT_CLASSES))}"
+    return None
+
+
+def _settings_problem(metadata: dict) -> str | None:
+    norm, post = metadata.get("normalization", {}), metadata.get("postprocessing", {})
+    if not isinstance(norm, dict) or not isinstance(post, dict):
+        return "metadata normalization and postprocessing must be JSON objects"
+    low, high = norm.get("low", 1.0), norm.get("high", 99.8)
+    if norm.get("method", "percentile") != "percentile" or not (_is_number(low) and _is_number(high)
+                                                                 and 0 <= low < high <= 100):
+        return f"metadata normalization {_show(norm)} is not percentiles 0 <= low < high <= 100"
+    for key in ("cell_threshold", "border_threshold"):
+        if key in post and not (_is_number(post[key]) and 0 <= post[key] <= 1):
+            return f"metadata {key} {_show(post[key])} is not between 0 and 1"
+    if "min_size" in post and not (_is_int(post["min_size"]) and post["min_size"] >= 0):
+        return f"metadata min_size {_show(post['min_size'])} is not a pixel count"
+    diameter = metadata.get("cell_diameter")
+    if diameter is not None and not (_is_number(diameter) and 0 < diameter <= 1e5):
+        return f"metadata cell_diameter {_show(diameter)} is not a diameter in pixels"
+    return None
+
+
+def _show(value: Any) -> str:
+    """A metadata value as it is written in the file (a string keeps its quotes), cut short."""
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return (_is_int(value) or isinstance(value, float)) and math.isfinite(value)
+
+
 def _read_torch_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    import pickle
+
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # torch's message advises weights_only=False, which would run the file's code: never pass that on
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        if found is None:
+            raise ModelFileError(f"{path}: not a readable PyTorch file (not a pickled state dict)") from None
+        raise ModelFileError(f"{path}: refused: it holds pickled Python objects ({found.group(1)}), which could run "
+                             "code; only plain tensors are read. Save the weights as .safetensors instead") from None
     except Exception as exc:
-        raise ModelFileError(f"{path}: refused or unreadable PyTorch file; only plain state dicts load "
-                             f"(weights_only=True): {_one_line(exc)}") from None
+        raise ModelFileError(f"{path}: not a readable PyTorch file ({type(exc).__name__})") from None
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -117,6 +218,8 @@ def _assemble(path: Path, state: dict[str, torch.Tensor], metadata: dict[str, An
     try:
         model = CellModel.create(architecture=metadata.get("architecture"),
                                  in_channels=int(metadata.get("in_channels", 1)))
+    except MemoryError:
+        raise ModelFileError(f"{path}: the architecture it describes does not fit in memory") from None
     except Exception as exc:
         raise ModelFileError(f"{path}: cannot build the architecture it describes ({_one_line(exc)})") from None
     model.metadata.update(metadata)

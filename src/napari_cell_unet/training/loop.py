@@ -24,7 +24,7 @@ from .._progress import Progress
 from ..model import CellModel
 from .augment import AugmentConfig, CropSampler
 from .losses import segmentation_loss
-from .pairs import TrainingPair, zoom_to_diameter
+from .pairs import TrainingPair, require_cells, zoom_to_diameter
 from .targets import TrainingDataError, make_targets
 
 ModelSpec = Union[str, os.PathLike, CellModel]
@@ -152,6 +152,7 @@ class Trainer:
                  should_stop: Callable[[], bool] | None = None):
         if not pairs:
             raise TrainingDataError("no training pairs given")
+        require_cells(pairs)
         self.config = config or TrainConfig()
         self.pairs, self.val_pairs = list(pairs), (list(val_pairs) if val_pairs is not None else None)
         self.model_spec = model

@@ -109,6 +109,13 @@ def painted_region(labels: np.ndarray, margin: int = 16) -> np.ndarray:
     return ndimage.distance_transform_edt(~painted) <= margin
 
 
+def require_cells(pairs: Sequence[TrainingPair]) -> None:
+    """Refuse training data without a single cell: a model trained on it learns to find nothing."""
+    if not any(np.any(pair.labels) for pair in pairs):
+        raise TrainingDataError(f"no cells to learn from: the labels of all {len(pairs)} training image(s) are "
+                                "empty (all 0); paint or load at least a few cells")
+
+
 def pairs_from_arrays(images: Sequence[np.ndarray], labels: Sequence[np.ndarray],
                       borders: Sequence[np.ndarray | None] | None = None) -> list[TrainingPair]:
     if len(images) != len(labels):

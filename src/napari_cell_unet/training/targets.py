@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import CellUnetError
 
-class TrainingDataError(ValueError):
+
+class TrainingDataError(CellUnetError, ValueError):
     """Training data that cannot be used; the message is one line naming the problem."""
 
 
