@@ -143,16 +143,18 @@ def _iter_auto_diameter(predictor: TiledPredictor, image: Any, slices: list[tupl
                         ) -> Generator[Progress, None, DiameterEstimate]:
     """The cells' diameter estimated on the middle slice (the first non-blank one from there on)."""
     order = slices[len(slices) // 2:] + slices[:len(slices) // 2]
-    for index in order:
+    for number, index in enumerate(order):
         try:
             estimate = yield from iter_estimate_diameter(predictor, np.asarray(image[index]), rgb)
         except ImageError:  # a blank slice: try the next one
+            if number == len(order) - 1:
+                raise
             continue
         if estimate.diameter is None:
             warnings.warn("found no cells of any size to measure the cell diameter from: segmenting at the "
                           "model's own cell size", RuntimeWarning, stacklevel=3)
         return estimate
-    raise ImageError("the image is blank (constant or all NaN): nothing to segment")
+    raise ImageError("the image has no slices")
 
 
 def _iter_slice(predictor: TiledPredictor, plane: np.ndarray, rgb: bool, scale: float, offset: int, steps: int,
