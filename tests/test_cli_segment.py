@@ -75,3 +75,16 @@ def test_diameter_option_rescales_and_keeps_the_shape(model_file, usiigaci, tmp_
     assert main(["segment", str(image), "-o", str(tmp_path / "q"), "--model", str(model_file), "--device", "cpu",
                  "--diameter", "0.001"]) == 1  # would zoom 50,000x
     assert "out of range" in capsys.readouterr().err
+
+
+def test_a_line_per_image_unless_quiet(model_file, usiigaci, tmp_path, capsys):
+    image = tmp_path / "cells.tif"
+    tifffile.imwrite(image, load_usiigaci_set("set20")["image"][:96, :96])
+    assert main(["segment", str(image), "-o", str(tmp_path / "o"), "--model", str(model_file), "--device", "cpu",
+                 "--diameter", "40"]) == 0
+    out = capsys.readouterr().out
+    assert f"{image}: " in out and " cells in " in out and "(cell diameter: 40 px)" in out
+    assert main(["segment", str(image), "-o", str(tmp_path / "o"), "--model", str(model_file), "--device", "cpu",
+                 "--quiet"]) == 1  # exists already
+    captured = capsys.readouterr()
+    assert f"{image}: " not in captured.out and "--overwrite" in captured.err

@@ -251,6 +251,7 @@ class FileResult:
     n_cells: int = 0
     seconds: float = 0.0
     error: str | None = None
+    diameter: float | None = None  # cell diameter used (px); None = the model's own size
 
     @property
     def ok(self) -> bool:
@@ -326,18 +327,18 @@ def _segment_file(path: Path, target: Path, model: Any, overwrite: bool, large_i
     start = time.perf_counter()
     try:
         if target.exists() and not overwrite:
-            raise FileExistsError(f"{target} already exists (use overwrite to replace it)")
+            raise FileExistsError(f"{target} already exists (--overwrite, or overwrite=True, replaces it)")
         data = open_image(path).data
         if data.ndim == 2 and data.shape[0] * data.shape[1] > large_image_pixels:
-            n_cells = yield from _segment_large(data, target, model, params, index, total, path.name)
+            n_cells, diameter = yield from _segment_large(data, target, model, params, index, total, path.name)
         else:
-            n_cells = yield from _segment_in_memory(np.asarray(data), target, model, params, overwrite,
-                                                    index, total, path.name)
+            n_cells, diameter = yield from _segment_in_memory(np.asarray(data), target, model, params, overwrite,
+                                                              index, total, path.name)
     except (CellUnetError, ValueError, OSError) as exc:
         message = str(exc) if str(path) in str(exc) or str(target) in str(exc) else f"{path}: {exc}"
         yield FileResult(path, None, seconds=time.perf_counter() - start, error=message)
         return
-    yield FileResult(path, target, n_cells=n_cells, seconds=time.perf_counter() - start)
+    yield FileResult(path, target, n_cells=n_cells, seconds=time.perf_counter() - start, diameter=diameter)
 
 
 def _segment_in_memory(image: np.ndarray, target: Path, model: Any, params: dict, overwrite: bool,
@@ -354,7 +355,7 @@ def _segment_in_memory(image: np.ndarray, target: Path, model: Any, params: dict
     if result is None:
         raise ValueError(f"{name}: segmentation returned no result")
     write_labels_tiff(target, result.labels, overwrite=overwrite)
-    return int(result.n_cells)
+    return int(result.n_cells), result.diameter
 
 
 def _segment_large(image: Any, target: Path, model: Any, params: dict, index: int, total: int,
@@ -364,15 +365,19 @@ def _segment_large(image: Any, target: Path, model: Any, params: dict, index: in
     from .io._atomic import atomic_path
 
     dtype = np.uint32 if image.shape[0] * image.shape[1] < 2**32 - 1 else np.uint64
+    dask_params = _dask_params(params)
+    if dask_params.get("diameter", "auto") == "auto":
+        yield Progress(index, total, f"{name}: estimating cell size")
+        dask_params["diameter"] = central_diameter(image, model, params.get("device", "auto"))
     with atomic_path(target, overwrite=True) as tmp:
         out = tifffile.memmap(tmp, shape=tuple(image.shape), dtype=dtype, photometric="minisblack")
-        for item in iter_segment_dask(image, model, out, **_dask_params(params)):
+        for item in iter_segment_dask(image, model, out, **dask_params):
             if isinstance(item, Progress):
                 yield Progress(index, total, f"{name}: {item.message}")
         out.flush()
         n_cells = int(out.max()) if out.size else 0
         del out
-    return n_cells
+    return n_cells, dask_params["diameter"]
 
 
 def _dask_params(params: dict) -> dict:

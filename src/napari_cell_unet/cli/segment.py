@@ -34,6 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
                         help="arithmetic precision (default: fp16 on CUDA, fp32 on the CPU)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing label files")
+    parser.add_argument("--quiet", "-q", action="store_true", help="no line per image, only the summary")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -61,6 +62,8 @@ def run(args: argparse.Namespace) -> int:
             bar.update(1)
             if item.ok:
                 done, cells = done + 1, cells + item.n_cells
+                if not args.quiet:
+                    bar.write(_image_line(item, args.diameter == "auto"))
             else:
                 failed += 1
                 bar.write(f"cell-unet segment: error: {item.error}", file=sys.stderr)
@@ -68,6 +71,13 @@ def run(args: argparse.Namespace) -> int:
     print(f"segmented {done} image{'s' * (done != 1)}{failures}: {cells} cells in "
           f"{time.perf_counter() - started:.1f} s -> {args.output_dir}")
     return 1 if failed else 0
+
+
+def _image_line(item, auto: bool) -> str:
+    diameter = "model's own size" if item.diameter is None else f"{item.diameter:.0f} px"
+    if auto:
+        diameter = f"auto, {diameter}"
+    return f"{item.input}: {item.n_cells} cells in {item.seconds:.1f} s (cell diameter: {diameter})"
 
 
 def _params(args: argparse.Namespace) -> dict:
