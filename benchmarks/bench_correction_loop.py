@@ -95,23 +95,57 @@ def run_route(route: str, base, images, steps: int, n_cells: int, overrides: dic
         labels = painted_labels(truth, n_cells)
         pair = TrainingPair(image, labels, region=painted_region(labels, 16), name=CORRECTED)
     started = time.perf_counter()
-    result = train([pair], model=base, config=TrainConfig(steps=steps, **overrides))
+    result = train([pair], model=base, config=TrainConfig(steps=steps, **overrides), on_event=_log)
     seconds = time.perf_counter() - started
     record = result.model.metadata["training"]
     return {"route": route, "steps": steps, "n_cells": n_cells if route == "B" else None,
             "seconds": round(seconds, 1), "best_step": result.best_step,
             "improved": getattr(result, "improved", None),
-            "validation": {"base": record.get("base_metrics"), "best": record.get("metrics")},
-            "after": evaluate(result.model, images)}
+            "after": evaluate(result.model, images),
+            "metrics_on_validation": {"base": result.base_metrics, "best": result.metrics}}
+
+
+def _log(event) -> None:
+    kind = type(event).__name__
+    if kind == "Validation" or (kind == "TrainStep" and event.step % 25 == 0):
+        print(f"  {time.strftime('%H:%M:%S')} {event}", flush=True)
+
+
+def markdown(report: dict) -> str:
+    """One row per run: the corrected image before -> after, and the change elsewhere (mean and worst)."""
+    before = report["before"]
+    head = ("| route | painted cells | steps | s | improved (held-out) | corrected F1 | corrected IoU "
+            "| same exp. dF1 | other exp. dF1 mean / worst | other exp. dIoU mean / worst |\n"
+            "|---|---:|---:|---:|---|---|---|---:|---|---|\n")
+    rows = []
+    for run in report["runs"]:
+        after = run["after"]
+
+        def delta(names, key):
+            values = [after[n][key] - before[n][key] for n in names if n in after]
+            return values or [float("nan")]
+
+        same, other = delta(SAME_EXPERIMENT, "f1"), delta(OTHER_EXPERIMENTS, "f1")
+        other_iou = delta(OTHER_EXPERIMENTS, "iou")
+        c0, c1 = before[CORRECTED], after[CORRECTED]
+        rows.append(f"| {run['route']} | {run['n_cells'] or 'half image'} | {run['steps']} | {run['seconds']:.0f} "
+                    f"| {run['improved']} | {c0['f1']:.3f} → {c1['f1']:.3f} | {c0['iou']:.3f} → {c1['iou']:.3f} "
+                    f"| {np.mean(same):+.3f} | {np.mean(other):+.3f} / {min(other):+.3f} "
+                    f"| {np.mean(other_iou):+.3f} / {min(other_iou):+.3f} |")
+    return head + "\n".join(rows) + "\n"
 
 
 def cpu_flags() -> str:
-    try:
-        import torch
+    """torch's CPU capability and the flags that decide CPU speed (AVX2/AVX-512, native bf16)."""
+    import torch
 
-        return torch.backends.cpu.get_cpu_capability()
-    except Exception:  # noqa: BLE001 - informational only
-        return "unknown"
+    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
+    try:
+        line = next(l for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("flags"))
+        present = [f for f in wanted if f in line.split()]
+    except (OSError, StopIteration):
+        present = []
+    return f"{torch.backends.cpu.get_cpu_capability()} ({' '.join(present) or 'no AVX2'})"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -150,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(json.dumps(run), flush=True)
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))
+    print(markdown(report))
     return 0
 
 
