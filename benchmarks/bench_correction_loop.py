@@ -114,7 +114,7 @@ def _log(event) -> None:
 def markdown(report: dict) -> str:
     """One row per run: the corrected image before -> after, and the change elsewhere (mean and worst)."""
     before = report["before"]
-    head = ("| route | painted cells | steps | s | improved (held-out) | corrected F1 | corrected IoU "
+    head = ("| route | painted cells | steps | s | held-back F1, widget | corrected F1 | corrected IoU "
             "| same exp. dF1 | other exp. dF1 mean / worst | other exp. dIoU mean / worst |\n"
             "|---|---:|---:|---:|---|---|---|---:|---|---|\n")
     rows = []
@@ -129,10 +129,18 @@ def markdown(report: dict) -> str:
         other_iou = delta(OTHER_EXPERIMENTS, "iou")
         c0, c1 = before[CORRECTED], after[CORRECTED]
         rows.append(f"| {run['route']} | {run['n_cells'] or 'half image'} | {run['steps']} | {run['seconds']:.0f} "
-                    f"| {run['improved']} | {c0['f1']:.3f} → {c1['f1']:.3f} | {c0['iou']:.3f} → {c1['iou']:.3f} "
+                    f"| {_held_out(run)} | {c0['f1']:.3f} → {c1['f1']:.3f} | {c0['iou']:.3f} → {c1['iou']:.3f} "
                     f"| {np.mean(same):+.3f} | {np.mean(other):+.3f} / {min(other):+.3f} "
                     f"| {np.mean(other_iou):+.3f} / {min(other_iou):+.3f} |")
     return head + "\n".join(rows) + "\n"
+
+
+def _held_out(run: dict) -> str:
+    """'0.83 → 0.85 yes': F1 on the held-back cells, and whether the widget would select the model."""
+    scores = run.get("metrics_on_validation") or {}
+    base, best = scores.get("base"), scores.get("best")
+    verdict = {True: "selected", False: "kept previous", None: "no validation"}[run["improved"]]
+    return f"{base['f1']:.2f} → {best['f1']:.2f}, {verdict}" if base and best else verdict
 
 
 def cpu_flags() -> str:

@@ -304,7 +304,7 @@ def test_train_widget_defaults_are_the_api_defaults(train_widget):
     config, defaults = train_widget._config(), TrainConfig()
     assert (config.steps, config.lr, config.val_fraction) == (100, defaults.lr, defaults.val_fraction)
     assert config.crop_size is defaults.crop_size is None and config.batch_size is defaults.batch_size
-    assert train_widget.crop_size.text() == "auto"
+    assert train_widget.crop_size.text() == "auto" and train_widget.lr.text() == "auto"
 
 
 def test_train_cancel_keeps_best_model(viewer, train_widget, cells, qtbot):

@@ -109,7 +109,8 @@ class TrainWidget(QWidget):
         self.length_unit = QComboBox()
         self.length_unit.addItems([STEPS, EPOCHS])
         defaults = self.core.training.TrainConfig()  # the widget's defaults are the API's and the CLI's
-        self.lr = double_spin(0.00001, 0.1, defaults.lr, 0.0001, decimals=5)
+        self.lr = double_spin(0.0, 0.1, defaults.lr or 0.0, 0.0001, decimals=5)
+        self.lr.setSpecialValueText(AUTO)  # 0 = the API's default: 1e-4 fine-tuning, 1e-3 from scratch
         self.crop_size = spin(0, 1024, 0, 32, " px")
         self.crop_size.setSpecialValueText(AUTO)  # 0 = the API's default for the device
         self.crop_size.setToolTip("auto: 128 px on a CPU (about 0.5 s per step), 256 px on a GPU")
@@ -248,7 +249,7 @@ class TrainWidget(QWidget):
     def _config(self):
         length = {self.length_unit.currentText(): self.length.value()}
         return self.core.training.TrainConfig(
-            **length, lr=self.lr.value(), crop_size=self.crop_size.value() or None,
+            **length, lr=self.lr.value() or None, crop_size=self.crop_size.value() or None,
             val_fraction=self.val_fraction.value(), device=self.device_combo.currentText())
 
     def _on_event(self, event) -> None:

@@ -15,7 +15,7 @@ from ._data_arguments import add_data_arguments, check_data_arguments, load_pair
 
 
 # the API's defaults (training.TrainConfig), without importing torch to build the parser
-_DEFAULTS = {"lr": 1e-3, "val_fraction": 0.2}
+_DEFAULTS = {"lr": None, "val_fraction": 0.2}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,7 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--crop-size", type=int, help="training crop size in pixels (default: 256 on a GPU, 128 on the CPU)")
     parser.add_argument("--batch-size", type=int, help="crops per step (default: 8 on a GPU, 4 on the CPU)")
     parser.add_argument("--lr", type=float, default=_DEFAULTS["lr"],
-                        help=f"peak learning rate (default: {_DEFAULTS['lr']:g}, as the API and the widget)")
+                        help="peak learning rate (default: 1e-4 when fine-tuning, 1e-3 from scratch, as the API "
+                             "and the widget)")
     parser.add_argument("--freeze-encoder", action=argparse.BooleanOptionalAction, default=None,
                         help="train only the decoder (default: yes when fine-tuning on a CPU, where it is "
                              "about twice as fast; no from scratch or on a GPU)")

@@ -32,6 +32,9 @@ __all__ = ["TrainConfig", "TrainResult", "TrainStep", "Trainer", "Validation", "
            "split_validation", "train", "validate"]
 
 ModelSpec = Union[str, os.PathLike, CellModel]
+# Adam moves every weight by about the learning rate per step whatever the gradient: on a few crops of one image
+# 1e-3 changes the bundled model's instance calibration everywhere (held-out F1 down within 10 steps)
+FINE_TUNING_LR = 1e-4
 
 
 @dataclass
@@ -46,7 +49,7 @@ class TrainConfig:
     minutes: float | None = None
     batch_size: int | None = None  # None: 8 on a GPU, 4 on the CPU
     crop_size: int | None = None  # None: 256 on a GPU, 128 on the CPU (keeps CPU fine-tuning near 0.5 s/step)
-    lr: float = 1e-3
+    lr: float | None = None  # None: 1e-4 when fine-tuning (measured: issue 8, benchmarks/RESULTS.md), 1e-3 from scratch
     weight_decay: float = 1e-4
     warmup_fraction: float = 0.05
     val_fraction: float = 0.2
@@ -234,7 +237,7 @@ class _Run:
         yield Progress(0, 0, "preparing the training data")
         self._base_probabilities: dict[int, np.ndarray] = {}
         train_pairs, val_pairs = split_validation(self.trainer.pairs, self.trainer.val_pairs, cfg.val_fraction,
-                                                  cfg.seed, base_cells=self._base_cells)
+                                                  cfg.seed, base_cells=None if self._scratch else self._base_cells)
         self.train_data, self.val_data = self._prepare_all(train_pairs, val_pairs)
         self._base_probabilities.clear()
         self.train_names = [p.name for p in train_pairs]
@@ -249,6 +252,10 @@ class _Run:
             torch.set_num_threads(int(cfg.threads))  # restored in release()
         every = cfg.validate_every or max(1, self.total_steps // max(1, cfg.validations))
         yield from self._train(sampler, every)
+
+    @property
+    def _scratch(self) -> bool:
+        return isinstance(self.trainer.model_spec, str) and self.trainer.model_spec == "scratch"
 
     def _crop_size(self) -> int:
         crop = self.config.crop_size or (256 if self.device.type == "cuda" else 128)
@@ -311,7 +318,7 @@ class _Run:
     def _distill_mask(self, pair: TrainingPair) -> np.ndarray | None:
         """Where the base model's predictions are the targets: outside the annotated region of a partially
         annotated pair, but not in a window held out for validation."""
-        if self.config.distill <= 0 or pair.region is None or self.trainer.model_spec == "scratch":
+        if self.config.distill <= 0 or pair.region is None or self._scratch:
             return None
         mask = ~pair.region & ~_excluded(pair)
         return mask if mask.any() else None  # nothing: fully annotated apart from a held-out strip
@@ -352,7 +359,8 @@ class _Run:
         trainable = _trainable_parameters(network, self.freeze_encoder)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed crop size: pick the fastest kernels once
-        self.optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.lr = cfg.lr or (1e-3 if self.trainer.model_spec == "scratch" else FINE_TUNING_LR)
+        self.optimizer = torch.optim.AdamW(trainable, lr=self.lr, weight_decay=cfg.weight_decay)
         amp_dtype = _amp_dtype(self.device) if cfg.amp else None
         scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
         budget = cfg.minutes * 60.0 if cfg.minutes is not None else None
@@ -377,7 +385,7 @@ class _Run:
                 fraction = max(fraction if cfg.steps or cfg.epochs else 0.0, (time.perf_counter() - loop_start) / budget)
                 if fraction >= 1.0:
                     break
-            lr = cfg.lr * _schedule(fraction, cfg.warmup_fraction)
+            lr = self.lr * _schedule(fraction, cfg.warmup_fraction)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
             images, targets = sampler.sample(self.batch_size)
