@@ -57,15 +57,18 @@ def test_validation_before_any_step_equals_the_base_models_score(held_out_crop):
     assert step0["event"] == "validation" and step0["step"] == 0
     assert step0["f1"] == expected["f1"] and step0["dice"] == expected["dice"]
     assert result.base_metrics["f1"] == expected["f1"]
+    assert result.held_out_cells < 8 and result.improved is None  # too few held-back cells to call it better
 
 
 def test_a_model_worse_than_its_start_is_reported(held_out_crop):
     from napari_cell_unet.training import TrainConfig, TrainingPair, train
 
     image, truth, _ = held_out_crop
+    data = load_usiigaci_set("set29")
+    val = TrainingPair(data["image"][256:768, 256:768], data["labels"][256:768, 256:768])
     wrecking = TrainConfig(steps=3, batch_size=2, crop_size=64, lr=2.0, validations=1, augment=False)
-    result = train([TrainingPair(image, truth)], "default", wrecking)
-    assert result.improved is False
+    result = train([TrainingPair(image, truth)], "default", wrecking, val_pairs=[val])
+    assert result.held_out_cells >= 8 and result.improved is False
     assert result.metrics["f1"] + result.metrics["dice"] < result.base_metrics["f1"] + result.base_metrics["dice"]
     assert result.model.metadata["training"]["improved"] is False
 

@@ -275,15 +275,20 @@ class TrainWidget(QWidget):
             return
         self.progress_bar.setValue(1000 if not cancelled else self.progress_bar.value())
         self.progress_bar.setFormat("%p%")
-        worse = self.result.improved is False
-        self.new_entry = entry = self.registry.add_session_model(self.result.model, select=not worse)
+        # select a new model by itself only when it beat the start on enough held-back cells (or when the
+        # user asked for no validation at all)
+        result = self.result
+        worse = result.improved is False or (result.improved is None and result.base_metrics is not None)
+        self.new_entry = entry = self.registry.add_session_model(result.model, select=not worse)
         self.save_button.setEnabled(True)
         self.revert_button.setEnabled(not worse and self.previous_entry is not None)
         self.use_new_button.setEnabled(worse)
         head = "Training cancelled; kept the best model so far" if cancelled else "Training finished"
         if worse:
             kept = self.previous_entry.label if self.previous_entry is not None else "the previous model"
-            notify_info(self.status, f"{head}: {before_after(self.result)}: got worse, kept '{kept}' "
+            why = ("got worse" if result.improved is False else
+                   f"only {result.held_out_cells} held-back cells, too few to tell")
+            notify_info(self.status, f"{head}: {before_after(result)}: {why}, kept '{kept}' "
                                      f"in Segment cells ('Use the new model anyway' selects '{entry.label}').")
         else:
             notify_info(self.status, f"{head}: {before_after(self.result)}. '{entry.label}' is now selected "

@@ -26,7 +26,7 @@ from .augment import AugmentConfig, CropSampler
 from .losses import distillation_loss, segmentation_loss
 from .pairs import TrainingPair
 from .targets import TrainingDataError, make_targets
-from .validation import HeldOut, TrainPart, score_key, split_validation, validate
+from .validation import MIN_HELD_OUT_CELLS, HeldOut, TrainPart, held_out_cells, score_key, split_validation, validate
 
 __all__ = ["TrainConfig", "TrainResult", "TrainStep", "Trainer", "Validation", "iter_train", "resolve_model",
            "split_validation", "train", "validate"]
@@ -110,6 +110,7 @@ class TrainResult:
     base_metrics: dict[str, float] | None = None
     metrics: dict[str, float] | None = None
     improved: bool | None = None
+    held_out_cells: int = 0  # annotated cells in the validation data; below MIN_HELD_OUT_CELLS improved is None
 
 
 TrainEvent = Union[Progress, TrainStep, Validation, TrainResult]
@@ -468,12 +469,13 @@ class _Run:
         network.to("cpu", memory_format=torch.contiguous_format).eval()
         network.requires_grad_(True)  # undo freeze_encoder
         self._record()
+        n_cells = held_out_cells(getattr(self, "val_data", None) or [])
         improved = None
-        if self.base_metrics is not None and self.best_state is not None:
+        if self.base_metrics is not None and self.best_state is not None and n_cells >= MIN_HELD_OUT_CELLS:
             improved = score_key(self.best_metrics) > score_key(self.base_metrics)
-        self.model.metadata["training"]["improved"] = improved
+        self.model.metadata["training"].update(improved=improved, held_out_cells=n_cells)
         return TrainResult(self.model, self.history, self.best_step, self.stopped_early, self.cancelled,
-                           self.base_metrics, dict(self.best_metrics) or None, improved)
+                           self.base_metrics, dict(self.best_metrics) or None, improved, n_cells)
 
     def _record(self) -> None:
         cfg = self.config

@@ -17,6 +17,9 @@ from .losses import segmentation_loss
 from .pairs import TrainingPair
 
 MIN_SIDE = 64  # px: the narrowest held-out strip, and the least that must stay for training
+# fewer held-back cells than this cannot tell a better model from luck (one cell moves F1 by 0.2 or more):
+# `improved` is then None and the widget does not switch models by itself
+MIN_HELD_OUT_CELLS = 8
 CANDIDATE_STRIPS = 9
 
 
@@ -124,6 +127,11 @@ def validate(model, val_data: list[dict[str, Any]], border_weight: float, device
         dices.append(scores["dice"])
         f1s.append(scores["f1"])
     return {"val_loss": float(np.mean(losses)), "dice": float(np.mean(dices)), "f1": float(np.mean(f1s))}
+
+
+def held_out_cells(val_data: list[dict[str, Any]]) -> int:
+    """Annotated cells in the validation data."""
+    return int(sum(np.count_nonzero(np.unique(item["instances"])) for item in val_data))
 
 
 def score_key(metrics: dict[str, float]) -> tuple[float, float]:
