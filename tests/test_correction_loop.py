@@ -101,3 +101,17 @@ def test_partial_region_strip_holds_a_share_of_the_painted_cells():
     held = len(np.unique(val.labels)) - 1
     assert 1 <= held <= 3
     assert train_part.region.sum() + val.region.sum() == pair.region.sum()
+
+
+def test_cli_defaults_are_the_api_defaults():
+    import argparse
+
+    from napari_cell_unet.cli import train as cli_train
+    from napari_cell_unet.training import TrainConfig
+
+    parser = argparse.ArgumentParser()
+    cli_train.add_arguments(parser)
+    args = parser.parse_args(["--images", "a.tif", "--labels", "b.png", "--output", "m.safetensors"])
+    defaults = TrainConfig()
+    assert (args.lr, args.val_fraction, args.crop_size, args.batch_size) == (
+        defaults.lr, defaults.val_fraction, defaults.crop_size, defaults.batch_size)
