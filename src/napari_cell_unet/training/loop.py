@@ -26,7 +26,8 @@ from .augment import AugmentConfig, CropSampler
 from .losses import distillation_loss, segmentation_loss
 from .pairs import TrainingPair
 from .targets import TrainingDataError, make_targets
-from .validation import MIN_HELD_OUT_CELLS, HeldOut, TrainPart, held_out_cells, score_key, split_validation, validate
+from .validation import (MIN_HELD_OUT_CELLS, HeldOut, TrainPart, held_out_cells, score_key, split_validation,
+                         validate)
 
 __all__ = ["TrainConfig", "TrainResult", "TrainStep", "Trainer", "Validation", "iter_train", "resolve_model",
            "split_validation", "train", "validate"]
