@@ -267,29 +267,56 @@ def test_train_on_painted_cells_then_segment_with_the_new_model(viewer, segment_
     from napari_cell_unet.model import load_model
 
     layer = paint_cells(viewer, train_widget, cells["labels"], n_cells=8)
-    assert train_widget.labels_combo.currentText() == layer.name == "cells labels"
+    # named for what it holds, not like Segment's output: the next Segment cannot overwrite it
+    assert train_widget.labels_combo.currentText() == layer.name == "cells annotations"
+    assert train_widget.only_painted.isChecked()  # unpainted cells of an annotations layer are not background
     train_widget.length.setValue(4)
     train_widget.crop_size.setValue(128)
-    train_widget.only_painted.setChecked(True)
     train_widget.train(sync=True)
     result = train_widget.result
     assert result is not None and not result.cancelled
     assert train_widget.plot.point_count() >= 4 and train_widget.plot.train_loss[1]
     assert train_widget.progress_bar.value() == 1000
+    assert "F1 on your held-back cells" in train_widget.status.text()
+    if result.improved is not True:  # kept the previous model; one click uses the new one
+        assert "kept" in train_widget.status.text()
+        train_widget.use_new_button.click()
     entry = segment_widget.model_combo.entry()
     assert entry.kind == "session" and entry.model is result.model
-    assert "now selected" in train_widget.status.text()
 
-    asked = []
-    segment_widget.confirm_replace = lambda layer: asked.append(layer.name) or "new layer"
     segment_widget.segment(sync=True)
-    assert asked == ["cells labels"]  # the painted layer is the user's: never replaced silently
     assert segment_widget.last_model is result.model
-    assert viewer.layers["cells labels [2]"].data.shape == cells["image"].shape
+    assert viewer.layers["cells labels"].data.shape == cells["image"].shape
+    assert np.array_equal(layer.data > 0, np.isin(cells["labels"], np.unique(layer.data)[1:]))
 
     saved = train_widget.save_model(str(tmp_path / "mine"))
     assert saved.name == "mine.safetensors"
     assert load_model(saved).metadata["training"]["steps"] == 4
+
+
+def test_a_worse_model_is_not_selected_and_revert_is_one_click(viewer, segment_widget, train_widget, cells):
+    before = segment_widget.model_combo.entry()
+    paint_cells(viewer, train_widget, cells["labels"], n_cells=8)
+    train_widget.length.setValue(3)
+    train_widget.crop_size.setValue(64)
+    train_widget.lr.setValue(0.1)  # wrecks the decoder in three steps
+    train_widget.train(sync=True)
+    assert train_widget.result.improved is not True  # worse, or too few held-back cells to tell
+    assert segment_widget.model_combo.entry() is before
+    assert "kept" in train_widget.status.text() and "F1 on your held-back cells" in train_widget.status.text()
+    train_widget.use_new_button.click()
+    assert segment_widget.model_combo.entry().model is train_widget.result.model
+    train_widget.revert_button.click()
+    assert segment_widget.model_combo.entry() is before
+
+
+def test_train_widget_defaults_are_the_api_defaults(train_widget):
+    from napari_cell_unet.training import TrainConfig
+
+    config, defaults = train_widget._config(), TrainConfig()
+    assert (config.steps, config.lr, config.val_fraction) == (100, defaults.lr, defaults.val_fraction)
+    assert config.crop_size is defaults.crop_size is None and config.batch_size is defaults.batch_size
+    assert train_widget.crop_size.text() == "auto" and train_widget.lr.text() == "auto"
 
 
 def test_train_cancel_keeps_best_model(viewer, train_widget, cells, qtbot):
@@ -304,7 +331,8 @@ def test_train_cancel_keeps_best_model(viewer, train_widget, cells, qtbot):
     qtbot.waitUntil(lambda: not train_widget.busy, timeout=60_000)
     assert train_widget.result is not None and train_widget.result.cancelled
     assert len(steps) < 100
-    assert train_widget.registry.current.model is train_widget.result.model
+    result = train_widget.result
+    assert (train_widget.registry.current.model is result.model) == (result.improved is True)
     assert "cancelled" in train_widget.status.text()
 
 

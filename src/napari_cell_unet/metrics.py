@@ -157,6 +157,38 @@ def match_instances(pred_labels: np.ndarray, gt_labels: np.ndarray, iou_threshol
     return _match(_overlaps(pred_labels, gt_labels), iou_threshold)
 
 
+def annotated_scores(pred: np.ndarray, gt: np.ndarray, region: np.ndarray | None = None,
+                     iou_threshold: float = 0.5) -> dict[str, float]:
+    """F1 and Dice where only `region` is annotated (True = every cell there is in `gt`).
+
+    A predicted cell is judged when it overlaps a true cell or lies mostly (>= half its pixels) inside
+    the region; the others are unpainted cells outside the annotation and are neither right nor wrong.
+    Dice counts pixels inside the region only. `region=None` (all annotated) gives the plain scores.
+    """
+    pred, gt = np.asarray(pred), np.asarray(gt)
+    _check_shapes(pred, gt)
+    if region is not None:
+        region = np.asarray(region, bool)
+        gt = np.where(region, gt, 0)
+        pred = _judged_cells(pred, gt, region)
+        pred_fg = (pred > 0) & region
+    else:
+        pred_fg = pred > 0
+    match = match_instances(pred, gt, iou_threshold)
+    return {"f1": match.f1, "dice": dice(pred_fg, gt), "tp": match.tp, "fp": match.fp, "fn": match.fn}
+
+
+def _judged_cells(pred: np.ndarray, gt: np.ndarray, region: np.ndarray) -> np.ndarray:
+    ids, inverse = np.unique(pred, return_inverse=True)
+    inverse = inverse.reshape(pred.shape)
+    size = np.bincount(inverse.ravel(), minlength=ids.size)
+    inside = np.bincount(inverse[region], minlength=ids.size)
+    keep = 2 * inside >= size
+    keep[np.unique(inverse[gt > 0])] = True
+    keep[ids == 0] = False
+    return np.where(keep[inverse], pred, 0)
+
+
 def instance_scores(pred: np.ndarray, gt: np.ndarray,
                     thresholds: Sequence[float] = DEFAULT_THRESHOLDS) -> dict[str, float]:
     """F1/precision/recall at IoU 0.5, F1 averaged over `thresholds`, pixel IoU, Dice and object counts."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,9 @@ from ._torch_guard import import_torch_safely
 
 FROM_CURRENT, FROM_DEFAULT, FROM_SCRATCH = "model selected in Segment cells", "bundled default", "scratch"
 STEPS, EPOCHS = "steps", "epochs"
+AUTO = "auto"
+# painting layers are named for what they hold, never like the Segment widget's output ('<image> labels')
+PAINT_SUFFIX = {"labels": "annotations", "borders": "borders"}
 
 
 class TrainWidget(QWidget):
@@ -32,6 +36,9 @@ class TrainWidget(QWidget):
         self.registry = registry_for(napari_viewer)
         self.job: Job | None = None
         self.result = None  # the last TrainResult
+        self.previous_entry = None  # the model selected before the last training (for Revert)
+        self.new_entry = None  # the last trained model's registry entry
+        self._started = 0.0
         self.pairs: list[LayerPair] = []
         self.choose_save_path = self._ask_save_path  # tests replace this
         self._build()
@@ -58,6 +65,13 @@ class TrainWidget(QWidget):
         self.save_button = QPushButton("Save model...")
         self.save_button.clicked.connect(lambda: self.save_model())
         self.save_button.setEnabled(False)
+        self.revert_button = QPushButton("Revert to previous model")
+        self.revert_button.clicked.connect(self.revert)
+        self.revert_button.setEnabled(False)
+        self.use_new_button = QPushButton("Use the new model anyway")
+        self.use_new_button.clicked.connect(self.use_new_model)
+        self.use_new_button.setEnabled(False)
+        layout.addLayout(_row(self.revert_button, self.use_new_button))
         layout.addWidget(self.save_button)
         self.status = QLabel("Paint or correct labels for an image, then Train.")
         self.status.setWordWrap(True)
@@ -94,9 +108,13 @@ class TrainWidget(QWidget):
         self.length = spin(1, 1_000_000, 100, 10)
         self.length_unit = QComboBox()
         self.length_unit.addItems([STEPS, EPOCHS])
-        self.lr = double_spin(0.00001, 0.1, 0.001, 0.0001, decimals=5)
-        self.crop_size = spin(32, 1024, 256, 32, " px")
-        self.val_fraction = double_spin(0.0, 0.5, 0.2, 0.05)
+        defaults = self.core.training.TrainConfig()  # the widget's defaults are the API's and the CLI's
+        self.lr = double_spin(0.0, 0.1, defaults.lr or 0.0, 0.0001, decimals=5)
+        self.lr.setSpecialValueText(AUTO)  # 0 = the API's default: 1e-4 fine-tuning, 1e-3 from scratch
+        self.crop_size = spin(0, 1024, 0, 32, " px")
+        self.crop_size.setSpecialValueText(AUTO)  # 0 = the API's default for the device
+        self.crop_size.setToolTip("auto: 128 px on a CPU (about 0.5 s per step), 256 px on a GPU")
+        self.val_fraction = double_spin(0.0, 0.5, defaults.val_fraction, 0.05)
         self.only_painted = QCheckBox("train only where painted")
         self.only_painted.setToolTip("Use only the area around painted cells, so unpainted cells elsewhere "
                                      "are not taught as background (partial annotation).")
@@ -115,14 +133,16 @@ class TrainWidget(QWidget):
 
     # ---- pairs ----------------------------------------------------------------------------
     def _pair_labels_with_image(self, *_) -> None:
-        """Preselect '<image> labels' / '<image> borders' when they exist (the segment -> fix -> train cycle)."""
+        """Preselect '<image> annotations' (else the Segment output '<image> labels') and '<image> borders'."""
         image = self.image_combo.layer()
         if image is None:
             return
-        for combo, suffix in ((self.labels_combo, "labels"), (self.borders_combo, "borders")):
-            name = f"{image.name} {suffix}"
-            if name in self.viewer.layers and isinstance(self.viewer.layers[name], Labels):
-                combo.set_layer(self.viewer.layers[name])
+        for combo, suffixes in ((self.labels_combo, ("annotations", "labels")), (self.borders_combo, ("borders",))):
+            for suffix in suffixes:
+                name = f"{image.name} {suffix}"
+                if name in self.viewer.layers and isinstance(self.viewer.layers[name], Labels):
+                    combo.set_layer(self.viewer.layers[name])
+                    break
 
     def current_pair(self) -> LayerPair:
         return LayerPair(self.image_combo.layer(), self.labels_combo.layer(), self.borders_combo.layer())
@@ -145,19 +165,24 @@ class TrainWidget(QWidget):
             self.pair_list.takeItem(row)
 
     def add_paint_layer(self, kind: str) -> Labels | None:
-        """Add an empty Labels ('labels') or Border ('borders') layer over the chosen image, ready to paint."""
+        """Add an empty annotations ('labels') or borders ('borders') layer over the chosen image, ready to paint.
+
+        A new annotations layer also ticks "train only where painted": cells left unpainted there are
+        not background."""
         image = self.image_combo.layer()
         if not isinstance(image, Image):
             self._show_error("Choose an Image layer first: the new layer takes its size.")
             return None
         shape = _layers.spatial_shape(image)
         layer = self.viewer.add_labels(np.zeros(shape, dtype=np.uint32 if kind == "labels" else np.uint8),
-                                       name=_layers.unique_name(self.viewer, f"{image.name} {kind}"),
+                                       name=_layers.unique_name(self.viewer, f"{image.name} {PAINT_SUFFIX[kind]}"),
                                        **_layers.copy_geometry(image, len(shape)))
         layer.brush_size = 10 if kind == "labels" else 2
         layer.selected_label = 1
         layer.mode = "paint"
         (self.labels_combo if kind == "labels" else self.borders_combo).set_layer(layer)
+        if kind == "labels":
+            self.only_painted.setChecked(True)
         self.viewer.layers.selection.active = layer
         return layer
 
@@ -179,8 +204,14 @@ class TrainWidget(QWidget):
             self._show_error(error_message(exc))
             return None
         self.result = None
+        self.previous_entry = self.registry.current_or_first()
+        self.new_entry = None
+        self.revert_button.setEnabled(False)
+        self.use_new_button.setEnabled(False)
+        self._started = time.perf_counter()
         self.plot.clear()
         self.progress_bar.setValue(0)
+        self.progress_bar.setFormat("%p%")
         training = self.core.training
         self.job = Job(lambda should_stop: training.iter_train(pairs, start, config, should_stop=should_stop),
                        "Training", on_event=self._on_event, on_done=self._on_done, on_error=self._on_error,
@@ -218,7 +249,7 @@ class TrainWidget(QWidget):
     def _config(self):
         length = {self.length_unit.currentText(): self.length.value()}
         return self.core.training.TrainConfig(
-            **length, lr=self.lr.value(), crop_size=self.crop_size.value(),
+            **length, lr=self.lr.value() or None, crop_size=self.crop_size.value() or None,
             val_fraction=self.val_fraction.value(), device=self.device_combo.currentText())
 
     def _on_event(self, event) -> None:
@@ -226,6 +257,7 @@ class TrainWidget(QWidget):
         if isinstance(event, training.TrainStep):
             self.plot.add_train_step(event.step, event.loss)
             self.progress_bar.setValue(int(1000 * event.step / max(1, event.total_steps)))
+            self.progress_bar.setFormat(f"%p%  {eta_text(time.perf_counter() - self._started, event.step, event.total_steps)}")
         elif isinstance(event, training.Validation):
             self.plot.add_validation(event.step, event.val_loss, event.dice, event.f1)
             self.status.setText(f"step {event.step}: val loss {event.val_loss:.3f}, Dice {event.dice:.3f}, "
@@ -242,11 +274,41 @@ class TrainWidget(QWidget):
             notify_info(self.status, "Training stopped before a model was ready.")
             return
         self.progress_bar.setValue(1000 if not cancelled else self.progress_bar.value())
-        entry = self.registry.add_session_model(self.result.model, select=True)
+        self.progress_bar.setFormat("%p%")
+        # select a new model by itself only when it beat the start on enough held-back cells (or when the
+        # user asked for no validation at all)
+        result = self.result
+        worse = result.improved is False or (result.improved is None and result.base_metrics is not None)
+        self.new_entry = entry = self.registry.add_session_model(result.model, select=not worse)
         self.save_button.setEnabled(True)
+        self.revert_button.setEnabled(not worse and self.previous_entry is not None)
+        self.use_new_button.setEnabled(worse)
         head = "Training cancelled; kept the best model so far" if cancelled else "Training finished"
-        notify_info(self.status, f"{head}: {best_scores(self.result)}. '{entry.label}' is now selected "
-                                 "in Segment cells.")
+        if worse:
+            kept = self.previous_entry.label if self.previous_entry is not None else "the previous model"
+            why = ("got worse" if result.improved is False else
+                   f"only {result.held_out_cells} held-back cells, too few to tell")
+            notify_info(self.status, f"{head}: {before_after(result)}: {why}, kept '{kept}' "
+                                     f"in Segment cells ('Use the new model anyway' selects '{entry.label}').")
+        else:
+            notify_info(self.status, f"{head}: {before_after(self.result)}. '{entry.label}' is now selected "
+                                     "in Segment cells.")
+
+    def revert(self) -> None:
+        """Select the model that was selected before the last training."""
+        if self.previous_entry is not None:
+            self.registry.select(self.previous_entry)
+            self.revert_button.setEnabled(False)
+            self.use_new_button.setEnabled(self.new_entry is not None)
+            notify_info(self.status, f"Reverted: '{self.previous_entry.label}' is selected in Segment cells.")
+
+    def use_new_model(self) -> None:
+        """Select the last trained model, also when it scored worse than its start."""
+        if self.new_entry is not None:
+            self.registry.select(self.new_entry)
+            self.use_new_button.setEnabled(False)
+            self.revert_button.setEnabled(self.previous_entry is not None)
+            notify_info(self.status, f"'{self.new_entry.label}' is selected in Segment cells.")
 
     def _on_error(self, exc: BaseException) -> None:
         self._set_running(False)
@@ -292,6 +354,23 @@ def best_scores(result) -> str:
     scores = [f"{label} {metrics[key]:.3f}" for key, label in names.items()
               if isinstance(metrics.get(key), (int, float))]
     return f"best at step {result.best_step}" + (": " + ", ".join(scores) if scores else "")
+
+
+def before_after(result) -> str:
+    """'F1 on your held-back cells: 0.620 -> 0.710 (Dice 0.85 -> 0.88)', or the best scores without validation."""
+    base, best = result.base_metrics, result.metrics
+    if not base or not best:
+        return best_scores(result) + " (no held-back cells to compare with the starting model)"
+    return (f"F1 on your held-back cells: {base['f1']:.3f} \u2192 {best['f1']:.3f} "
+            f"(Dice {base['dice']:.3f} \u2192 {best['dice']:.3f}, step {result.best_step})")
+
+
+def eta_text(elapsed: float, step: int, total: int) -> str:
+    """'ETA 0:42' from the time per step so far."""
+    if step <= 0 or total <= step:
+        return ""
+    seconds = int(round(elapsed / step * (total - step)))
+    return f"ETA {seconds // 60}:{seconds % 60:02d}"
 
 
 def _row(*widgets: QWidget) -> QHBoxLayout:

@@ -16,6 +16,10 @@ from . import _checks as checks
 from ._data_arguments import add_data_arguments, check_data_arguments, load_pairs
 
 
+# the API's defaults (training.TrainConfig), without importing torch to build the parser
+_DEFAULTS = {"lr": None, "val_fraction": 0.2}
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_data_arguments(parser, borders=True)
     parser.add_argument("--init", default="default",
@@ -26,12 +30,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     length.add_argument("--epochs", type=checks.positive_float, help="epochs (one epoch = crops covering the annotated area once)")
     length.add_argument("--steps", type=checks.positive_int, help="optimizer steps (default: 100)")
     length.add_argument("--minutes", type=checks.positive_float, help="train for this many minutes")
-    parser.add_argument("--val-fraction", type=checks.val_fraction, default=0.2,
+    parser.add_argument("--val-fraction", type=checks.val_fraction, default=_DEFAULTS["val_fraction"],
                         help="fraction of the pairs (or of a single image's width) held out for validation, "
-                             f"0 to {checks.MAX_VAL_FRACTION}; 0 = none (default: 0.2)")
+                             f"0 to {checks.MAX_VAL_FRACTION}; 0 = none (default: {_DEFAULTS['val_fraction']})")
     parser.add_argument("--crop-size", type=checks.int_range(32, 4096), help="training crop size in pixels (default: 256 on a GPU, 128 on the CPU)")
     parser.add_argument("--batch-size", type=checks.int_range(1, 1024), help="crops per step (default: 8 on a GPU, 4 on the CPU)")
-    parser.add_argument("--lr", type=checks.float_range(0.0, 1.0, low_open=True), default=1e-3, help="peak learning rate (default: 0.001)")
+    parser.add_argument("--lr", type=checks.float_range(0.0, 1.0, low_open=True), default=_DEFAULTS["lr"],
+                        help="peak learning rate (default: 1e-4 when fine-tuning, 1e-3 from scratch, as the API "
+                             "and the widget)")
     parser.add_argument("--freeze-encoder", action=argparse.BooleanOptionalAction, default=None,
                         help="train only the decoder (default: yes when fine-tuning on a CPU, where it is "
                              "about twice as fast; no from scratch or on a GPU)")
@@ -98,6 +104,11 @@ def _train(pairs, args: argparse.Namespace):
         signal.signal(signal.SIGINT, previous)
         if bar is not None:
             bar.close()
+    base, best = result.base_metrics, result.metrics
+    if base and best:
+        verdict = "improved" if result.improved else "NOT improved: the starting model scored better"
+        print(f"held-out F1@0.5 {base['f1']:.3f} -> {best['f1']:.3f}, Dice {base['dice']:.3f} -> {best['dice']:.3f} "
+              f"({verdict})", file=sys.stderr)
     if result.cancelled:
         print(f"interrupted: keeping the best model so far (step {result.best_step})", file=sys.stderr)
     elif result.stopped_early:

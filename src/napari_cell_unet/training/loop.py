@@ -23,11 +23,19 @@ import torch
 from .._progress import Progress
 from ..model import CellModel
 from .augment import AugmentConfig, CropSampler
-from .losses import segmentation_loss
+from .losses import distillation_loss, segmentation_loss
 from .pairs import TrainingPair, require_cells, zoom_to_diameter
 from .targets import TrainingDataError, make_targets
+from .validation import (MIN_HELD_OUT_CELLS, HeldOut, TrainPart, held_out_cells, score_key, split_validation,
+                         validate)
+
+__all__ = ["TrainConfig", "TrainResult", "TrainStep", "Trainer", "Validation", "iter_train", "resolve_model",
+           "split_validation", "train", "validate"]
 
 ModelSpec = Union[str, os.PathLike, CellModel]
+# Adam moves every weight by about the learning rate per step whatever the gradient: on a few crops of one image
+# 1e-3 changes the bundled model's instance calibration everywhere (held-out F1 down within 10 steps)
+FINE_TUNING_LR = 1e-4
 
 
 @dataclass
@@ -42,7 +50,7 @@ class TrainConfig:
     minutes: float | None = None
     batch_size: int | None = None  # None: 8 on a GPU, 4 on the CPU
     crop_size: int | None = None  # None: 256 on a GPU, 128 on the CPU (keeps CPU fine-tuning near 0.5 s/step)
-    lr: float = 1e-3
+    lr: float | None = None  # None: 1e-4 when fine-tuning (measured: issue 8, benchmarks/RESULTS.md), 1e-3 from scratch
     weight_decay: float = 1e-4
     warmup_fraction: float = 0.05
     val_fraction: float = 0.2
@@ -62,6 +70,14 @@ class TrainConfig:
     # train only the decoder: about twice as fast on a CPU. None = freeze when fine-tuning a
     # trained model on the CPU (not when training from scratch or on a GPU)
     freeze_encoder: bool | None = None
+    # keep every batch-norm layer's statistics fixed (eval mode) while training. None = when fine-tuning
+    freeze_batchnorm: bool | None = None
+    # weight of the base model's own predictions as soft targets outside the annotated region of a
+    # partially annotated pair (keeps what was not painted as the base model had it); 0 = off
+    distill: float = 1.0
+    # in a partially annotated pair, a cell the base model finds that overlaps no painted cell is left out
+    # of the region (it keeps the base model's prediction) instead of being taught as background
+    protect_unpainted: bool = True
     architecture: dict[str, Any] | None = None  # for model="scratch"; None = the default architecture
     name: str | None = None  # name of the trained model
 
@@ -87,11 +103,18 @@ class Validation:
 
 @dataclass
 class TrainResult:
+    """The best trained model. `base_metrics` is the starting model's validation (step 0, same pixels),
+    `metrics` the returned model's; `improved` says whether it beats the start (None: no validation)."""
+
     model: CellModel
     history: list[dict] = field(default_factory=list)
     best_step: int = 0
     stopped_early: bool = False
     cancelled: bool = False
+    base_metrics: dict[str, float] | None = None
+    metrics: dict[str, float] | None = None
+    improved: bool | None = None
+    held_out_cells: int = 0  # annotated cells in the validation data; below MIN_HELD_OUT_CELLS improved is None
 
 
 TrainEvent = Union[Progress, TrainStep, Validation, TrainResult]
@@ -193,6 +216,7 @@ class _Run:
         self.best_score: tuple[float, float] = (-math.inf, -math.inf)
         self.best_step = 0
         self.best_metrics: dict[str, float] = {}
+        self.base_metrics: dict[str, float] | None = None
         self.step = 0
         self.stopped_early = False
         self.cancelled = False
@@ -217,15 +241,18 @@ class _Run:
         if self.device.type == "cuda":
             network.to(memory_format=torch.channels_last)
         yield Progress(0, 0, "preparing the training data")
+        self._base_probabilities: dict[int, np.ndarray] = {}
         pairs, val_pairs = self.trainer.pairs, self.trainer.val_pairs
-        if cfg.match_model_diameter and self.trainer.model_spec != "scratch":
+        if cfg.match_model_diameter and not self._scratch:
             from ..inference import model_diameter
 
             reference = model_diameter(self.model)
             pairs = [zoom_to_diameter(p, reference) for p in pairs]
             val_pairs = None if val_pairs is None else [zoom_to_diameter(p, reference) for p in val_pairs]
-        train_pairs, val_pairs = split_validation(pairs, val_pairs, cfg.val_fraction, cfg.seed)
+        train_pairs, val_pairs = split_validation(pairs, val_pairs, cfg.val_fraction, cfg.seed,
+                                                  base_cells=None if self._scratch else self._base_cells)
         self.train_data, self.val_data = self._prepare_all(train_pairs, val_pairs)
+        self._base_probabilities.clear()
         self.train_names = [p.name for p in train_pairs]
         self.val_names = [p.name for p in val_pairs]
         generator = torch.Generator().manual_seed(cfg.seed)
@@ -239,6 +266,10 @@ class _Run:
             torch.set_num_threads(int(cfg.threads))  # restored in release()
         every = cfg.validate_every or max(1, self.total_steps // max(1, cfg.validations))
         yield from self._train(sampler, every)
+
+    @property
+    def _scratch(self) -> bool:
+        return isinstance(self.trainer.model_spec, str) and self.trainer.model_spec == "scratch"
 
     def _crop_size(self) -> int:
         crop = self.config.crop_size or (256 if self.device.type == "cuda" else 128)
@@ -259,26 +290,78 @@ class _Run:
         """Normalise images and build targets once (threads: numpy and scikit-image release the GIL)."""
         from concurrent.futures import ThreadPoolExecutor
 
-        jobs = [(p, False) for p in train_pairs] + [(p, True) for p in val_pairs]
+        for pair in train_pairs:  # the base model's predictions first, while the network is the base
+            if self._distill_mask(pair) is not None:
+                self._base_prediction(pair)
+        jobs = [(self._prepare, p) for p in train_pairs] + [(self._prepare_validation, p) for p in val_pairs]
         with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
-            prepared = list(pool.map(lambda job: self._prepare(*job), jobs))
+            prepared = list(pool.map(lambda job: job[0](job[1]), jobs))
         return prepared[:len(train_pairs)], prepared[len(train_pairs):]
 
-    def _prepare(self, pair: TrainingPair, keep_instances: bool = False) -> dict[str, Any]:
+    def _prepare(self, pair: TrainingPair) -> dict[str, Any]:
+        """Target channels: cell, border, region, then distillation weight, base cell, base border (0..255)."""
         image = _normalized(pair.image, self.model)
         instances, cell, border = make_targets(pair.labels, pair.borders, self.config.border_thickness)
         region = pair.region if pair.region is not None else np.ones(cell.shape, bool)
-        target = np.stack([cell, border, region]).astype(np.uint8)
-        if keep_instances:  # whole-image validation: pad to a size the encoder can halve 5 times
-            image, target = _pad_to(image, target, 32, multiple=32)
-        else:  # small images: pad to a crop; the padding lies outside the region, so it gets no loss
-            image, target = _pad_to(image, target, self._crop_size())
-        out = {"image": torch.from_numpy(image).to(self.device), "target": torch.from_numpy(target).to(self.device),
-               "shape": cell.shape, "name": pair.name, "weight": pair.weight}
-        if keep_instances:
-            out["instances"] = np.where(region, instances, 0)
-            out["region"] = region
-        return out
+        distill = self._distill_mask(pair)
+        if distill is not None and self.config.protect_unpainted:
+            unpainted = self._unpainted_cells(pair, instances)
+            region, distill = region & ~unpainted, distill | (unpainted & ~_excluded(pair))
+        channels = [cell, border, region]
+        if distill is not None:
+            soft = np.rint(self._base_prediction(pair) * 255).astype(np.uint8)
+            channels += [distill.astype(np.uint8) * 255, soft[0], soft[1]]
+        else:
+            channels += [np.zeros(cell.shape, np.uint8)] * 3
+        target = np.stack(channels).astype(np.uint8)
+        # small images: pad to a crop; the padding lies outside the region, so it gets no loss
+        image, target = _pad_to(image, target, self._crop_size())
+        return {"image": torch.from_numpy(image).to(self.device), "target": torch.from_numpy(target).to(self.device),
+                "shape": cell.shape, "name": pair.name, "weight": pair.weight}
+
+    def _prepare_validation(self, pair: TrainingPair) -> dict[str, Any]:
+        """The raw image and the intensity range inference would use (the whole source image's)."""
+        instances, cell, border = make_targets(pair.labels, pair.borders, self.config.border_thickness)
+        region = pair.region
+        annotated = region if region is not None else np.ones(cell.shape, bool)
+        source = pair.source if isinstance(pair, HeldOut) and pair.source is not None else pair.image
+        return {"image": pair.image, "ranges": _intensity_ranges(source, self.model),
+                "target": torch.from_numpy(np.stack([cell, border, annotated]).astype(np.uint8)),
+                "instances": np.where(annotated, instances, 0), "region": region, "name": pair.name}
+
+    def _distill_mask(self, pair: TrainingPair) -> np.ndarray | None:
+        """Where the base model's predictions are the targets: outside the annotated region of a partially
+        annotated pair, but not in a window held out for validation."""
+        if self.config.distill <= 0 or pair.region is None or self._scratch:
+            return None
+        mask = ~pair.region & ~_excluded(pair)
+        return mask if mask.any() else None  # nothing: fully annotated apart from a held-out strip
+
+    def _base_prediction(self, pair: TrainingPair) -> np.ndarray:
+        """(2, H, W) probabilities of the starting model on the pair's whole image (inference path, cached)."""
+        from ..inference.predict import predict_probabilities
+
+        key = id(pair.image)
+        if key not in self._base_probabilities:
+            self._base_probabilities[key] = predict_probabilities(pair.image, self.model, device=self.device)
+        return self._base_probabilities[key]
+
+    def _unpainted_cells(self, pair: TrainingPair, painted: np.ndarray) -> np.ndarray:
+        """Pixels of the base model's cells that overlap no painted cell (less than a tenth of their area)."""
+        from ..inference import instances_from_probabilities
+
+        params = {k: v for k, v in self.model.postprocessing.items()
+                  if k in ("cell_threshold", "border_threshold", "min_size")}
+        probabilities = self._base_prediction(pair)
+        found = instances_from_probabilities(probabilities[0], probabilities[1], **params)
+        area = np.bincount(found.ravel())
+        overlap = np.bincount(found[painted > 0].ravel(), minlength=area.size)
+        other = 10 * overlap < area
+        other[0] = False
+        return other[found]
+
+    def _base_cells(self, pair: TrainingPair) -> np.ndarray:
+        return self._base_prediction(pair)[0] > self.model.postprocessing["cell_threshold"]
 
     # ------------------------------------------------------------------ loop
     def _train(self, sampler: CropSampler, every: int) -> Iterator[TrainEvent]:
@@ -290,7 +373,8 @@ class _Run:
         trainable = _trainable_parameters(network, self.freeze_encoder)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed crop size: pick the fastest kernels once
-        self.optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.lr = cfg.lr or (1e-3 if self.trainer.model_spec == "scratch" else FINE_TUNING_LR)
+        self.optimizer = torch.optim.AdamW(trainable, lr=self.lr, weight_decay=cfg.weight_decay)
         amp_dtype = _amp_dtype(self.device) if cfg.amp else None
         scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
         budget = cfg.minutes * 60.0 if cfg.minutes is not None else None
@@ -300,7 +384,12 @@ class _Run:
         by_clock = budget is not None and cfg.validate_every is None
         clock_interval = budget / max(1, cfg.validations) if by_clock else 0.0
         next_validation = clock_interval
-        _train_mode(network, self.freeze_encoder)
+        self.freeze_batchnorm = cfg.freeze_batchnorm
+        if self.freeze_batchnorm is None:
+            self.freeze_batchnorm = self.trainer.model_spec != "scratch"
+        if cfg.validations > 0 or cfg.validate_every:
+            yield from self._validate_base()
+        _train_mode(network, self.freeze_encoder, self.freeze_batchnorm)
         while self.step < self.total_steps:
             if self.trainer.stopping():
                 self.cancelled = True
@@ -310,7 +399,7 @@ class _Run:
                 fraction = max(fraction if cfg.steps or cfg.epochs else 0.0, (time.perf_counter() - loop_start) / budget)
                 if fraction >= 1.0:
                     break
-            lr = cfg.lr * _schedule(fraction, cfg.warmup_fraction)
+            lr = self.lr * _schedule(fraction, cfg.warmup_fraction)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
             images, targets = sampler.sample(self.batch_size)
@@ -333,7 +422,7 @@ class _Run:
                     if cfg.early_stopping_patience is not None and validations_without_gain >= cfg.early_stopping_patience:
                         self.stopped_early = True
                         break
-                _train_mode(network, self.freeze_encoder)
+                _train_mode(network, self.freeze_encoder, self.freeze_batchnorm)
         self.finished = True
 
     def _optimize(self, network, images, targets, amp_dtype, scaler) -> float:
@@ -342,7 +431,10 @@ class _Run:
         self.optimizer.zero_grad(set_to_none=True)
         with torch.autocast(self.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             logits = network(images)
-        loss = segmentation_loss(logits.float(), targets[:, :2], targets[:, 2:3], self.config.border_weight)
+        logits = logits.float()
+        loss = segmentation_loss(logits, targets[:, :2], targets[:, 2:3], self.config.border_weight)
+        if self.config.distill > 0 and bool(targets[:, 3].any()):
+            loss = loss + self.config.distill * distillation_loss(logits, targets[:, 4:6] / 255.0, targets[:, 3:4] / 255.0)
         if scaler is not None:
             scaler.scale(loss).backward()
             scaler.step(self.optimizer)
@@ -353,13 +445,22 @@ class _Run:
         return float(loss.detach())
 
     # ------------------------------------------------------------------ validation
+    def _validate_base(self) -> Iterator[TrainEvent]:
+        """Step 0: the starting model on the validation pixels, the bar every trained step must beat."""
+        if not self.val_data:
+            return
+        yield Progress(0, self.total_steps, "validating the starting model")
+        self.base_metrics = metrics = validate(self.model, self.val_data, self.config.border_weight, self.device)
+        event = Validation(0, 0.0, metrics["val_loss"], metrics["dice"], metrics["f1"], False)
+        self.history.append({"event": "validation", **asdict(event)})
+        yield event
+
     def _validate(self, epoch: float) -> Iterator[Progress]:
         if not self.val_data:
             return None
         yield Progress(self.step, self.total_steps, "validating")
         metrics = validate(self.model, self.val_data, self.config.border_weight, self.device)
-        # instance F1 and Dice decide; the loss breaks ties (early on both are often 0)
-        score = ((metrics["f1"] + metrics["dice"]) / 2, -metrics["val_loss"])
+        score = score_key(metrics)
         is_best = self.best_state is None or score > self.best_score
         if is_best:
             self.best_score, self.best_step, self.best_metrics = score, self.step, metrics
@@ -381,7 +482,13 @@ class _Run:
         network.to("cpu", memory_format=torch.contiguous_format).eval()
         network.requires_grad_(True)  # undo freeze_encoder
         self._record()
-        return TrainResult(self.model, self.history, self.best_step, self.stopped_early, self.cancelled)
+        n_cells = held_out_cells(getattr(self, "val_data", None) or [])
+        improved = None
+        if self.base_metrics is not None and self.best_state is not None and n_cells >= MIN_HELD_OUT_CELLS:
+            improved = score_key(self.best_metrics) > score_key(self.base_metrics)
+        self.model.metadata["training"].update(improved=improved, held_out_cells=n_cells)
+        return TrainResult(self.model, self.history, self.best_step, self.stopped_early, self.cancelled,
+                           self.base_metrics, dict(self.best_metrics) or None, improved, n_cells)
 
     def _record(self) -> None:
         cfg = self.config
@@ -396,7 +503,8 @@ class _Run:
             "epochs": round(self.step / self.steps_per_epoch, 3),
             "batch_size": self.batch_size, "crop_size": self._crop_size(),
             "freeze_encoder": bool(getattr(self, "freeze_encoder", False)),
-            "metrics": self.best_metrics, "seconds": round(seconds, 1),
+            "freeze_batchnorm": bool(getattr(self, "freeze_batchnorm", False)),
+            "metrics": self.best_metrics, "base_metrics": self.base_metrics, "seconds": round(seconds, 1),
             "machine": machine_description(self.device),
             "config": {k: v for k, v in asdict(cfg).items()},
             "cancelled": self.cancelled, "stopped_early": self.stopped_early,
@@ -417,71 +525,6 @@ class _Run:
 
 
 # ---------------------------------------------------------------------- helpers
-def split_validation(pairs: Sequence[TrainingPair], val_pairs: Sequence[TrainingPair] | None,
-                     fraction: float, seed: int) -> tuple[list[TrainingPair], list[TrainingPair]]:
-    """(train, validation). With several pairs, a seeded `fraction` of them is held out; with one
-    pair, a strip of `fraction` of its width (at least 64 px) is held out and left out of its
-    training region. fraction 0 = no validation (the last model is kept)."""
-    if val_pairs is not None:
-        return list(pairs), list(val_pairs)
-    if fraction <= 0:
-        return list(pairs), []
-    if len(pairs) > 1:
-        n_val = min(len(pairs) - 1, max(1, round(fraction * len(pairs))))
-        order = np.random.default_rng(seed).permutation(len(pairs))
-        held = set(order[:n_val].tolist())
-        return [p for i, p in enumerate(pairs) if i not in held], [p for i, p in enumerate(pairs) if i in held]
-    return _split_single(pairs[0], fraction)
-
-
-def _split_single(pair: TrainingPair, fraction: float) -> tuple[list[TrainingPair], list[TrainingPair]]:
-    height, width = pair.shape
-    axis_len, axis = (width, 1) if width >= height else (height, 0)
-    size = max(64, int(round(axis_len * fraction)))
-    if axis_len - size < 64:
-        return [pair], []  # too small to split; train on everything, keep the last model
-    cut = axis_len - size
-    window = (slice(None), slice(cut, None)) if axis == 1 else (slice(cut, None), slice(None))
-    train_region = np.ones(pair.shape, bool) if pair.region is None else pair.region.copy()
-    train_region[window] = False
-    val_region = None if pair.region is None else pair.region[window]
-    if not train_region.any() or (val_region is not None and not val_region.any()):
-        return [pair], []
-    train = TrainingPair(pair.image, pair.labels, pair.borders, train_region, pair.name, pair.weight)
-    val = TrainingPair(pair.image[window], pair.labels[window],
-                       None if pair.borders is None else pair.borders[window], val_region, f"{pair.name} (held-out strip)")
-    return [train], [val]
-
-
-@torch.no_grad()
-def validate(model: CellModel, val_data: list[dict[str, Any]], border_weight: float,
-             device: torch.device) -> dict[str, float]:
-    """Loss, cell Dice and instance F1@0.5 over prepared validation images (whole images, no tiling)."""
-    from ..inference import instances_from_probabilities
-    from ..metrics import dice, match_instances
-
-    network = model.network
-    network.eval()
-    amp_dtype = _amp_dtype(device)
-    losses, dices, f1s = [], [], []
-    params = model.postprocessing
-    for item in val_data:
-        image = item["image"][None]
-        target = item["target"][None].float()
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            logits = network(image)
-        logits = logits.float()
-        losses.append(float(segmentation_loss(logits, target[:, :2], target[:, 2:3], border_weight)))
-        height, width = item["shape"]
-        probabilities = torch.sigmoid(logits[0, :, :height, :width]).cpu().numpy()
-        region = item["region"]
-        labels = instances_from_probabilities(probabilities[0], probabilities[1], **_postprocessing_kwargs(params))
-        labels = np.where(region, labels, 0)
-        dices.append(dice(labels > 0, item["instances"] > 0))
-        f1s.append(match_instances(labels, item["instances"], 0.5).f1)
-    return {"val_loss": float(np.mean(losses)), "dice": float(np.mean(dices)), "f1": float(np.mean(f1s))}
-
-
 def _training_cell_diameter(pairs: Sequence[TrainingPair]) -> float | None:
     """Median cell diameter of the training labels: the reference size for inference's `diameter=` rescaling.
 
@@ -500,8 +543,23 @@ def _training_cell_diameter(pairs: Sequence[TrainingPair]) -> float | None:
     return round(float(np.median(diameters)), 2) if diameters else None
 
 
-def _postprocessing_kwargs(params: dict[str, Any]) -> dict[str, Any]:
-    return {k: params[k] for k in ("cell_threshold", "border_threshold", "min_size") if k in params}
+def _excluded(pair: TrainingPair) -> np.ndarray:
+    """The window held out of a training pair for validation (boolean mask)."""
+    if isinstance(pair, TrainPart) and pair.excluded is not None:
+        return pair.excluded
+    return np.zeros(pair.shape, bool)
+
+
+def _intensity_ranges(image: np.ndarray, model: CellModel) -> list[tuple[float, float]]:
+    """Per-channel (low, high) percentiles of `image`, as inference computes them."""
+    from ..inference.normalize import is_rgb, percentile_range, to_model_channels
+
+    norm = model.normalization
+    try:
+        channels = to_model_channels(np.asarray(image), model.in_channels, is_rgb(np.shape(image)))
+        return [percentile_range(c, norm["low"], norm["high"]) for c in channels]
+    except ValueError as exc:
+        raise TrainingDataError(str(exc)) from None
 
 
 def _normalized(image: np.ndarray, model: CellModel) -> np.ndarray:
@@ -549,12 +607,20 @@ def _trainable_parameters(network: torch.nn.Module, freeze_encoder: bool) -> lis
     return [p for p in network.parameters() if p.requires_grad]
 
 
-def _train_mode(network: torch.nn.Module, freeze_encoder: bool) -> None:
-    """Train mode; a frozen encoder also keeps its batch-norm statistics fixed."""
+def _train_mode(network: torch.nn.Module, freeze_encoder: bool, freeze_batchnorm: bool = False) -> None:
+    """Train mode; a frozen encoder, or `freeze_batchnorm`, keeps batch-norm statistics fixed.
+
+    Fine-tuning on a few crops of one image would otherwise replace the running statistics learned
+    on the whole training set by those of the last ~10 batches, and the model changes everywhere.
+    """
     network.train()
     encoder = getattr(network, "encoder", None)
     if freeze_encoder and encoder is not None:
         encoder.eval()
+    if freeze_batchnorm:
+        for module in network.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                module.eval()
 
 
 def _describe_init(spec: ModelSpec) -> str:

@@ -26,3 +26,13 @@ def segmentation_loss(logits: torch.Tensor, targets: torch.Tensor, region: torch
     dice_per_channel = 1.0 - (2.0 * overlap + 1.0) / (total + 1.0)
     per_channel = bce_per_channel + dice_per_channel
     return per_channel[0] + border_weight * per_channel[1]
+
+
+def distillation_loss(logits: torch.Tensor, soft_targets: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Mean BCE against (B, 2, H, W) soft targets (the base model's probabilities) where `weight` (B, 1, H, W) > 0.
+
+    Outside a partial annotation this keeps the fine-tuned model's output where the base model had it.
+    """
+    weight = weight.to(logits.dtype).expand_as(logits)
+    bce = F.binary_cross_entropy_with_logits(logits, soft_targets.to(logits.dtype), reduction="none")
+    return (bce * weight).sum() / weight.sum().clamp_min(1.0)

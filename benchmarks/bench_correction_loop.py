@@ -1,0 +1,200 @@
+"""The correction loop, scripted: segment -> correct (route A) or paint (route B) -> train -> segment again.
+
+Route A ("correct"): the base model's cells in the left half of the image are replaced by the true ones
+(Usiigaci `instances_ids.png`), the rest of its output is kept; the whole image is the training pair.
+Route B ("paint"): N true cells are painted into an empty layer; region = painted_region(labels, 16).
+Both are scored (F1 @ IoU 0.5 and pixel IoU, against the truth) on the corrected image and on other
+images of the same and of other experiments, before and after training.
+
+    python benchmarks/bench_correction_loop.py --routes A B --steps 100 --threads 2
+    python benchmarks/bench_correction_loop.py --json out.json --set lr=3e-4   # TrainConfig overrides
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+
+DATA = Path(os.environ.get("CELL_UNET_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")) / "usiigaci_phase"
+# neighbouring Usiigaci sets show the same experiment; all of these were held out from the default model's training
+CORRECTED = "set29"
+SAME_EXPERIMENT = ["set21"]
+OTHER_EXPERIMENTS = ["set5", "set13", "set35", "set41"]
+
+
+def load(name: str) -> tuple[np.ndarray, np.ndarray]:
+    from napari_cell_unet.io import read_image, read_labels
+
+    return np.asarray(read_image(DATA / name / "raw.tif")), np.asarray(read_labels(DATA / name / "instances_ids.png"))
+
+
+def corrected_labels(predicted: np.ndarray, truth: np.ndarray, fraction: float = 0.5) -> np.ndarray:
+    """The model's labels with its cells in the left `fraction` of the image replaced by the true ones."""
+    cut = int(predicted.shape[1] * fraction)
+    out = predicted.astype(np.int32).copy()
+    left_pred = _ids_centred_left(predicted, cut)
+    out[np.isin(out, left_pred)] = 0
+    left_true = _ids_centred_left(truth, cut)
+    offset = int(out.max()) + 1
+    mask = np.isin(truth, left_true)
+    out[mask] = truth[mask].astype(np.int32) + offset
+    return out
+
+
+def _ids_centred_left(labels: np.ndarray, cut: int) -> np.ndarray:
+    from scipy import ndimage
+
+    ids = np.unique(labels)
+    ids = ids[ids > 0]
+    if ids.size == 0:
+        return ids
+    centres = ndimage.center_of_mass(np.ones_like(labels), labels, ids)
+    return np.array([i for i, (_, x) in zip(ids, centres) if x < cut], dtype=ids.dtype)
+
+
+def painted_labels(truth: np.ndarray, n_cells: int, seed: int = 0) -> np.ndarray:
+    """`n_cells` true cells (seeded choice, away from the image edge) painted into an empty layer."""
+    from skimage.measure import regionprops
+
+    rng = np.random.default_rng(seed)
+    height, width = truth.shape
+    inside = [p.label for p in regionprops(truth.astype(np.int32))
+              if p.bbox[0] > 0 and p.bbox[1] > 0 and p.bbox[2] < height and p.bbox[3] < width]
+    chosen = rng.choice(inside, size=min(n_cells, len(inside)), replace=False)
+    return np.where(np.isin(truth, chosen), truth, 0).astype(np.int32)
+
+
+def score(labels: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+    from napari_cell_unet.metrics import instance_scores
+
+    scores = instance_scores(labels, truth)
+    return {"f1": round(float(scores["f1_50"]), 4), "iou": round(float(scores["pixel_iou"]), 4)}
+
+
+def evaluate(model, images: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, dict[str, float]]:
+    import napari_cell_unet as cu
+
+    return {name: score(cu.segment(image, model), truth) for name, (image, truth) in images.items()}
+
+
+def run_route(route: str, base, images, steps: int, n_cells: int, overrides: dict) -> dict:
+    from napari_cell_unet.training import TrainConfig, TrainingPair, painted_region, train
+
+    image, truth = images[CORRECTED]
+    if route == "A":
+        import napari_cell_unet as cu
+
+        pair = TrainingPair(image, corrected_labels(cu.segment(image, base), truth), name=CORRECTED)
+    else:
+        labels = painted_labels(truth, n_cells)
+        pair = TrainingPair(image, labels, region=painted_region(labels, 16), name=CORRECTED)
+    started = time.perf_counter()
+    result = train([pair], model=base, config=TrainConfig(steps=steps, **overrides), on_event=_log)
+    seconds = time.perf_counter() - started
+    record = result.model.metadata["training"]
+    return {"route": route, "steps": steps, "n_cells": n_cells if route == "B" else None,
+            "seconds": round(seconds, 1), "best_step": result.best_step,
+            "improved": getattr(result, "improved", None),
+            "after": evaluate(result.model, images),
+            "metrics_on_validation": {"base": result.base_metrics, "best": result.metrics}}
+
+
+def _log(event) -> None:
+    kind = type(event).__name__
+    if kind == "Validation" or (kind == "TrainStep" and event.step % 25 == 0):
+        print(f"  {time.strftime('%H:%M:%S')} {event}", flush=True)
+
+
+def markdown(report: dict) -> str:
+    """One row per run: the corrected image before -> after, and the change elsewhere (mean and worst)."""
+    before = report["before"]
+    head = ("| route | painted cells | steps | s | held-back F1, widget | corrected F1 | corrected IoU "
+            "| same exp. dF1 | other exp. dF1 mean / worst | other exp. dIoU mean / worst |\n"
+            "|---|---:|---:|---:|---|---|---|---:|---|---|\n")
+    rows = []
+    for run in report["runs"]:
+        after = run["after"]
+
+        def delta(names, key):
+            values = [after[n][key] - before[n][key] for n in names if n in after]
+            return values or [float("nan")]
+
+        same, other = delta(SAME_EXPERIMENT, "f1"), delta(OTHER_EXPERIMENTS, "f1")
+        other_iou = delta(OTHER_EXPERIMENTS, "iou")
+        c0, c1 = before[CORRECTED], after[CORRECTED]
+        rows.append(f"| {run['route']} | {run['n_cells'] or 'half image'} | {run['steps']} | {run['seconds']:.0f} "
+                    f"| {_held_out(run)} | {c0['f1']:.3f} → {c1['f1']:.3f} | {c0['iou']:.3f} → {c1['iou']:.3f} "
+                    f"| {np.mean(same):+.3f} | {np.mean(other):+.3f} / {min(other):+.3f} "
+                    f"| {np.mean(other_iou):+.3f} / {min(other_iou):+.3f} |")
+    return head + "\n".join(rows) + "\n"
+
+
+def _held_out(run: dict) -> str:
+    """'0.83 → 0.85 yes': F1 on the held-back cells, and whether the widget would select the model."""
+    scores = run.get("metrics_on_validation") or {}
+    base, best = scores.get("base"), scores.get("best")
+    verdict = {True: "selected", False: "kept previous", None: "no validation"}[run["improved"]]
+    return f"{base['f1']:.2f} → {best['f1']:.2f}, {verdict}" if base and best else verdict
+
+
+def cpu_flags() -> str:
+    """torch's CPU capability and the flags that decide CPU speed (AVX2/AVX-512, native bf16)."""
+    import torch
+
+    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
+    try:
+        line = next(l for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("flags"))
+        present = [f for f in wanted if f in line.split()]
+    except (OSError, StopIteration):
+        present = []
+    return f"{torch.backends.cpu.get_cpu_capability()} ({' '.join(present) or 'no AVX2'})"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--routes", nargs="+", default=["A", "B"], choices=["A", "B"])
+    parser.add_argument("--steps", type=int, nargs="+", default=[100])
+    parser.add_argument("--cells", type=int, nargs="+", default=[5, 10, 20], help="painted cells for route B")
+    parser.add_argument("--images", nargs="+", help="images to score (default: all; the corrected one always)")
+    parser.add_argument("--threads", type=int)
+    parser.add_argument("--set", nargs="*", default=[], help="TrainConfig overrides, key=value (python literals)")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+    import ast
+
+    import torch
+
+    import napari_cell_unet as cu
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    overrides = {k: ast.literal_eval(v) for k, v in (item.split("=", 1) for item in args.set)}
+    if args.threads:
+        overrides.setdefault("threads", args.threads)
+    names = [CORRECTED] + [n for n in (args.images or SAME_EXPERIMENT + OTHER_EXPERIMENTS) if n != CORRECTED]
+    images = {name: load(name) for name in names}
+    base = cu.load_model()
+    report = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+                         f"{torch.get_num_threads()} threads, CPU capability {cpu_flags()}, torch {torch.__version__}",
+              "overrides": overrides, "corrected": CORRECTED, "before": evaluate(base, images), "runs": []}
+    print(json.dumps({"before": report["before"]}), flush=True)
+    for steps in args.steps:
+        for route in args.routes:
+            for n_cells in (args.cells if route == "B" else [0]):
+                run = run_route(route, base, images, steps, n_cells, overrides)
+                report["runs"].append(run)
+                print(json.dumps(run), flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=1))
+    print(markdown(report))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

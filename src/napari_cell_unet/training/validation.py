@@ -1,0 +1,139 @@
+"""Held-out validation: which pixels are held back, and how a model is scored on them.
+
+Validation runs the inference path (`predict_probabilities` + `instances_from_probabilities`, with the
+intensity range of the whole source image), so a score at step 0 is the base model's score as the
+Segment widget would produce it, and "improved" means improved for the user.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from .losses import segmentation_loss
+from .pairs import TrainingPair
+
+MIN_SIDE = 64  # px: the narrowest held-out strip, and the least that must stay for training
+# fewer held-back cells than this cannot tell a better model from luck (one cell moves F1 by 0.2 or more):
+# `improved` is then None and the widget does not switch models by itself
+MIN_HELD_OUT_CELLS = 8
+CANDIDATE_STRIPS = 9
+
+
+@dataclass
+class HeldOut(TrainingPair):
+    """A validation window cut out of a bigger training pair; `source` is the whole image, for its
+    normalisation range (inference normalises the whole image, not the window)."""
+
+    source: np.ndarray | None = None
+
+
+@dataclass
+class TrainPart(TrainingPair):
+    """A training pair whose `excluded` window is held out for validation (no loss, no distillation)."""
+
+    excluded: np.ndarray | None = None
+
+
+def split_validation(pairs: Sequence[TrainingPair], val_pairs: Sequence[TrainingPair] | None,
+                     fraction: float, seed: int,
+                     base_cells: Callable[[TrainingPair], np.ndarray] | None = None
+                     ) -> tuple[list[TrainingPair], list[TrainingPair]]:
+    """(train, validation). With several pairs, a seeded `fraction` of them is held out; with one
+    pair, a strip of `fraction` of its longer side (at least 64 px) is held out and left out of its
+    training region. fraction 0 = no validation (the last model is kept).
+
+    Which strip: with a region (partial painting), the one holding the share of painted pixels closest
+    to `fraction`; without one, where the labels disagree most with `base_cells(pair)` (the base model's
+    cell mask), i.e. where the user corrected the model; otherwise the last strip.
+    """
+    if val_pairs is not None:
+        return list(pairs), list(val_pairs)
+    if fraction <= 0:
+        return list(pairs), []
+    if len(pairs) > 1:
+        n_val = min(len(pairs) - 1, max(1, round(fraction * len(pairs))))
+        order = np.random.default_rng(seed).permutation(len(pairs))
+        held = set(order[:n_val].tolist())
+        return [p for i, p in enumerate(pairs) if i not in held], [p for i, p in enumerate(pairs) if i in held]
+    return _split_single(pairs[0], fraction, base_cells)
+
+
+def _split_single(pair: TrainingPair, fraction: float,
+                  base_cells: Callable[[TrainingPair], np.ndarray] | None) -> tuple[list, list]:
+    height, width = pair.shape
+    axis = 1 if width >= height else 0
+    length = pair.shape[axis]
+    size = max(MIN_SIDE, int(round(length * fraction)))
+    if length - size < MIN_SIDE:
+        return [pair], []  # too small to split; train on everything, keep the last model
+    start = _strip_start(pair, axis, size, fraction, base_cells)
+    window = np.zeros(pair.shape, bool)
+    cut = (slice(None), slice(start, start + size)) if axis == 1 else (slice(start, start + size), slice(None))
+    window[cut] = True
+    train_region = np.ones(pair.shape, bool) if pair.region is None else pair.region.copy()
+    train_region[cut] = False
+    val_region = None if pair.region is None else pair.region[cut]
+    if not train_region.any() or (val_region is not None and not val_region.any()):
+        return [pair], []
+    train = TrainPart(pair.image, pair.labels, pair.borders, train_region, pair.name, excluded=window)
+    val = HeldOut(pair.image[cut], pair.labels[cut], None if pair.borders is None else pair.borders[cut],
+                  val_region, f"{pair.name} (held-out strip)", source=pair.image)
+    return [train], [val]
+
+
+def _strip_start(pair: TrainingPair, axis: int, size: int, fraction: float,
+                 base_cells: Callable[[TrainingPair], np.ndarray] | None) -> int:
+    length = pair.shape[axis]
+    starts = np.unique(np.linspace(0, length - size, CANDIDATE_STRIPS).round().astype(int))
+    other = 1 - axis
+    if pair.region is not None:
+        profile = pair.region.sum(axis=other).astype(float)
+        shares = np.array([profile[s:s + size].sum() for s in starts]) / max(1.0, profile.sum())
+        cost = np.where(shares > 0, np.abs(shares - fraction), np.inf)
+    elif base_cells is not None:
+        disagreement = ((np.asarray(pair.labels) > 0) != base_cells(pair)).sum(axis=other).astype(float)
+        cost = -np.array([disagreement[s:s + size].sum() for s in starts])
+    else:
+        return int(starts[-1])
+    best = np.flatnonzero(cost == cost.min())
+    return int(starts[best[-1]])  # ties: the last strip (right or bottom)
+
+
+@torch.no_grad()
+def validate(model, val_data: list[dict[str, Any]], border_weight: float, device: torch.device) -> dict[str, float]:
+    """Loss, cell Dice and instance F1@0.5 over prepared validation items, through the inference path.
+
+    On a partially annotated item only the annotated region counts (metrics.annotated_scores):
+    unpainted cells are neither false positives nor background.
+    """
+    from ..inference import instances_from_probabilities
+    from ..inference.predict import predict_probabilities
+    from ..metrics import annotated_scores
+
+    losses, dices, f1s = [], [], []
+    params = {k: v for k, v in model.postprocessing.items() if k in ("cell_threshold", "border_threshold", "min_size")}
+    for item in val_data:
+        probabilities = predict_probabilities(item["image"], model, device=device, ranges=item["ranges"])
+        target = item["target"]
+        logits = torch.logit(torch.from_numpy(probabilities).clamp(1e-6, 1 - 1e-6))[None]
+        losses.append(float(segmentation_loss(logits, target[None, :2].float(), target[None, 2:3].float(),
+                                              border_weight)))
+        labels = instances_from_probabilities(probabilities[0], probabilities[1], **params)
+        scores = annotated_scores(labels, item["instances"], item["region"])
+        dices.append(scores["dice"])
+        f1s.append(scores["f1"])
+    return {"val_loss": float(np.mean(losses)), "dice": float(np.mean(dices)), "f1": float(np.mean(f1s))}
+
+
+def held_out_cells(val_data: list[dict[str, Any]]) -> int:
+    """Annotated cells in the validation data."""
+    return int(sum(np.count_nonzero(np.unique(item["instances"])) for item in val_data))
+
+
+def score_key(metrics: dict[str, float]) -> tuple[float, float]:
+    """Instance F1 and Dice decide; the loss breaks ties (early on both are often 0)."""
+    return ((metrics["f1"] + metrics["dice"]) / 2, -metrics["val_loss"])

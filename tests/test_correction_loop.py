@@ -1,0 +1,117 @@
+"""The correction loop never makes the model worse without saying so (issue 8).
+
+Small crops of real Usiigaci data and a few steps, so each test takes seconds on a CPU.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import load_usiigaci_set
+
+CROP = (slice(0, 256), slice(0, 256))
+
+
+@pytest.fixture(scope="module")
+def held_out_crop(shared_data):
+    """A crop of set29 (held out from the bundled model's training) with half its cells painted."""
+    data = load_usiigaci_set("set29")
+    image, truth = data["image"][CROP], data["labels"][CROP]
+    painted_ids = np.unique(truth)[1::2]
+    return image, truth, np.where(np.isin(truth, painted_ids), truth, 0)
+
+
+def test_annotated_scores_ignore_unpainted_cells():
+    from napari_cell_unet.metrics import annotated_scores
+
+    truth = np.zeros((40, 60), np.int32)
+    truth[5:15, 5:15] = 1  # painted
+    region = np.zeros_like(truth, bool)
+    region[0:20, 0:20] = True
+    pred = np.zeros_like(truth)
+    pred[5:15, 5:15] = 1  # right
+    pred[25:35, 40:50] = 2  # an unpainted cell far outside the region: not judged
+    pred[14:24, 14:24] = 3  # mostly outside the region but touching the painted cell: judged, wrong
+    assert annotated_scores(pred, truth, region)["fp"] == 1
+    pred[pred == 3] = 0
+    pred[5:15, 5:15] = 1
+    scores = annotated_scores(pred, truth, region)
+    assert scores["f1"] == 1.0 and scores["dice"] == 1.0
+    assert annotated_scores(pred, truth)["fp"] == 1  # without a region, every cell counts
+
+
+def test_validation_before_any_step_equals_the_base_models_score(held_out_crop):
+    """Step 0 is the base model scored exactly as Segment would run it, on the same pixels."""
+    import napari_cell_unet as cu
+    from napari_cell_unet.metrics import annotated_scores
+    from napari_cell_unet.training import TrainConfig, TrainingPair, painted_region, train
+
+    image, _, painted = held_out_crop
+    region = painted_region(painted, 16)
+    val = TrainingPair(image[:, 128:], painted[:, 128:], region=region[:, 128:])
+    fit = TrainingPair(image[:, :128], painted[:, :128], region=region[:, :128])
+    base = cu.load_model()
+    result = train([fit], base, TrainConfig(steps=1, batch_size=1, crop_size=64, validations=1, distill=0.0), val_pairs=[val])
+    step0 = result.history[0]
+    expected = annotated_scores(cu.segment(val.image, base), val.labels, val.region)
+    assert step0["event"] == "validation" and step0["step"] == 0
+    assert step0["f1"] == expected["f1"] and step0["dice"] == expected["dice"]
+    assert result.base_metrics["f1"] == expected["f1"]
+    assert result.held_out_cells < 8 and result.improved is None  # too few held-back cells to call it better
+
+
+def test_a_model_worse_than_its_start_is_reported(held_out_crop):
+    from napari_cell_unet.training import TrainConfig, TrainingPair, train
+
+    image, truth, _ = held_out_crop
+    data = load_usiigaci_set("set29")
+    val = TrainingPair(data["image"][256:768, 256:768], data["labels"][256:768, 256:768])
+    wrecking = TrainConfig(steps=3, batch_size=2, crop_size=64, lr=2.0, validations=1, augment=False)
+    result = train([TrainingPair(image, truth)], "default", wrecking, val_pairs=[val])
+    assert result.held_out_cells >= 8 and result.improved is False
+    assert result.metrics["f1"] + result.metrics["dice"] < result.base_metrics["f1"] + result.base_metrics["dice"]
+    assert result.model.metadata["training"]["improved"] is False
+
+
+def test_single_image_holds_out_where_the_labels_were_corrected():
+    from napari_cell_unet.training.validation import split_validation
+    from napari_cell_unet.training import TrainingPair
+
+    labels = np.zeros((100, 400), np.int32)
+    labels[20:60, 20:60] = 1
+    labels[20:60, 110:150] = 2  # the cell the base model missed
+    base_cells = np.zeros(labels.shape, bool)
+    base_cells[20:60, 20:60] = True
+    pair = TrainingPair(np.random.default_rng(0).random(labels.shape), labels)
+    train_parts, val = split_validation([pair], None, 0.2, 0, base_cells=lambda p: base_cells)
+    assert val[0].labels.max() == 2 and val[0].image.shape == (100, 80)
+    assert not train_parts[0].region[:, 110:150].any()
+    assert val[0].source is pair.image  # normalised with the whole image's range, as inference does
+
+
+def test_partial_region_strip_holds_a_share_of_the_painted_cells():
+    from napari_cell_unet.training import TrainingPair, painted_region
+    from napari_cell_unet.training.validation import split_validation
+
+    labels = np.zeros((100, 500), np.int32)
+    for n, x in enumerate(range(10, 490, 50)):
+        labels[30:60, x:x + 30] = n + 1
+    pair = TrainingPair(np.random.default_rng(0).random(labels.shape), labels, region=painted_region(labels, 8))
+    (train_part,), (val,) = split_validation([pair], None, 0.2, 0)
+    held = len(np.unique(val.labels)) - 1
+    assert 1 <= held <= 3
+    assert train_part.region.sum() + val.region.sum() == pair.region.sum()
+
+
+def test_cli_defaults_are_the_api_defaults():
+    import argparse
+
+    from napari_cell_unet.cli import train as cli_train
+    from napari_cell_unet.training import TrainConfig
+
+    parser = argparse.ArgumentParser()
+    cli_train.add_arguments(parser)
+    args = parser.parse_args(["--images", "a.tif", "--labels", "b.png", "--output", "m.safetensors"])
+    defaults = TrainConfig()
+    assert (args.lr, args.val_fraction, args.crop_size, args.batch_size) == (
+        defaults.lr, defaults.val_fraction, defaults.crop_size, defaults.batch_size)
