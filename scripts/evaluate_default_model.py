@@ -43,6 +43,7 @@ def parse_args(argv):
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--diameter", default="auto", help="'auto' (the default call) or 'none' (no rescaling)")
     p.add_argument("--report", type=Path, default=None)
+    p.add_argument("--markdown", type=Path, default=None, help="also write the tables as Markdown")
     return p.parse_args(argv)
 
 
@@ -195,11 +196,34 @@ def main(argv=None):
             "test_domains": out["test"]["domains"], "livecell": out["livecell"],
             "diameter_within_15_percent": out["test"]["diameter"]["fraction"]}
         save_model(model, args.model, half=True)
+    if args.markdown:
+        args.markdown.parent.mkdir(parents=True, exist_ok=True)
+        args.markdown.write_text(markdown(out))
     if args.report:
         args.report.parent.mkdir(parents=True, exist_ok=True)
         args.report.write_text(json.dumps(out, indent=1, default=_plain))
     log(start, "done")
     return 0
+
+
+def markdown(out) -> str:
+    columns = ("images", "cells", "found", "f1_50", "mean_f1", "pixel_iou", "ap", "ap50", "seconds_per_image")
+    header = "| " + " | ".join(("data",) + columns) + " |\n|" + "---|" * (len(columns) + 1) + "\n"
+    lines = [f"Model: `{out['model']}`, diameter: {out['diameter']}, post-processing: {out['postprocessing']}", "",
+             "Test split, per domain:", "", header.rstrip()]
+    lines += ["| " + " | ".join([domain] + [str(row[c]) for c in columns]) + " |"
+              for domain, row in sorted(out["test"]["domains"].items())]
+    lines += ["", "Per held-out group:", "", header.rstrip()]
+    lines += ["| " + " | ".join([f"{g['domain']}: {g['group']}"] + [str(g[c]) for c in columns]) + " |"
+              for g in sorted(out["test"]["groups"], key=lambda g: (g["domain"], g["group"]))]
+    diameter = out["test"]["diameter"]
+    lines += ["", f"Automatic diameter within 15 % of the true median: {diameter['within_15_percent']}/"
+                  f"{diameter['checked']} ({diameter['by_domain_zoom']}); median extra time of the estimate: "
+                  f"{diameter['estimate_overhead_median']}",
+              "", f"LIVECell A172 frame at the default call: {out['livecell']}"]
+    if "tuning" in out:
+        lines += ["", f"Thresholds chosen on the validation split: {out['tuning']['chosen']}"]
+    return "\n".join(lines) + "\n"
 
 
 def _plain(value):
