@@ -138,8 +138,8 @@ def segment_diameter(model, image):
 
 
 def summary(rows, aggregate, coco_ap):
-    scores = [{k: v for k, v in r.items() if k not in ("labels", "truth", "cell_map", "name", "domain", "group")}
-              for r in rows]
+    skip = ("labels", "truth", "cell_map", "name", "domain", "group", "auto_diameter", "true_diameter")
+    scores = [{k: v for k, v in r.items() if k not in skip} for r in rows]
     total = aggregate(scores)
     ap = coco_ap([r["labels"] for r in rows], [r["truth"] for r in rows], probabilities=[r["cell_map"] for r in rows])
     return {"images": len(rows), "cells": int(total["n_true"]), "found": int(total["n_pred"]),

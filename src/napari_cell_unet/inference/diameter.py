@@ -4,8 +4,9 @@ The network is shown small probes of the image zoomed as if the cells were a few
 apart (12 to 135 px). At the candidate nearest the truth it sees cells of the size it was trained
 on and outlines them; far from it, it finds nothing, or fragments much smaller than the candidate.
 The median diameter of the cells found whole inside the probe (not cut by its edge) is the
-estimate; one more probe zoomed to that estimate refines it. Cost: five probes of at most
-192-384 model pixels a side, whatever the image size.
+estimate, corrected for big cells touching the probe's edge more often. The two most convincing
+candidates are refined by a larger probe zoomed to their estimate; the more convincing refinement
+wins. Cost: four probes of 256 and two of 320 model pixels a side, whatever the image size.
 """
 
 from __future__ import annotations
@@ -23,10 +24,12 @@ from .normalize import to_model_channels
 from .rescale import model_diameter, rescale_plane
 
 CANDIDATE_DIAMETERS = (12.0, 27.0, 60.0, 135.0)  # px; neighbours 2.2x apart
-COARSE_PROBE = 192  # side of a coarse probe, in the model's (zoomed) pixels
-FINE_PROBE = 384
+COARSE_PROBE = 256  # side of a coarse probe, in the model's (zoomed) pixels
+FINE_PROBE = 320
+REFINED = 2  # the two most convincing coarse probes are refined; the more convincing refinement wins
 MIN_CELLS = 2  # whole cells a probe must find for its estimate to count
-CONSISTENT = (0.45, 2.2)  # estimate / candidate ratios of a probe that saw real cells, not fragments
+CONSISTENT = (0.4, 2.5)  # estimate / candidate ratios of a probe that saw real cells, not fragments
+AGREEMENT = 0.35  # spread (natural log) of the estimate / candidate ratio weighting a probe's vote
 
 
 @dataclass
@@ -59,21 +62,25 @@ def _iter_estimate(predictor: Any, plane: np.ndarray, rgb: bool) -> Generator[Pr
     activity = _activity(channels)
     thresholds = _instance_thresholds(model)
     reference = model_diameter(model)
-    total = len(CANDIDATE_DIAMETERS) + 1
+    total = len(CANDIDATE_DIAMETERS) + REFINED
     probes = []
     for number, candidate in enumerate(CANDIDATE_DIAMETERS):
         yield Progress(number, total, f"estimating cell size: trying {candidate:.0f} px")
         probes.append(_probe(predictor, plane, rgb, ranges, activity, candidate, reference, COARSE_PROBE, thresholds))
-    best = _best_probe(probes)
-    if best is None:
+    leaders = _ranked(probes)[:REFINED]
+    if not leaders:
         yield Progress(total, total, "estimating cell size: no cells found")
         return DiameterEstimate(None, 0, probes)
-    yield Progress(total - 1, total, f"estimating cell size: refining around {best['estimate']:.0f} px")
-    fine = _probe(predictor, plane, rgb, ranges, activity, best["estimate"], reference, FINE_PROBE, thresholds)
-    probes.append(fine)
-    final = fine if fine["cells"] >= MIN_CELLS and _consistent(fine) else best
-    yield Progress(total, total, f"estimated cell diameter: {final['estimate']:.0f} px")
-    return DiameterEstimate(round(float(final["estimate"]), 1), int(final["cells"]), probes)
+    refined = []
+    for number, leader in enumerate(leaders):
+        yield Progress(len(CANDIDATE_DIAMETERS) + number, total,
+                       f"estimating cell size: refining around {leader['estimate']:.0f} px")
+        refined.append(_probe(predictor, plane, rgb, ranges, activity, leader["estimate"], reference, FINE_PROBE,
+                              thresholds))
+    probes += refined
+    best = (_ranked(refined) or leaders)[0]
+    yield Progress(total, total, f"estimated cell diameter: {best['estimate']:.0f} px")
+    return DiameterEstimate(round(float(best["estimate"]), 1), int(best["cells"]), probes)
 
 
 def estimate_cell_diameter(plane: np.ndarray, model: Any = None, *, device: str = "auto", rgb: bool | None = None,
@@ -98,18 +105,23 @@ def _probe(predictor, plane, rgb, ranges, activity, candidate, reference, side, 
     crop = plane[top:top + window, left:left + window]
     probabilities = _drive(predictor.iter_predict(rescale_plane(crop, zoom, rgb), rgb=rgb, ranges=ranges))
     labels = instances_from_probabilities(probabilities[0], probabilities[1], **thresholds)
-    diameters = _whole_cell_diameters(labels) / zoom
-    estimate = float(np.median(diameters)) if diameters.size else float("nan")
+    diameters = _whole_cell_diameters(labels)
+    estimate = _edge_corrected_median(diameters, labels.shape) / zoom if diameters.size else float("nan")
     return {"candidate": round(float(candidate), 1), "cells": int(diameters.size), "estimate": estimate,
             "confidence": float(probabilities[0][labels > 0].mean()) if labels.any() else 0.0}
 
 
-def _best_probe(probes: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The probe that found the most whole cells of about its candidate size (confidence breaks ties)."""
+def _ranked(probes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Probes that found whole cells of about their candidate size, most convincing first: at the right zoom
+    the network outlines cells of the size it was trained on, at a wrong one it finds fragments of another size.
+    Vote: cells x confidence x agreement of the measured size with the candidate (a Gaussian in log ratio)."""
     usable = [p for p in probes if p["cells"] >= MIN_CELLS and _consistent(p)]
-    if not usable:
-        return None
-    return max(usable, key=lambda p: (p["cells"] * p["confidence"], p["confidence"]))
+
+    def vote(probe: dict[str, Any]) -> float:
+        agreement = np.exp(-(np.log(probe["estimate"] / probe["candidate"]) / AGREEMENT) ** 2)
+        return probe["cells"] * probe["confidence"] * agreement
+
+    return sorted(usable, key=vote, reverse=True)
 
 
 def _consistent(probe: dict[str, Any]) -> bool:
@@ -128,6 +140,16 @@ def _whole_cell_diameters(labels: np.ndarray) -> np.ndarray:
     keep[edge] = False
     areas = areas[keep & (areas >= 10)]
     return 2.0 * np.sqrt(areas / np.pi)
+
+
+def _edge_corrected_median(diameters: np.ndarray, shape: tuple[int, int]) -> float:
+    """Median diameter of the cells whole inside a window, corrected for big cells touching its edge more often
+    (Miles-Lantuejoul: a cell of diameter d lies whole inside with a chance proportional to (H - d)(W - d))."""
+    inside = np.clip((shape[0] - diameters) * (shape[1] - diameters), 1.0, None)
+    weights = 1.0 / inside
+    order = np.argsort(diameters)
+    cumulative = np.cumsum(weights[order])
+    return float(diameters[order][np.searchsorted(cumulative, cumulative[-1] / 2)])
 
 
 def _activity(channels: np.ndarray, size: int = 256) -> tuple[np.ndarray, int]:
