@@ -31,7 +31,7 @@ def test_estimate_is_within_15_percent_of_the_true_median_diameter(radius):
     image, labels = disc_field(radius)
     estimate = estimate_cell_diameter(image, pointwise_model(cell_diameter=30.0), device="cpu")
     assert estimate.diameter == pytest.approx(estimate_diameter(labels), rel=0.15), estimate.probes
-    assert estimate.cells >= 2 and len(estimate.probes) == 5
+    assert estimate.cells >= 2 and len(estimate.probes) in (5, 6)  # four coarse, one or two refined
 
 
 def test_auto_segments_at_the_estimated_diameter_and_reports_it():
