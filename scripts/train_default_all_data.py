@@ -103,7 +103,8 @@ def main(argv=None):
                f"(test and new-domain images are not loaded)")
     config = TrainConfig(steps=args.steps, minutes=None if args.steps else args.minutes, batch_size=args.batch_size,
                          crop_size=args.crop_size, lr=args.lr, validations=args.validations, threads=args.threads,
-                         freeze_encoder=False, scale_range=tuple(args.scale_range), device=args.device,
+                         freeze_encoder=False, freeze_batchnorm=False, scale_range=tuple(args.scale_range),
+                         device=args.device,
                          name="napari-cell-unet default (phase contrast + nuclei)")
     result, last_print = None, 0.0
     for event in iter_train(train_pairs, args.base, config, val_pairs=val_pairs):
