@@ -158,9 +158,9 @@ def _activity(channels: np.ndarray, size: int = 256) -> tuple[np.ndarray, int]:
     """A coarse map of local contrast (|gradient| of the first channel, every `step`-th pixel) and its step."""
     first = channels[0]
     step = max(1, int(np.ceil(max(first.shape) / size)))
-    small = np.asarray(first[::step, ::step], dtype=np.float32)
+    small = np.asarray(first[::step, ::step], dtype=np.float64)  # float32 would overflow on values like 1e296
     lo, hi = np.nanpercentile(small, (1, 99)) if small.size else (0.0, 1.0)
-    small = np.nan_to_num((small - lo) / max(hi - lo, 1e-12))
+    small = np.nan_to_num((small - lo) / max(hi - lo, 1e-300)).astype(np.float32)
     return np.hypot(ndimage.sobel(small, 0), ndimage.sobel(small, 1)), step
 
 

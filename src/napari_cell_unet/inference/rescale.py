@@ -59,7 +59,9 @@ def rescale_plane(plane: np.ndarray, scale: float, rgb: bool = False) -> np.ndar
     """
     if scale == 1.0:
         return plane
-    return resize_bilinear(np.asarray(plane, dtype=np.float32), scaled_shape(plane.shape[:2], scale), axes=(0, 1))
+    # float64 stays float64: values beyond float32's range (1e296) must reach normalisation intact
+    dtype = np.float64 if np.asarray(plane).dtype == np.float64 else np.float32
+    return resize_bilinear(np.asarray(plane, dtype=dtype), scaled_shape(plane.shape[:2], scale), axes=(0, 1))
 
 
 def scaled_shape(shape: tuple[int, int], scale: float) -> tuple[int, int]:
@@ -82,7 +84,8 @@ def resize_bilinear(array: np.ndarray, shape: tuple[int, int], axes: tuple[int, 
     zoom = [1.0] * array.ndim
     for axis, size in zip(axes, shape):
         zoom[axis] = size / array.shape[axis]
-    return ndimage.zoom(array, zoom, order=1, mode="nearest", grid_mode=True, output=np.float32, prefilter=False)
+    output = np.float64 if array.dtype == np.float64 else np.float32
+    return ndimage.zoom(array, zoom, order=1, mode="nearest", grid_mode=True, output=output, prefilter=False)
 
 
 def estimate_diameter(labels: np.ndarray, min_pixels: int = MIN_OBJECT_PIXELS) -> float:
