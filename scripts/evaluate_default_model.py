@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 
 from default_model_data import all_items  # noqa: E402
+from train_default_model import log  # noqa: E402  (same folder)
 
 GRID = {"cell_threshold": [0.4, 0.5, 0.6, 0.7], "border_threshold": [0.1, 0.2, 0.35, 0.5], "min_size": [20, 60]}
 LIVECELL = REPO.parent / "shared" / "data" / "livecell_samples" / "A172_Phase_A7_1_00d00h00m_1.tif"
@@ -45,10 +46,6 @@ def parse_args(argv):
     p.add_argument("--report", type=Path, default=None)
     p.add_argument("--markdown", type=Path, default=None, help="also write the tables as Markdown")
     return p.parse_args(argv)
-
-
-def log(start, message):
-    print(f"[{time.perf_counter() - start:7.1f}s] {message}", flush=True)
 
 
 DIAMETER = "auto"

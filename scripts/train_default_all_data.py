@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 
 from default_model_data import REFERENCE_DIAMETER, all_items, at_reference_size  # noqa: E402
+from train_default_model import log  # noqa: E402  (same folder)
 
 DOMAIN_SHARE = {"usiigaci": 0.45, "fluorescence": 0.35, "tissue": 0.20}
 VALIDATION_CROP = 384  # validation images are centre crops (whole-image passes on a CPU are slow)
@@ -48,10 +49,6 @@ def parse_args(argv):
     p.add_argument("--output", type=Path, default=REPO / "build" / "default_v2" / "model.safetensors")
     p.add_argument("--overwrite", action="store_true")
     return p.parse_args(argv)
-
-
-def log(start, message):
-    print(f"[{time.perf_counter() - start:7.1f}s] {message}", flush=True)
 
 
 def load_pairs(items, limit, crop=None):

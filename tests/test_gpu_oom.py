@@ -10,6 +10,7 @@ import pytest
 import torch
 from conftest import TINY_ARCHITECTURE
 
+from napari_cell_unet._progress import result_of
 from napari_cell_unet.inference.predict import MIN_TILE_SIZE, TiledPredictor
 from napari_cell_unet.model import CellModel
 
@@ -50,11 +51,7 @@ def test_out_of_memory_halves_tiles_then_falls_back_to_the_cpu(monkeypatch, fits
 
 
 def _predict(predictor: TiledPredictor, image: np.ndarray) -> np.ndarray:
-    steps = predictor.iter_predict(image)
     try:
-        while True:
-            next(steps)
-    except StopIteration as done:
-        return done.value
+        return result_of(predictor.iter_predict(image))
     finally:
         predictor.close()

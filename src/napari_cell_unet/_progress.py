@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections.abc import Generator
+from typing import Any, NamedTuple
 
 
 class Progress(NamedTuple):
@@ -13,3 +14,12 @@ class Progress(NamedTuple):
     @property
     def fraction(self) -> float:
         return self.done / self.total if self.total else 0.0
+
+
+def result_of(steps: Generator[Any, None, Any]) -> Any:
+    """Run a progress generator to the end, ignoring what it yields; its return value."""
+    try:
+        while True:
+            next(steps)
+    except StopIteration as done:
+        return done.value

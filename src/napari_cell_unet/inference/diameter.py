@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from .._progress import Progress
+from .._progress import Progress, result_of
 from .instances import instances_from_probabilities
 from .normalize import to_model_channels
 from .rescale import model_diameter, rescale_plane
@@ -94,7 +94,8 @@ def estimate_cell_diameter(plane: np.ndarray, model: Any = None, *, device: str 
 
     predictor = TiledPredictor(_resolve_model(model), device=device, threads=threads)
     try:
-        return _drive(iter_estimate_diameter(predictor, np.asarray(plane), is_rgb(np.shape(plane)) if rgb is None else rgb))
+        rgb = is_rgb(np.shape(plane)) if rgb is None else rgb
+        return result_of(iter_estimate_diameter(predictor, np.asarray(plane), rgb))
     finally:
         predictor.close()
 
@@ -105,7 +106,7 @@ def _probe(predictor, plane, rgb, ranges, activity, candidate, reference, side, 
     window = min(plane.shape[0], plane.shape[1], max(8, int(round(side / zoom))))
     top, left = _busiest_window(activity, plane.shape[:2], window)
     crop = plane[top:top + window, left:left + window]
-    probabilities = _drive(predictor.iter_predict(rescale_plane(crop, zoom, rgb), rgb=rgb, ranges=ranges))
+    probabilities = result_of(predictor.iter_predict(rescale_plane(crop, zoom, rgb), rgb=rgb, ranges=ranges))
     labels = instances_from_probabilities(probabilities[0], probabilities[1], **thresholds)
     diameters = _whole_cell_diameters(labels)
     estimate = _edge_corrected_median(diameters, labels.shape) / zoom if diameters.size else float("nan")
@@ -182,12 +183,3 @@ def _busiest_window(activity: tuple[np.ndarray, int], shape: tuple[int, int], wi
 def _instance_thresholds(model: Any) -> dict[str, Any]:
     post = model.postprocessing
     return {"cell_threshold": post["cell_threshold"], "border_threshold": post["border_threshold"], "min_size": 0}
-
-
-def _drive(steps: Generator[Any, None, Any]) -> Any:
-    """Run a progress generator to its return value."""
-    try:
-        while True:
-            next(steps)
-    except StopIteration as done:
-        return done.value

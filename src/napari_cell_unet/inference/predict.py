@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._progress import Progress
+from .._progress import Progress, result_of
 from .devices import autocast_dtype, channels_last, cpu_threads, resolve_device, resolve_precision
 from .normalize import ImageError, apply_normalization, is_rgb, percentile_range, to_model_channels
 from .tiling import TileGrid, make_grid
@@ -42,11 +42,7 @@ def predict_probabilities(image2d: np.ndarray, model: Any, device: str | torch.d
     predictor = TiledPredictor(model, device=device, tile_size=tile_size, overlap=overlap,
                                batch_size=batch_size, precision=precision, threads=threads, tta=tta)
     try:
-        steps = predictor.iter_predict(image2d, rgb=rgb, ranges=ranges)
-        while True:
-            next(steps)
-    except StopIteration as done:
-        return done.value
+        return result_of(predictor.iter_predict(image2d, rgb=rgb, ranges=ranges))
     finally:
         predictor.close()
 
