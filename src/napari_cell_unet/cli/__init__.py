@@ -11,6 +11,7 @@ SUBCOMMANDS = {
     "segment": "napari_cell_unet.cli.segment",
     "train": "napari_cell_unet.cli.train",
     "evaluate": "napari_cell_unet.cli.evaluate",
+    "batch": "napari_cell_unet.cli.batch",
 }
 EXIT_ERROR = 2  # a documented error (bad file, argument or output): one line on stderr
 EXIT_BUG = 3  # anything else: a bug, reported in one line unless --debug

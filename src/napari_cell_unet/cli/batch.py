@@ -1,0 +1,110 @@
+"""Segment a whole experiment on dask.distributed: one OUTPUT_DIR/<stem>_labels.tif per input, named as
+`cell-unet segment` names them, with identical labels.
+
+Inputs are image files, folders, globs ('frames/*.tif'), file lists (.txt: one path a line) and COCO .json files
+(their images). By default a local cluster of --workers processes runs on this machine; --scheduler
+tcp://host:8786 uses a running dask cluster instead. Resumable: each finished output gets a <stem>_labels.json
+record, and a rerun skips inputs whose outputs are complete. A file that cannot be segmented is reported and the
+others still run; batch_report.json and batch_report.csv list every input. Exit status 1 when any input failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import _checks as checks
+from ._diameter import add_diameter_argument
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("inputs", nargs="+", metavar="INPUT",
+                        help="image files, folders, globs, file lists (.txt) or COCO .json files")
+    parser.add_argument("--output-dir", "-o", required=True, help="folder for the *_labels.tif files and the report")
+    parser.add_argument("--model", default=None, help="model .safetensors file (default: the bundled model)")
+    add_diameter_argument(parser)
+    parser.add_argument("--workers", type=checks.int_range(1, 256), default=None,
+                        help="worker processes of the local cluster (default: one per 2 cores, at least 1)")
+    parser.add_argument("--threads", type=checks.int_range(1, 1024), default=None,
+                        help="torch threads per worker (default: the cores divided among the local workers; "
+                             "with --scheduler, each worker's cores)")
+    parser.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                        help="address of a running dask scheduler (tcp://host:8786) instead of a local cluster")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps, on each worker")
+    parser.add_argument("--tile-size", type=checks.tile_size, default=None,
+                        help=f"tile side in pixels, {checks.MIN_TILE_SIZE} or more (default: 1024)")
+    parser.add_argument("--min-size", type=checks.non_negative_int,
+                        help="smallest object kept, in pixels (default: the model's)")
+    parser.add_argument("--cell-threshold", type=checks.probability,
+                        help="cell probability threshold, between 0 and 1 (default: the model's)")
+    parser.add_argument("--border-threshold", type=checks.probability,
+                        help="border probability threshold, between 0 and 1 (default: the model's)")
+    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
+                        help="arithmetic precision (default: fp16 on CUDA, fp32 on the CPU)")
+    parser.add_argument("--retries", type=checks.int_range(0, 100), default=2,
+                        help="times a task is retried when its worker dies (default: 2)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="redo every input and replace existing label files")
+    parser.add_argument("--quiet", "-q", action="store_true", help="no line per image, only the summary")
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .. import distributed as dist
+    from .._progress import Progress
+    from ..inference.devices import cpu_threads
+    from ..io._atomic import check_output_folder
+
+    check_output_folder(args.output_dir)
+    dist.model_file(args.model)  # a missing model file is one line before any cluster starts
+    threads = args.threads
+    if args.scheduler:
+        client = dist.connect(args.scheduler)
+    else:
+        cores = cpu_threads()
+        workers = args.workers or max(1, cores // 2)
+        threads = threads or max(1, cores // workers)
+        client = dist.local_client(workers)
+    try:
+        link = dist.dashboard_link(client)
+        if link and not args.quiet:
+            print(f"dask dashboard: {link}", file=sys.stderr)
+        steps = dist.iter_batch(args.inputs, args.output_dir, client, model=args.model, diameter=args.diameter,
+                                overwrite=args.overwrite, retries=args.retries, threads=threads, **_params(args))
+        report = None
+        with tqdm(unit="image", file=sys.stderr, dynamic_ncols=True) as bar:
+            for item in steps:
+                if isinstance(item, dist.BatchReport):
+                    report = item
+                    continue
+                if isinstance(item, Progress):
+                    bar.reset(total=item.total)
+                    bar.set_postfix_str(item.message, refresh=True)
+                    continue
+                bar.update(1)
+                if item.status == dist.FAILED:
+                    bar.write(f"cell-unet batch: error: {item.error}", file=sys.stderr)
+                elif not args.quiet:
+                    bar.write(_line(item))
+    finally:
+        dist.close_client(client)
+    summary = (f"batch: {report.count(dist.DONE)} segmented, {report.count(dist.SKIPPED)} already complete, "
+               f"{report.failed} failed: {sum(r.cells or 0 for r in report.records if r.ok)} cells in "
+               f"{report.seconds:.1f} s on {report.workers} worker{'s' * (report.workers != 1)} -> {args.output_dir} "
+               f"(report: {report.files['json'].name}, {report.files['csv'].name})")
+    print(summary)
+    return report.exit_code
+
+
+def _line(item) -> str:
+    if item.status == "skipped":
+        return f"{item.input}: already complete ({item.cells} cells), skipped"
+    diameter = "model's own size" if item.diameter is None else f"{item.diameter:.0f} px"
+    return f"{item.input}: {item.cells} cells in {item.seconds:.1f} s (cell diameter: {diameter}; {item.worker})"
+
+
+def _params(args: argparse.Namespace) -> dict:
+    return {"device": args.device, "precision": args.precision, "tile_size": args.tile_size,
+            "min_size": args.min_size, "cell_threshold": args.cell_threshold,
+            "border_threshold": args.border_threshold}

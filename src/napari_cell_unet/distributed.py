@@ -1,0 +1,489 @@
+"""Whole experiments on dask.distributed (behind `cell-unet batch`): one labels TIFF per input, resumable.
+
+The client plans the run: it expands the inputs (folders, globs, file lists, COCO files' images), names each
+output as `cell-unet segment` does (`batch.output_paths`), skips inputs whose *complete* outputs exist, and
+submits one task per remaining input. Each task runs on a worker exactly what `cell-unet segment` runs for that
+file (`batch._segment_file`), so the labels are identical; the worker loads the model once per process
+(`worker_model`) and reuses it for every file it gets.
+
+Complete = a sidecar `<stem>_labels.json` next to `<stem>_labels.tif` with `"status": "complete"`, written
+atomically *after* the TIFF (itself written atomically), recording the input (resolved path, size, mtime), the
+settings that change labels (model file SHA-256, diameter option, thresholds, ...), the output's size, the
+cells found, the diameter used, seconds and worker. A rerun skips an input when its sidecar is complete, matches
+the input and the settings, and the TIFF has the recorded size. A task first writes a `"status": "running"`
+sidecar: an output left by a killed run is recognised as this batch's own and redone, while a labels file that
+`cell-unet batch` did not write (or wrote with other settings) is never replaced without `overwrite`.
+Temporary files of a killed run (`.<name>.*.tmp`) are removed when the next run starts.
+
+A task that fails on its input (unreadable, wrong dimensions) returns a failed record with a one-line reason;
+dask retries a task only when its worker dies (`retries`). No Qt, no napari.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import hashlib
+import io
+import json
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ._progress import Progress
+from .errors import CellUnetError
+
+SIDECAR_SUFFIX = ".json"
+REPORT_NAME = "batch_report"  # batch_report.json and batch_report.csv in the output folder
+LIST_SUFFIXES = (".txt", ".lst", ".list")
+DONE, SKIPPED, FAILED = "done", "skipped", "failed"
+DEFAULT_RETRIES = 2
+CONNECT_TIMEOUT_S = 15
+# parameters of batch._segment_file / iter_segment that change the labels (part of the sidecar's settings)
+LABEL_PARAMS = ("device", "precision", "tile_size", "min_size", "cell_threshold", "border_threshold", "tta")
+
+
+class ClusterError(CellUnetError):
+    """The dask cluster cannot be started or reached (one line naming the address and the problem)."""
+
+
+class BatchInputError(CellUnetError, ValueError):
+    """An input argument that names no images (empty glob, unreadable file list or COCO file)."""
+
+
+@dataclass
+class BatchRecord:
+    """What happened to one input; one row of the report."""
+
+    input: str
+    output: str | None
+    status: str  # done, skipped (complete output from an earlier run) or failed
+    cells: int | None = None
+    diameter: float | None = None  # cell diameter used (px); None = the model's own size
+    seconds: float | None = None
+    worker: str | None = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status != FAILED
+
+
+@dataclass
+class BatchReport:
+    records: list[BatchRecord]
+    output_dir: Path
+    seconds: float
+    settings: dict[str, Any]
+    workers: int | None = None
+    dashboard: str | None = None
+    files: dict[str, Path] = field(default_factory=dict)  # "json"/"csv" -> report files written
+
+    def count(self, status: str) -> int:
+        return sum(r.status == status for r in self.records)
+
+    @property
+    def failed(self) -> int:
+        return self.count(FAILED)
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failed else 0
+
+
+@dataclass
+class _Job:
+    input: Path
+    output: Path
+    identity: dict[str, Any]
+
+
+# ---------------------------------------------------------------- inputs
+
+def collect_inputs(items: Iterable[str | Path]) -> list[tuple[Path, str | None]]:
+    """Every image named by `items`, in order, without repeats: files as given, folders as their images
+    (`batch.expand_inputs`), globs (`*`, `?`, `[`), file lists (.txt/.lst/.list: one path, folder or glob a line,
+    relative to the list's folder, `#` comments) and COCO .json files (their images, found as `read_coco` finds
+    them). Returns (path, problem): problem is a one-line reason for an image named but missing (a COCO image
+    not found), None otherwise. Raises `BatchInputError` for a glob that matches nothing or an unreadable list.
+    """
+    found: list[tuple[Path, str | None]] = []
+    seen: set[str] = set()
+    for path, problem in _expand(items, depth=0):
+        key = str(path.resolve()) if problem is None else str(path)
+        if key not in seen:
+            seen.add(key)
+            found.append((path, problem))
+    return found
+
+
+def _expand(items: Iterable[str | Path], depth: int) -> Iterator[tuple[Path, str | None]]:
+    from .batch import expand_inputs
+
+    for item in items:
+        text = str(item)
+        path = Path(text)
+        if not path.exists() and any(ch in text for ch in "*?["):
+            matches = sorted(glob.glob(text, recursive=True))
+            if not matches:
+                raise BatchInputError(f"{text}: matches no files")
+            yield from _expand(matches, depth)
+        elif path.is_file() and path.suffix.lower() in LIST_SUFFIXES:
+            if depth > 4:
+                raise BatchInputError(f"{path}: file lists nested too deeply")
+            yield from _expand(_read_list(path), depth + 1)
+        elif path.is_file() and path.suffix.lower() == ".json":
+            yield from _coco_images(path)
+        else:
+            yield from ((p, None) for p in expand_inputs([path]))
+
+
+def _read_list(path: Path) -> list[str]:
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BatchInputError(f"{path}: cannot read this file list ({exc})") from None
+    entries = [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
+    return [entry if Path(entry).is_absolute() else str(path.parent / entry) for entry in entries]
+
+
+def _coco_images(path: Path) -> Iterator[tuple[Path, str | None]]:
+    from .io import read_coco
+
+    dataset = read_coco(path)  # CocoFormatError (one line) for a bad file
+    for index in range(len(dataset)):
+        image = dataset.image_path(index)
+        if image is None:
+            name = dataset.file_name(index)
+            yield (path.parent / name, f"{path}: image {name!r} not found (searched "
+                                       f"{', '.join(dataset.searched_folders)})")
+        else:
+            yield image, None
+
+
+# ---------------------------------------------------------------- identity of inputs, settings and outputs
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def model_file(model: str | Path | None) -> Path:
+    """The model file a batch uses (the bundled default for None), checked to exist."""
+    from .model import files
+
+    if model is None:
+        if not files.default_model_available():
+            raise CellUnetError(f"{files.DEFAULT_MODEL_PATH}: the bundled default model is missing")
+        return files.DEFAULT_MODEL_PATH
+    path = Path(model)
+    if not path.is_file():
+        from .model import ModelFileError
+
+        raise ModelFileError(f"{path}: no such model file")
+    return path
+
+
+def input_identity(path: Path) -> dict[str, Any]:
+    stat = path.stat()
+    return {"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def batch_settings(model_path: Path, diameter: Any, params: dict[str, Any]) -> dict[str, Any]:
+    """What makes two runs' labels the same: the model's bytes, the diameter option and the label parameters."""
+    return {"model_sha256": file_sha256(model_path), "diameter": diameter,
+            **{key: params[key] for key in LABEL_PARAMS if params.get(key) is not None}}
+
+
+def sidecar_path(output: Path) -> Path:
+    return output.with_suffix(SIDECAR_SUFFIX)
+
+
+def read_sidecar(output: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(sidecar_path(output).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _write_json(path: Path, data: Any) -> None:
+    from .io._atomic import atomic_path
+
+    with atomic_path(path, overwrite=True) as tmp:
+        tmp.write_text(json.dumps(data, indent=1, default=str))
+
+
+def remove_stale_temporaries(outputs: Iterable[Path]) -> list[Path]:
+    """Temporary files (`.<name>.*.tmp`, see `io._atomic.atomic_path`) that a killed run left next to
+    these outputs and their sidecars; removed and returned."""
+    removed = []
+    for output in outputs:
+        for name in (output.name, sidecar_path(output).name):
+            for stale in output.parent.glob(f".{glob.escape(name)}.*.tmp"):
+                stale.unlink(missing_ok=True)
+                removed.append(stale)
+    return removed
+
+
+def plan(files: Sequence[tuple[Path, str | None]], output_dir: Path, settings: dict[str, Any],
+         overwrite: bool = False) -> tuple[list[_Job], list[BatchRecord]]:
+    """Split inputs into jobs to run and records already known (skipped: complete; failed: missing input,
+    or an output this batch may not replace)."""
+    from .batch import output_paths
+
+    outputs = output_paths([path for path, _ in files], output_dir)
+    remove_stale_temporaries(outputs)
+    jobs, known = [], []
+    for (path, problem), output in zip(files, outputs):
+        if problem is None and not path.is_file():
+            problem = f"{path}: file not found"
+        if problem is not None:
+            known.append(BatchRecord(str(path), None, FAILED, error=problem))
+            continue
+        identity = input_identity(path)
+        sidecar = read_sidecar(output)
+        state = _output_state(output, sidecar, identity, settings)
+        if state == "complete" and not overwrite:
+            known.append(BatchRecord(str(path), str(output), SKIPPED, cells=sidecar.get("n_cells"),
+                                     diameter=sidecar.get("diameter"), seconds=sidecar.get("seconds"),
+                                     worker=sidecar.get("worker")))
+        elif state in ("absent", "complete", "ours") or overwrite:
+            jobs.append(_Job(path, output, identity))
+        else:
+            known.append(BatchRecord(str(path), None, FAILED, error=f"{output}: {state}; --overwrite "
+                                                                    f"(overwrite=True) replaces it"))
+    return jobs, known
+
+
+def _output_state(output: Path, sidecar: dict | None, identity: dict, settings: dict) -> str:
+    if sidecar is None:
+        return "exists, not written by cell-unet batch" if output.exists() else "absent"
+    status = sidecar.get("status")
+    if status == "running":
+        return "ours"  # a run killed while writing it: redo
+    if status != "complete":
+        return "exists with an unreadable record"
+    if sidecar.get("input") != identity:
+        return "exists for another version of the input (path, size or modification time differ)"
+    if sidecar.get("settings") != settings:
+        return "exists from a run with other settings (model, diameter or thresholds)"
+    if not output.is_file() or output.stat().st_size != sidecar.get("output_size"):
+        return "ours"  # recorded complete but the file is gone or changed: redo
+    return "complete"
+
+
+# ---------------------------------------------------------------- on the workers
+
+_MODELS: dict[tuple[str, str], Any] = {}
+_MODELS_LOCK = threading.Lock()
+_MODEL_LOADS = [0]
+
+
+def worker_model(path: str, sha256: str) -> Any:
+    """The model of this file, loaded once per process (keyed by path and content hash)."""
+    from .model import load_model
+
+    key = (str(path), sha256)
+    with _MODELS_LOCK:
+        if key not in _MODELS:
+            _MODELS[key] = load_model(path)
+            _MODEL_LOADS[0] += 1
+        return _MODELS[key]
+
+
+def model_loads() -> int:
+    """How many times this process has read a model file for batch tasks (for tests: once per worker)."""
+    return _MODEL_LOADS[0]
+
+
+def worker_name() -> str:
+    try:
+        from distributed import get_worker
+
+        worker = get_worker()
+        return str(worker.name if worker.name is not None else worker.address)
+    except (ImportError, ValueError):
+        return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def segment_task(input_path: str, output: str, identity: dict, settings: dict, model_path: str,
+                 params: dict) -> BatchRecord:
+    """Segment one input exactly as `cell-unet segment` does and mark its output complete (runs on a worker)."""
+    from .batch import LARGE_IMAGE_PIXELS, FileResult, _segment_file
+
+    path, target = Path(input_path), Path(output)
+    name = worker_name()
+    started = time.perf_counter()
+    try:
+        model = worker_model(model_path, settings["model_sha256"])
+        _write_json(sidecar_path(target), {"status": "running", "input": identity, "settings": settings,
+                                           "worker": name})
+        result = None
+        for item in _segment_file(path, target, model, True, LARGE_IMAGE_PIXELS, params, 0, 1):
+            if isinstance(item, FileResult):
+                result = item
+        if result is None or not result.ok:
+            sidecar_path(target).unlink(missing_ok=True)
+            error = result.error if result is not None else f"{path}: segmentation returned no result"
+            return BatchRecord(input_path, None, FAILED, seconds=time.perf_counter() - started, worker=name,
+                               error=error)
+        seconds = time.perf_counter() - started
+        _write_json(sidecar_path(target), {
+            "status": "complete", "input": identity, "settings": settings, "output": target.name,
+            "output_size": target.stat().st_size, "n_cells": result.n_cells, "diameter": result.diameter,
+            "seconds": round(seconds, 3), "worker": name, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        return BatchRecord(input_path, output, DONE, cells=result.n_cells, diameter=result.diameter,
+                           seconds=seconds, worker=name)
+    except (CellUnetError, ValueError, OSError) as exc:
+        return BatchRecord(input_path, None, FAILED, seconds=time.perf_counter() - started, worker=name,
+                           error=_one_line(exc, path))
+    except Exception as exc:  # a bug: reported for this input, the batch goes on
+        return BatchRecord(input_path, None, FAILED, seconds=time.perf_counter() - started, worker=name,
+                           error=f"{path}: unexpected error (please report it): {type(exc).__name__}: "
+                                 f"{_one_line(exc, None)}")
+
+
+def _one_line(exc: BaseException, path: Path | None) -> str:
+    lines = str(exc).strip().splitlines()
+    text = lines[0] if lines else type(exc).__name__
+    return text if path is None or str(path) in text else f"{path}: {text}"
+
+
+# ---------------------------------------------------------------- the cluster
+
+def local_client(workers: int, threads_per_worker: int = 1, processes: bool = True, **cluster_options: Any):
+    """A `distributed.Client` on a new `LocalCluster` of `workers` workers (processes unless `processes=False`);
+    the dashboard on a free port. Closing the client closes the cluster."""
+    import logging
+
+    Client, LocalCluster = _distributed()
+    options = {"n_workers": workers, "threads_per_worker": threads_per_worker, "processes": processes,
+               "dashboard_address": ":0", "silence_logs": logging.ERROR, **cluster_options}
+    try:
+        cluster = LocalCluster(**options)
+    except Exception as exc:
+        raise ClusterError(f"cannot start a local dask cluster of {workers} workers "
+                           f"({type(exc).__name__}: {_one_line(exc, None)})") from None
+    client = Client(cluster)
+    client._cell_unet_cluster = cluster  # closed with the client (see close_client)
+    return client
+
+
+def connect(address: str, timeout: float = CONNECT_TIMEOUT_S):
+    """A client of the running dask scheduler at `address` (e.g. tcp://host:8786)."""
+    Client, _ = _distributed()
+    try:
+        return Client(address, timeout=timeout)
+    except (OSError, TimeoutError) as exc:
+        raise ClusterError(f"{address}: cannot reach the dask scheduler ({_one_line(exc, None)})") from None
+    except ValueError as exc:
+        raise ClusterError(f"{address}: not a dask scheduler address ({_one_line(exc, None)})") from None
+
+
+def close_client(client: Any) -> None:
+    cluster = getattr(client, "_cell_unet_cluster", None)
+    client.close()
+    if cluster is not None:
+        cluster.close()
+
+
+def dashboard_link(client: Any) -> str | None:
+    try:
+        if "dashboard" not in client.scheduler_info().get("services", {}):
+            return None
+        return client.dashboard_link
+    except Exception:  # no dashboard (bokeh missing) is not an error
+        return None
+
+
+def _distributed():
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError:
+        raise ClusterError("dask.distributed is not installed (pip install distributed)") from None
+    return Client, LocalCluster
+
+
+# ---------------------------------------------------------------- the batch
+
+def iter_batch(inputs: Iterable[str | Path], output_dir: str | Path, client: Any, *, model: str | Path | None = None,
+               diameter: float | str | None = "auto", overwrite: bool = False, retries: int = DEFAULT_RETRIES,
+               threads: int | None = None, **params: Any) -> Iterator[Progress | BatchRecord | BatchReport]:
+    """Segment every input on `client`'s workers into `output_dir`; yield `Progress(0, inputs, ...)` once
+    planned, a `BatchRecord` per input (those known
+    before any work first, then as tasks complete) and finally the `BatchReport`, also written as
+    `batch_report.json` and `.csv` in `output_dir`. `threads`: torch threads per task (None: the worker's
+    cores). Other parameters as for `cell-unet segment` (device, thresholds, tile_size, precision, ...).
+    Closing the generator cancels the remaining tasks.
+    """
+    from distributed import as_completed
+
+    from .io._atomic import check_output_folder
+
+    started = time.perf_counter()
+    output_dir = check_output_folder(output_dir)
+    files = collect_inputs([inputs] if isinstance(inputs, (str, Path)) else inputs)
+    if not files:
+        raise BatchInputError("no image files in the given inputs")
+    path = model_file(model)
+    params = {key: value for key, value in params.items() if value is not None}
+    settings = batch_settings(path, diameter, params)
+    task_params = {**params, "diameter": diameter, **({"threads": threads} if threads else {})}
+    jobs, records = plan(files, output_dir, settings, overwrite)
+    skipped = sum(r.status == SKIPPED for r in records)
+    yield Progress(0, len(files), f"{len(jobs)} to segment, {skipped} already complete")
+    yield from records
+    futures = {}
+    for number, job in enumerate(jobs):
+        future = client.submit(segment_task, str(job.input), str(job.output), job.identity, settings, str(path),
+                               task_params, retries=retries, pure=False,
+                               key=f"cell-unet-segment-{number}-{job.input.name}-{time.time_ns()}")
+        futures[future] = job
+    try:
+        for future in as_completed(futures):
+            job = futures[future]
+            try:
+                record = future.result()
+            except Exception as exc:  # the worker died on every try (KilledWorker), or the task was cancelled
+                record = BatchRecord(str(job.input), None, FAILED,
+                                     error=f"{job.input}: worker lost while segmenting it ({retries + 1} tries: "
+                                           f"{type(exc).__name__}: {_one_line(exc, None)})")
+            records.append(record)
+            yield record
+    finally:
+        client.cancel([f for f in futures if not f.done()])
+    order = {str(path): index for index, (path, _) in enumerate(files)}
+    records.sort(key=lambda r: order.get(r.input, len(order)))
+    report = BatchReport(records, output_dir, time.perf_counter() - started, settings,
+                         workers=len(client.scheduler_info().get("workers", {})), dashboard=dashboard_link(client))
+    report.files = write_report(report, str(path))
+    yield report
+
+
+def write_report(report: BatchReport, model: str | None = None) -> dict[str, Path]:
+    """`batch_report.json` (summary and one entry per input) and `batch_report.csv` (one row per input)."""
+    base = report.output_dir / REPORT_NAME
+    rows = [asdict(record) for record in report.records]
+    summary = {"inputs": len(report.records), DONE: report.count(DONE), SKIPPED: report.count(SKIPPED),
+               FAILED: report.failed, "cells": sum(r.cells or 0 for r in report.records if r.ok),
+               "seconds": round(report.seconds, 3), "workers": report.workers}
+    _write_json(base.with_suffix(".json"), {"summary": summary, "model": model, "settings": report.settings,
+                                            "output_dir": str(report.output_dir), "files": rows})
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=list(BatchRecord.__dataclass_fields__), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    from .io._atomic import atomic_path
+
+    with atomic_path(base.with_suffix(".csv"), overwrite=True) as tmp:
+        tmp.write_text(text.getvalue())
+    return {"json": base.with_suffix(".json"), "csv": base.with_suffix(".csv")}
