@@ -378,11 +378,11 @@ def local_client(workers: int, threads_per_worker: int = 1, processes: bool = Tr
     return client
 
 
-def connect(address: str, timeout: float = CONNECT_TIMEOUT_S):
+def connect(address: str, timeout: float | None = None):
     """A client of the running dask scheduler at `address` (e.g. tcp://host:8786)."""
     Client, _ = _distributed()
     try:
-        return Client(address, timeout=timeout)
+        return Client(address, timeout=CONNECT_TIMEOUT_S if timeout is None else timeout)
     except (OSError, TimeoutError) as exc:
         raise ClusterError(f"{address}: cannot reach the dask scheduler ({_one_line(exc, None)})") from None
     except ValueError as exc:
@@ -417,12 +417,15 @@ def _distributed():
 
 def iter_batch(inputs: Iterable[str | Path], output_dir: str | Path, client: Any, *, model: str | Path | None = None,
                diameter: float | str | None = "auto", overwrite: bool = False, retries: int = DEFAULT_RETRIES,
-               threads: int | None = None, **params: Any) -> Iterator[Progress | BatchRecord | BatchReport]:
+               threads: int | None = None, files: Sequence[tuple[Path, str | None]] | None = None,
+               **params: Any) -> Iterator[Progress | BatchRecord | BatchReport]:
     """Segment every input on `client`'s workers into `output_dir`; yield `Progress(0, inputs, ...)` once
     planned, a `BatchRecord` per input (those known
     before any work first, then as tasks complete) and finally the `BatchReport`, also written as
     `batch_report.json` and `.csv` in `output_dir`. `threads`: torch threads per task (None: the worker's
-    cores). Other parameters as for `cell-unet segment` (device, thresholds, tile_size, precision, ...).
+    cores). `client`: a `distributed.Client`, or a function returning one, called only when some input needs
+    work (a rerun with every output complete starts no cluster). `files`: `collect_inputs(inputs)` when already
+    computed. Other parameters as for `cell-unet segment` (device, thresholds, tile_size, precision, ...).
     Closing the generator cancels the remaining tasks.
     """
     from distributed import as_completed
@@ -431,7 +434,8 @@ def iter_batch(inputs: Iterable[str | Path], output_dir: str | Path, client: Any
 
     started = time.perf_counter()
     output_dir = check_output_folder(output_dir)
-    files = collect_inputs([inputs] if isinstance(inputs, (str, Path)) else inputs)
+    if files is None:
+        files = collect_inputs([inputs] if isinstance(inputs, (str, Path)) else inputs)
     if not files:
         raise BatchInputError("no image files in the given inputs")
     path = model_file(model)
@@ -443,6 +447,8 @@ def iter_batch(inputs: Iterable[str | Path], output_dir: str | Path, client: Any
     yield Progress(0, len(files), f"{len(jobs)} to segment, {skipped} already complete")
     yield from records
     futures = {}
+    if jobs and not hasattr(client, "submit"):
+        client = client()
     for number, job in enumerate(jobs):
         future = client.submit(segment_task, str(job.input), str(job.output), job.identity, settings, str(path),
                                task_params, retries=retries, pure=False,
@@ -460,11 +466,14 @@ def iter_batch(inputs: Iterable[str | Path], output_dir: str | Path, client: Any
             records.append(record)
             yield record
     finally:
-        client.cancel([f for f in futures if not f.done()])
+        if futures:
+            client.cancel([f for f in futures if not f.done()])
     order = {str(path): index for index, (path, _) in enumerate(files)}
     records.sort(key=lambda r: order.get(r.input, len(order)))
+    started_client = hasattr(client, "submit")
     report = BatchReport(records, output_dir, time.perf_counter() - started, settings,
-                         workers=len(client.scheduler_info().get("workers", {})), dashboard=dashboard_link(client))
+                         workers=len(client.scheduler_info().get("workers", {})) if started_client else 0,
+                         dashboard=dashboard_link(client) if started_client else None)
     report.files = write_report(report, str(path))
     yield report
 

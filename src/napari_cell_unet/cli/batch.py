@@ -56,44 +56,53 @@ def run(args: argparse.Namespace) -> int:
     from ..inference.devices import cpu_threads
     from ..io._atomic import check_output_folder
 
+    # one-line errors before any cluster starts
     check_output_folder(args.output_dir)
-    dist.model_file(args.model)  # a missing model file is one line before any cluster starts
+    dist.model_file(args.model)
+    files = dist.collect_inputs(args.inputs)
+    if not files:
+        raise dist.BatchInputError("no image files in the given inputs")
     threads = args.threads
-    if args.scheduler:
-        client = dist.connect(args.scheduler)
-    else:
+    if not args.scheduler:
         cores = cpu_threads()
         workers = args.workers or max(1, cores // 2)
         threads = threads or max(1, cores // workers)
-        client = dist.local_client(workers)
-    try:
+    clients = []
+
+    def start_client():
+        client = dist.connect(args.scheduler) if args.scheduler else dist.local_client(workers)
+        clients.append(client)
         link = dist.dashboard_link(client)
         if link and not args.quiet:
-            print(f"dask dashboard: {link}", file=sys.stderr)
-        steps = dist.iter_batch(args.inputs, args.output_dir, client, model=args.model, diameter=args.diameter,
-                                overwrite=args.overwrite, retries=args.retries, threads=threads, **_params(args))
-        report = None
-        with tqdm(unit="image", file=sys.stderr, dynamic_ncols=True) as bar:
+            tqdm.write(f"dask dashboard: {link}", file=sys.stderr)
+        return client
+
+    report = None
+    try:  # a given scheduler is reached first (a typo is one line at once); a local cluster starts when needed
+        steps = dist.iter_batch(args.inputs, args.output_dir, start_client() if args.scheduler else start_client, model=args.model, files=files,
+                                diameter=args.diameter, overwrite=args.overwrite, retries=args.retries,
+                                threads=threads, **_params(args))
+        with tqdm(total=len(files), unit="image", file=sys.stderr, dynamic_ncols=True) as bar:
             for item in steps:
                 if isinstance(item, dist.BatchReport):
                     report = item
-                    continue
-                if isinstance(item, Progress):
+                elif isinstance(item, Progress):
                     bar.reset(total=item.total)
                     bar.set_postfix_str(item.message, refresh=True)
-                    continue
-                bar.update(1)
-                if item.status == dist.FAILED:
-                    bar.write(f"cell-unet batch: error: {item.error}", file=sys.stderr)
-                elif not args.quiet:
-                    bar.write(_line(item))
+                else:
+                    bar.update(1)
+                    if item.status == dist.FAILED:
+                        bar.write(f"cell-unet batch: error: {item.error}", file=sys.stderr)
+                    elif not args.quiet:
+                        bar.write(_line(item))
     finally:
-        dist.close_client(client)
-    summary = (f"batch: {report.count(dist.DONE)} segmented, {report.count(dist.SKIPPED)} already complete, "
-               f"{report.failed} failed: {sum(r.cells or 0 for r in report.records if r.ok)} cells in "
-               f"{report.seconds:.1f} s on {report.workers} worker{'s' * (report.workers != 1)} -> {args.output_dir} "
-               f"(report: {report.files['json'].name}, {report.files['csv'].name})")
-    print(summary)
+        for client in clients:
+            dist.close_client(client)
+    workers = f"{report.workers} worker{'s' * (report.workers != 1)}"
+    print(f"batch: {report.count(dist.DONE)} segmented, {report.count(dist.SKIPPED)} already complete, "
+          f"{report.failed} failed: {sum(r.cells or 0 for r in report.records if r.ok)} cells in "
+          f"{report.seconds:.1f} s on {workers} -> {args.output_dir} "
+          f"(report: {report.files['json'].name}, {report.files['csv'].name})")
     return report.exit_code
 
 

@@ -1,0 +1,222 @@
+"""`cell-unet batch` on dask.distributed (loopback only): a LocalCluster of two worker *processes*
+(processes=True, shared by the tests of this module) segments crops of real images exactly as `cell-unet segment`
+does, reports a corrupt file and goes on, skips finished outputs on a rerun, and resumes a batch killed midway
+(the whole process tree, SIGKILL) with no half-written file left."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from conftest import REPO, TINY_ARCHITECTURE, load_usiigaci_set
+from napari_cell_unet import distributed as dist
+from napari_cell_unet.cli import main
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    client = dist.local_client(2, threads_per_worker=1, processes=True)
+    yield client
+    dist.close_client(client)
+
+
+@pytest.fixture(scope="module")
+def tiny_file(tmp_path_factory):
+    import torch
+
+    from napari_cell_unet.model import CellModel, save_model
+
+    torch.manual_seed(0)
+    model = CellModel.create(architecture=dict(TINY_ARCHITECTURE), name="tiny")
+    model.metadata["postprocessing"] = {"cell_threshold": 0.5, "border_threshold": 0.5, "min_size": 5}
+    return save_model(model, tmp_path_factory.mktemp("model") / "tiny.safetensors")
+
+
+def _crops(folder: Path, sets=("set20", "set21", "set22"), size=(96, 128)) -> list[Path]:
+    paths = []
+    for name in sets:
+        (folder / name).mkdir(parents=True, exist_ok=True)
+        paths.append(folder / name / "raw.tif")  # every Usiigaci image is raw.tif: names by folder
+        tifffile.imwrite(paths[-1], load_usiigaci_set(name)["image"][:size[0], :size[1]])
+    return paths
+
+
+def _labels(folder: Path) -> dict[str, np.ndarray]:
+    return {p.name: tifffile.imread(p) for p in sorted(folder.glob("*_labels.tif"))}
+
+
+def _report(folder: Path) -> dict:
+    return json.loads((folder / "batch_report.json").read_text())
+
+
+FAST = ["--device", "cpu", "--diameter", "40"]  # a given diameter: zoomed, but no probes
+
+
+def test_batch_on_two_worker_processes_matches_segment_exactly(cluster, tiny_file, usiigaci, tmp_path, capsys):
+    paths = _crops(tmp_path / "in")
+    listing = tmp_path / "more.txt"
+    listing.write_text(f"# a file list\n{paths[2]}\n")
+    inputs = [str(tmp_path / "in" / "set2[01]" / "raw.tif"), str(listing)]  # a glob and a file list
+
+    assert main(["segment", *map(str, paths), "-o", str(tmp_path / "seg"), "--model", str(tiny_file), *FAST]) == 0
+    assert main(["batch", *inputs, "-o", str(tmp_path / "batch"), "--model", str(tiny_file), *FAST,
+                 "--scheduler", cluster.scheduler.address]) == 0
+    out = capsys.readouterr().out
+    assert "3 segmented, 0 already complete, 0 failed" in out
+
+    expected, got = _labels(tmp_path / "seg"), _labels(tmp_path / "batch")
+    assert sorted(got) == sorted(expected) == ["set20_raw_labels.tif", "set21_raw_labels.tif", "set22_raw_labels.tif"]
+    for name in expected:
+        assert got[name].dtype == expected[name].dtype
+        np.testing.assert_array_equal(got[name], expected[name])
+    report = _report(tmp_path / "batch")
+    assert report["summary"]["done"] == 3 and report["summary"]["failed"] == 0
+    workers = {entry["worker"] for entry in report["files"]}
+    assert all(entry["status"] == "done" and entry["cells"] == int(got[Path(entry["output"]).name].max())
+               and entry["diameter"] == 40 and entry["seconds"] > 0 for entry in report["files"])
+    assert workers <= {"0", "1"}
+    # each worker process read the model file at most once, whatever the number of files it segmented
+    assert all(loads <= 1 for loads in cluster.run(dist.model_loads).values())
+    assert sum(cluster.run(dist.model_loads).values()) >= 1
+
+
+def test_corrupt_input_is_reported_and_a_rerun_skips_finished_outputs(cluster, tiny_file, usiigaci, tmp_path,
+                                                                     capsys):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for index, name in enumerate(("set24", "set26")):
+        tifffile.imwrite(inputs / f"frame{index}.tif", load_usiigaci_set(name)["image"][:80, :96])
+    (inputs / "broken.tif").write_bytes(b"II*\x00 not really a tiff")
+    out = tmp_path / "out"
+    args = ["batch", str(inputs), "-o", str(out), "--model", str(tiny_file), *FAST,
+            "--scheduler", cluster.scheduler.address]
+
+    assert main(args) == 1
+    captured = capsys.readouterr()
+    assert "broken.tif" in captured.err and "Traceback" not in captured.err
+    assert "2 segmented, 0 already complete, 1 failed" in captured.out
+    entries = {Path(e["input"]).name: e for e in _report(out)["files"]}
+    assert entries["broken.tif"]["status"] == "failed" and "\n" not in entries["broken.tif"]["error"]
+    assert "broken.tif" in entries["broken.tif"]["error"] and entries["broken.tif"]["output"] is None
+    assert entries["frame0.tif"]["status"] == entries["frame1.tif"]["status"] == "done"
+    rows = (out / "batch_report.csv").read_text().splitlines()
+    assert rows[0] == "input,output,status,cells,diameter,seconds,worker,error" and len(rows) == 4
+    assert not (out / "broken_labels.tif").exists() and not (out / "broken_labels.json").exists()
+    sidecar = json.loads((out / "frame0_labels.json").read_text())
+    assert sidecar["status"] == "complete" and sidecar["input"]["path"] == str((inputs / "frame0.tif").resolve())
+    stamps = {p.name: p.stat().st_mtime_ns for p in out.glob("frame*_labels.*")}
+
+    assert main(args) == 1  # the corrupt file still fails, the finished ones are not redone
+    captured = capsys.readouterr()
+    assert "0 segmented, 2 already complete, 1 failed" in captured.out
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("frame*_labels.*")} == stamps
+    assert [e["status"] for e in _report(out)["files"]] == ["failed", "skipped", "skipped"]
+
+    # other settings: the outputs are not silently replaced ...
+    assert main(args[:-2] + ["--min-size", "50", "--scheduler", cluster.scheduler.address]) == 1
+    assert "other settings" in capsys.readouterr().err
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("frame*_labels.*")} == stamps
+    # ... nor a labels file that cell-unet batch did not write
+    (out / "frame0_labels.json").unlink()
+    (inputs / "broken.tif").unlink()
+    assert main(args) == 1
+    assert "not written by cell-unet batch" in capsys.readouterr().err
+    assert main(args + ["--overwrite"]) == 0
+    assert json.loads((out / "frame0_labels.json").read_text())["status"] == "complete"
+
+
+def test_a_killed_batch_resumes_with_no_half_written_file(cluster, tiny_file, usiigaci, tmp_path, capsys):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    image = load_usiigaci_set("set25")["image"]
+    for index in range(6):
+        tifffile.imwrite(inputs / f"t{index}.tif", np.ascontiguousarray(image[index * 40:index * 40 + 96, :128]))
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "napari_cell_unet.cli", "batch", str(inputs), "-o", str(out),
+               "--model", str(tiny_file), *FAST, "--workers", "1", "--threads", "1", "--quiet"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
+    process = subprocess.Popen(command, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and process.poll() is None:
+            finished = [p for p in out.glob("*_labels.json") if dist.read_sidecar(p.with_suffix(".tif"))
+                        and dist.read_sidecar(p.with_suffix(".tif"))["status"] == "complete"]
+            if finished:
+                break
+            time.sleep(0.2)
+        assert process.poll() is None, "the batch ended before it could be killed"
+        assert finished, "no output finished in time"
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)  # the client, the scheduler and the worker process at once
+        process.wait()
+    complete_before = {p.name for p in out.glob("*_labels.json") if json.loads(p.read_text())["status"] == "complete"}
+    assert 1 <= len(complete_before) < 6 and not (out / "batch_report.json").exists()
+    # what a kill while writing leaves behind: a temporary file next to an output
+    (out / ".t5_labels.tif.abcd1234.tmp").write_bytes(b"II*\x00 half")
+
+    assert main(["batch", str(inputs), "-o", str(out), "--model", str(tiny_file), *FAST,
+                 "--scheduler", cluster.scheduler.address]) == 0
+    summary = capsys.readouterr().out
+    assert f"{6 - len(complete_before)} segmented, {len(complete_before)} already complete, 0 failed" in summary
+    assert not list(out.glob(".*")), "temporary files left"
+    assert all(json.loads(p.read_text())["status"] == "complete" for p in out.glob("*_labels.json"))
+    assert main(["segment", str(inputs), "-o", str(tmp_path / "seg"), "--model", str(tiny_file), *FAST]) == 0
+    expected, got = _labels(tmp_path / "seg"), _labels(out)
+    assert sorted(got) == sorted(expected) and len(got) == 6
+    for name in expected:
+        np.testing.assert_array_equal(got[name], expected[name])
+
+
+def test_default_model_on_a_real_crop_matches_segment(cluster, usiigaci, tmp_path, capsys):
+    image = tmp_path / "in" / "phase.tif"
+    image.parent.mkdir()
+    tifffile.imwrite(image, load_usiigaci_set("set20")["image"][:256, :256])
+    assert main(["segment", str(image), "-o", str(tmp_path / "seg"), "--device", "cpu"]) == 0  # --diameter auto
+    assert main(["batch", str(image), "-o", str(tmp_path / "batch"), "--device", "cpu",
+                 "--scheduler", cluster.scheduler.address]) == 0
+    expected = tifffile.imread(tmp_path / "seg" / "phase_labels.tif")
+    assert expected.max() > 10  # the real model finds the real cells (27)
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "batch" / "phase_labels.tif"), expected)
+    entry = _report(tmp_path / "batch")["files"][0]
+    assert entry["cells"] == int(expected.max()) and 20 < entry["diameter"] < 80  # estimated (40 px)
+
+
+def test_inputs_from_globs_lists_and_coco_files(tmp_path, usiigaci):
+    from napari_cell_unet.io import write_labels_coco
+
+    paths = _crops(tmp_path / "data", sets=("set20", "set21"), size=(32, 40))
+    coco = tmp_path / "data" / "set20" / "annotations.json"
+    write_labels_coco(coco, np.ones((2, 32, 40), np.uint16), image_names=["raw.tif", "gone.tif"])
+    listing = tmp_path / "list.txt"
+    listing.write_text("data/set21/raw.tif\n\n# comment\ndata/set2*/raw.tif\n")
+    found = dist.collect_inputs([str(coco), str(listing)])
+    assert [(p.resolve(), problem) for p, problem in found[:1]] == [(paths[0].resolve(), None)]
+    assert found[1][0].name == "gone.tif" and "not found" in found[1][1]
+    assert [p.resolve() for p, _ in found[2:]] == [paths[1].resolve()]  # no repeats
+    with pytest.raises(dist.BatchInputError, match="matches no files"):
+        dist.collect_inputs([str(tmp_path / "nothing*.tif")])
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys, monkeypatch):
+    image = tmp_path / "a.tif"
+    tifffile.imwrite(image, np.zeros((32, 32), np.uint16))
+    assert main(["batch", str(tmp_path / "none*.tif"), "-o", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err.strip().endswith("matches no files")
+    assert main(["batch", str(image), "-o", str(tmp_path / "o"), "--model", str(tmp_path / "x.safetensors")]) == 2
+    assert "no such model file" in capsys.readouterr().err
+    monkeypatch.setattr(dist, "CONNECT_TIMEOUT_S", 2)
+    assert main(["batch", str(image), "-o", str(tmp_path / "o"), "--scheduler", "tcp://127.0.0.1:9"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "cannot reach the dask scheduler" in err
