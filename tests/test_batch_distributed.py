@@ -220,3 +220,49 @@ def test_cli_errors_are_one_line(tmp_path, capsys, monkeypatch):
     assert main(["batch", str(image), "-o", str(tmp_path / "o"), "--scheduler", "tcp://127.0.0.1:9"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "cannot reach the dask scheduler" in err
+
+
+def _pointwise(normalized: np.ndarray) -> np.ndarray:
+    """Stand-in for the network (as in test_batch.py): pointwise, so any chunking gives the same probabilities."""
+    image = np.asarray(normalized, np.float32)
+    return np.stack([(image > 0.3), (image > 0.3) & (image < 0.8)]).astype(np.float32)
+
+
+def test_a_huge_image_in_chunks_across_workers_matches_the_chunked_and_whole_image_results(cluster, tmp_path):
+    import cloudpickle
+    import zarr
+    from test_batch import CHUNK, OVERLAP, _disc_image, _FakeModel
+
+    from napari_cell_unet import batch
+    from napari_cell_unet.inference.instances import instances_from_probabilities
+    from napari_cell_unet.metrics import match_instances
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers cannot import this test module
+    image, truth = _disc_image(shape=(400, 460))
+    path = tmp_path / "slide.tif"
+    tifffile.imwrite(path, image, tile=(64, 64), compression="zlib")  # read back tile by tile on the workers
+    result = dist.segment_huge(path, tmp_path / "slide_labels.ome.zarr", cluster, model=_FakeModel(),
+                               chunk=CHUNK, overlap=OVERLAP, predict=_pointwise)
+    root = zarr.open_group(str(result.output), mode="r")
+    labels = np.asarray(root["0"])
+    assert labels.shape == (400, 460) and root["0"].chunks == (CHUNK, CHUNK)
+    assert [d["path"] for d in root.attrs["multiscales"][0]["datasets"]] == ["0", "1", "2"] == \
+        [str(k) for k in range(result.levels)]
+    np.testing.assert_array_equal(np.asarray(root["1"]), labels[::2, ::2])
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no partial output left
+
+    # identical to batch.iter_segment_dask in one process (same chunks, same renumbering) ...
+    *_, reference = batch.iter_segment_dask(image, _FakeModel(), chunk=CHUNK, overlap=OVERLAP, predict=_pointwise)
+    np.testing.assert_array_equal(labels, reference)
+    assert result.n_cells == int(labels.max()) == len(np.unique(labels)) - 1
+    # ... and the same objects as the whole image segmented at once; discs across chunk borders keep one id
+    lo, hi = batch.global_percentiles(image, 0.0, 100.0)
+    probs = _pointwise((image - lo) / (hi - lo))
+    whole = instances_from_probabilities(probs[0], probs[1], cell_threshold=0.5, border_threshold=0.5, min_size=0)
+    assert match_instances(labels, whole, iou_threshold=0.98).tp == len(np.unique(whole)) - 1 == result.n_cells
+    crossing = {int(i) for i in np.unique(truth[CHUNK - 1:CHUNK + 1]) if i} | \
+               {int(i) for i in np.unique(truth[:, CHUNK - 1:CHUNK + 1]) if i}
+    assert len(crossing) > 10
+    for i in crossing:
+        ids, counts = np.unique(labels[truth == i], return_counts=True)
+        assert counts.max() >= 0.98 * counts.sum(), f"disc {i} split into {ids}"

@@ -35,6 +35,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ._progress import Progress
 from .errors import CellUnetError
 
@@ -496,3 +498,182 @@ def write_report(report: BatchReport, model: str | None = None) -> dict[str, Pat
     with atomic_path(base.with_suffix(".csv"), overwrite=True) as tmp:
         tmp.write_text(text.getvalue())
     return {"json": base.with_suffix(".json"), "csv": base.with_suffix(".csv")}
+
+
+# ---------------------------------------------------------------- one huge image across the cluster
+
+HUGE_CHUNK = 2048
+HUGE_OVERLAP = 128
+_OPEN_ARRAYS: dict[str, Any] = {}
+
+
+class LazyRegions:
+    """A 2-D image file (TIFF/OME-TIFF through `tifffile.imread(aszarr=True)`, or (OME-)Zarr) that reads only the
+    regions asked for. Picklable: a worker reopens the file by path (once per process), so
+    `dask.array.from_array(LazyRegions(path), chunks)` reads each chunk on the worker that needs it."""
+
+    def __init__(self, path: str | Path):
+        self.path = str(path)
+        array = self._array()
+        self.shape = tuple(int(n) for n in array.shape if n != 1)
+        self._index = tuple(slice(None) if n != 1 else 0 for n in array.shape)
+        self.dtype = np.dtype(array.dtype)
+        self.ndim = len(self.shape)
+        if self.ndim != 2:
+            from .io import ImageFileError
+
+            raise ImageFileError(Path(path), f"chunked segmentation needs a 2-D image, got shape {array.shape}")
+
+    def _array(self):
+        if self.path not in _OPEN_ARRAYS:
+            _OPEN_ARRAYS[self.path] = _open_zarr_like(Path(self.path))
+        return _OPEN_ARRAYS[self.path]
+
+    def __getitem__(self, key):
+        key = key if isinstance(key, tuple) else (key,)
+        key = list(key) + [slice(None)] * (2 - len(key))
+        full = [item if item == 0 else key.pop(0) for item in self._index]
+        return np.asarray(self._array()[tuple(full)])
+
+
+def _open_zarr_like(path: Path):
+    import zarr
+
+    from .io import ImageFileError
+
+    if not path.exists():
+        raise ImageFileError(path, "file not found")
+    try:
+        if path.is_dir():
+            node = zarr.open(str(path), mode="r")
+        else:
+            import tifffile
+
+            node = zarr.open(tifffile.imread(path, aszarr=True), mode="r")
+        if isinstance(node, zarr.Group):  # multiscale: the full resolution
+            datasets = node.attrs.get("multiscales", [{}])[0].get("datasets", [{"path": "0"}])
+            node = node[datasets[0]["path"]]
+        return node
+    except Exception as exc:
+        raise ImageFileError(path, f"cannot read it chunk by chunk ({type(exc).__name__}: "
+                                   f"{_one_line(exc, None)})") from None
+
+
+class ChunkPredictor:
+    """Globally normalised chunk -> (2, h, w) probabilities with the model that `worker_model` keeps on each
+    worker (read once per process); picklable, so the task graph carries a file name instead of the weights."""
+
+    def __init__(self, model_path: str, sha256: str, device: str = "auto", tile_size: int | None = None):
+        self.model_path, self.sha256, self.device, self.tile_size = str(model_path), sha256, device, tile_size
+
+    def __call__(self, normalized: np.ndarray) -> np.ndarray:
+        from .batch import _model_predictor
+        from .inference.devices import resolve_device
+
+        model = worker_model(self.model_path, self.sha256)
+        return _model_predictor(model, resolve_device(self.device), self.tile_size)(normalized)
+
+
+@dataclass
+class HugeResult:
+    output: Path
+    shape: tuple[int, int]
+    n_cells: int
+    diameter: float | None
+    seconds: float
+    levels: int
+
+
+def segment_huge(path: str | Path, output: str | Path, client: Any, *, model: str | Path | None = None,
+                 chunk: int = HUGE_CHUNK, overlap: int = HUGE_OVERLAP, diameter: float | str | None = None,
+                 device: str = "auto", tile_size: int | None = None, overwrite: bool = False,
+                 levels: int | None = None, predict: Any = None, **params: Any) -> HugeResult:
+    """Segment one huge 2-D image (TIFF/OME-TIFF read tile by tile, or OME-Zarr) on `client`'s workers into an
+    OME-Zarr (NGFF 0.4) labels pyramid at `output`: level 0 chunked `chunk` x `chunk`, then x2 downsampled
+    levels (nearest) until the smallest fits one chunk (or `levels` levels).
+
+    Builds on `batch.segment_dask`: each chunk is predicted with `overlap` pixels of context and labelled on the
+    stitched probabilities around it, and named by a position key, so a cell crossing chunk borders keeps one id.
+    Here each chunk is a task on any worker, which reads its region of the file and uses its own copy of the
+    model (`ChunkPredictor`), and writes its labels straight into its zarr chunk; a second distributed pass
+    renumbers the ids 1..N. Memory per worker is a few chunks; the client holds the sorted cell ids only. The
+    result is written next to `output` and renamed into place when complete. `predict`: a picklable stand-in
+    for the model (tests). Other parameters as for `segment_dask`.
+    """
+    import shutil
+
+    import dask
+    import dask.array as da
+    import zarr
+
+    from .batch import central_diameter, segment_dask
+    from .errors import OutputExistsError
+    from .io._atomic import check_output_folder
+    from .model import load_model
+
+    started = time.perf_counter()
+    output = Path(output)
+    if output.exists() and not overwrite:
+        raise OutputExistsError(f"{output}: already exists (--overwrite, or overwrite=True, replaces it)")
+    check_output_folder(output.parent)
+    regions = LazyRegions(path)
+    height, width = regions.shape
+    chunk = int(chunk)
+    if model is not None and hasattr(model, "metadata"):  # a model object (with `predict`: a stand-in's metadata)
+        model_object = model
+        if predict is None:
+            raise ValueError("segment_huge needs a model file (or a picklable `predict`) to send to the workers")
+    else:
+        model_path = model_file(model)
+        model_object = load_model(model_path)  # its metadata: thresholds, cell size
+        if predict is None:
+            predict = ChunkPredictor(str(model_path), file_sha256(model_path), device, tile_size)
+    partial, raw = output.with_name(f".{output.name}.partial"), output.with_name(f".{output.name}.raw")
+    for stale in (partial, raw):
+        shutil.rmtree(stale, ignore_errors=True)
+    try:
+        with dask.config.set(scheduler=client.get):
+            source = da.from_array(regions, chunks=(chunk, chunk), asarray=False, fancy=False)
+            if diameter == "auto":
+                diameter = central_diameter(source, model_object, device)
+            labels = segment_dask(source, model_object, chunk, overlap, device=device, diameter=diameter,
+                                  predict=predict, **params).rechunk((chunk, chunk))  # zarr: regular chunks
+            keyed = zarr.create_array(str(raw), shape=(height, width), chunks=(chunk, chunk), dtype=labels.dtype,
+                                      fill_value=0, zarr_format=2)
+            da.store(labels, keyed, lock=False)
+            stored = da.from_zarr(keyed)
+            uniques = dask.compute(*[dask.delayed(np.unique)(block) for block in stored.to_delayed().ravel()])
+            ids = np.unique(np.concatenate(uniques))
+            ids = ids[ids > 0]
+            from .io import smallest_label_dtype
+
+            dtype = smallest_label_dtype(max(int(ids.size), 255))
+            root = zarr.open_group(str(partial), mode="w", zarr_format=2)
+            level = root.create_array("0", shape=(height, width), chunks=(chunk, chunk), dtype=dtype, fill_value=0)
+            da.store(stored.map_blocks(_renumber, ids, dtype, dtype=dtype), level, lock=False)
+            n_levels = 1
+            while (levels is None and max(level.shape) > chunk) or (levels is not None and n_levels < levels):
+                smaller = da.from_zarr(level)[::2, ::2].rechunk((chunk, chunk))
+                level = root.create_array(str(n_levels), shape=smaller.shape, chunks=(chunk, chunk), dtype=dtype,
+                                          fill_value=0)
+                da.store(smaller, level, lock=False)
+                n_levels += 1
+        root.attrs["multiscales"] = [{
+            "version": "0.4", "name": f"{Path(path).name} labels",
+            "axes": [{"name": "y", "type": "space"}, {"name": "x", "type": "space"}],
+            "datasets": [{"path": str(k), "coordinateTransformations": [{"type": "scale", "scale": [2.0**k, 2.0**k]}]}
+                         for k in range(n_levels)],
+            "metadata": {"method": "nearest (every second pixel)", "source": str(path)}}]
+        root.attrs["image-label"] = {"version": "0.4", "source": {"image": str(path)}}
+        if output.exists():
+            shutil.rmtree(output) if output.is_dir() else output.unlink()
+        os.replace(partial, output)
+    finally:
+        shutil.rmtree(raw, ignore_errors=True)
+        shutil.rmtree(partial, ignore_errors=True)
+    return HugeResult(output, (height, width), int(ids.size), None if diameter is None else float(diameter),
+                      time.perf_counter() - started, n_levels)
+
+
+def _renumber(block: np.ndarray, ids: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    return np.where(block > 0, np.searchsorted(ids, block) + 1, 0).astype(dtype)
