@@ -266,3 +266,30 @@ def test_a_huge_image_in_chunks_across_workers_matches_the_chunked_and_whole_ima
     for i in crossing:
         ids, counts = np.unique(labels[truth == i], return_counts=True)
         assert counts.max() >= 0.98 * counts.sum(), f"disc {i} split into {ids}"
+
+
+def test_batch_sends_huge_images_through_chunks_into_ome_zarr(cluster, tiny_file, usiigaci, tmp_path, capsys):
+    import zarr
+
+    from napari_cell_unet import batch
+    from napari_cell_unet.model import load_model
+
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    slide = load_usiigaci_set("set27")["image"][:1000, :900]
+    tifffile.imwrite(inputs / "slide.tif", slide, tile=(256, 256), compression="zlib")
+    tifffile.imwrite(inputs / "small.tif", slide[:64, :80])
+    out = tmp_path / "out"
+    args = ["batch", str(inputs), "-o", str(out), "--model", str(tiny_file), *FAST, "--zarr-above", "500000",
+            "--chunk", "512", "--scheduler", cluster.scheduler.address]
+    assert main(args) == 0
+    assert "2 segmented" in capsys.readouterr().out
+    assert (out / "small_labels.tif").is_file() and not (out / "slide_labels.tif").exists()
+    labels = np.asarray(zarr.open_group(str(out / "slide_labels.ome.zarr"), mode="r")["0"])
+    *_, reference = batch.iter_segment_dask(slide, load_model(tiny_file), chunk=512, overlap=128, device="cpu",
+                                            diameter=40.0)
+    np.testing.assert_array_equal(labels, reference)  # the same chunked result as in one process
+    sidecar = json.loads((out / "slide_labels.json").read_text())
+    assert sidecar["status"] == "complete" and sidecar["n_cells"] == int(labels.max())
+    assert main(args) == 0
+    assert "0 segmented, 2 already complete" in capsys.readouterr().out

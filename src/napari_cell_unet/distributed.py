@@ -45,6 +45,7 @@ REPORT_NAME = "batch_report"  # batch_report.json and batch_report.csv in the ou
 LIST_SUFFIXES = (".txt", ".lst", ".list")
 DONE, SKIPPED, FAILED = "done", "skipped", "failed"
 DEFAULT_RETRIES = 2
+HUGE_CHUNK, HUGE_OVERLAP = 2048, 128  # segment_huge: chunk side and halo (px)
 CONNECT_TIMEOUT_S = 15
 # parameters of batch._segment_file / iter_segment that change the labels (part of the sidecar's settings)
 LABEL_PARAMS = ("device", "precision", "tile_size", "min_size", "cell_threshold", "border_threshold", "tta")
@@ -103,6 +104,7 @@ class _Job:
     input: Path
     output: Path
     identity: dict[str, Any]
+    huge: bool = False  # split into chunks across the workers (segment_huge), output <stem>_labels.ome.zarr
 
 
 # ---------------------------------------------------------------- inputs
@@ -205,8 +207,18 @@ def batch_settings(model_path: Path, diameter: Any, params: dict[str, Any]) -> d
             **{key: params[key] for key in LABEL_PARAMS if params.get(key) is not None}}
 
 
+ZARR_SUFFIX = ".ome.zarr"
+
+
 def sidecar_path(output: Path) -> Path:
+    """`<stem>_labels.json` for `<stem>_labels.tif` and `<stem>_labels.ome.zarr`."""
+    if output.name.endswith(ZARR_SUFFIX):
+        return output.with_name(output.name[:-len(ZARR_SUFFIX)] + SIDECAR_SUFFIX)
     return output.with_suffix(SIDECAR_SUFFIX)
+
+
+def zarr_output(output: Path) -> Path:
+    return output.with_name(output.with_suffix("").name + ZARR_SUFFIX)
 
 
 def read_sidecar(output: Path) -> dict[str, Any] | None:
@@ -227,23 +239,34 @@ def _write_json(path: Path, data: Any) -> None:
 def remove_stale_temporaries(outputs: Iterable[Path]) -> list[Path]:
     """Temporary files (`.<name>.*.tmp`, see `io._atomic.atomic_path`) that a killed run left next to
     these outputs and their sidecars; removed and returned."""
+    import shutil
+
     removed = []
     for output in outputs:
         for name in (output.name, sidecar_path(output).name):
             for stale in output.parent.glob(f".{glob.escape(name)}.*.tmp"):
                 stale.unlink(missing_ok=True)
                 removed.append(stale)
+        if output.name.endswith(ZARR_SUFFIX):
+            for stale in (output.with_name(f".{output.name}.partial"), output.with_name(f".{output.name}.raw")):
+                if stale.exists():
+                    shutil.rmtree(stale, ignore_errors=True)
+                    removed.append(stale)
     return removed
 
 
 def plan(files: Sequence[tuple[Path, str | None]], output_dir: Path, settings: dict[str, Any],
-         overwrite: bool = False) -> tuple[list[_Job], list[BatchRecord]]:
+         overwrite: bool = False, huge_pixels: int | None = None) -> tuple[list[_Job], list[BatchRecord]]:
     """Split inputs into jobs to run and records already known (skipped: complete; failed: missing input,
-    or an output this batch may not replace)."""
+    or an output this batch may not replace). With `huge_pixels`, 2-D inputs above it become chunked jobs
+    writing `<stem>_labels.ome.zarr`."""
     from .batch import output_paths
 
     outputs = output_paths([path for path, _ in files], output_dir)
     remove_stale_temporaries(outputs)
+    outputs = [zarr_output(output) if problem is None and _is_huge(path, huge_pixels) else output
+               for (path, problem), output in zip(files, outputs)]
+    remove_stale_temporaries(o for o in outputs if o.name.endswith(ZARR_SUFFIX))
     jobs, known = [], []
     for (path, problem), output in zip(files, outputs):
         if problem is None and not path.is_file():
@@ -259,11 +282,23 @@ def plan(files: Sequence[tuple[Path, str | None]], output_dir: Path, settings: d
                                      diameter=sidecar.get("diameter"), seconds=sidecar.get("seconds"),
                                      worker=sidecar.get("worker")))
         elif state in ("absent", "complete", "ours") or overwrite:
-            jobs.append(_Job(path, output, identity))
+            jobs.append(_Job(path, output, identity, huge=output.name.endswith(ZARR_SUFFIX)))
         else:
             known.append(BatchRecord(str(path), None, FAILED, error=f"{output}: {state}; --overwrite "
                                                                     f"(overwrite=True) replaces it"))
     return jobs, known
+
+
+def _is_huge(path: Path, huge_pixels: int | None) -> bool:
+    if huge_pixels is None or not path.is_file():
+        return False
+    from .io import image_shape
+
+    try:
+        shape = image_shape(path)
+    except (CellUnetError, ValueError, OSError):
+        return False  # the task reports it
+    return len(shape) == 2 and shape[0] * shape[1] > huge_pixels
 
 
 def _output_state(output: Path, sidecar: dict | None, identity: dict, settings: dict) -> str:
@@ -278,6 +313,8 @@ def _output_state(output: Path, sidecar: dict | None, identity: dict, settings: 
         return "exists for another version of the input (path, size or modification time differ)"
     if sidecar.get("settings") != settings:
         return "exists from a run with other settings (model, diameter or thresholds)"
+    if output.name.endswith(ZARR_SUFFIX):
+        return "complete" if output.is_dir() else "ours"
     if not output.is_file() or output.stat().st_size != sidecar.get("output_size"):
         return "ours"  # recorded complete but the file is gone or changed: redo
     return "complete"
@@ -354,6 +391,29 @@ def segment_task(input_path: str, output: str, identity: dict, settings: dict, m
                                  f"{_one_line(exc, None)}")
 
 
+def _huge_job(job: _Job, client: Any, settings: dict, model_path: Path, diameter: Any, chunk: int,
+              params: dict) -> BatchRecord:
+    started = time.perf_counter()
+    name = f"{len(client.scheduler_info().get('workers', {}))} workers (chunks)"
+    options = {key: params[key] for key in ("device", "tile_size", "min_size", "cell_threshold", "border_threshold")
+               if params.get(key) is not None}
+    try:
+        _write_json(sidecar_path(job.output), {"status": "running", "input": job.identity, "settings": settings})
+        result = segment_huge(job.input, job.output, client, model=model_path, chunk=chunk, diameter=diameter,
+                              overwrite=True, **options)
+        seconds = time.perf_counter() - started
+        _write_json(sidecar_path(job.output), {
+            "status": "complete", "input": job.identity, "settings": settings, "output": job.output.name,
+            "output_size": None, "n_cells": result.n_cells, "diameter": result.diameter, "seconds": round(seconds, 3),
+            "worker": name, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        return BatchRecord(str(job.input), str(job.output), DONE, cells=result.n_cells, diameter=result.diameter,
+                           seconds=seconds, worker=name)
+    except (CellUnetError, ValueError, OSError) as exc:
+        sidecar_path(job.output).unlink(missing_ok=True)
+        return BatchRecord(str(job.input), None, FAILED, seconds=time.perf_counter() - started, worker=name,
+                           error=_one_line(exc, job.input))
+
+
 def _one_line(exc: BaseException, path: Path | None) -> str:
     lines = str(exc).strip().splitlines()
     text = lines[0] if lines else type(exc).__name__
@@ -420,6 +480,7 @@ def _distributed():
 def iter_batch(inputs: Iterable[str | Path], output_dir: str | Path, client: Any, *, model: str | Path | None = None,
                diameter: float | str | None = "auto", overwrite: bool = False, retries: int = DEFAULT_RETRIES,
                threads: int | None = None, files: Sequence[tuple[Path, str | None]] | None = None,
+               huge_pixels: int | None = None, chunk: int = HUGE_CHUNK,
                **params: Any) -> Iterator[Progress | BatchRecord | BatchReport]:
     """Segment every input on `client`'s workers into `output_dir`; yield `Progress(0, inputs, ...)` once
     planned, a `BatchRecord` per input (those known
@@ -427,7 +488,9 @@ def iter_batch(inputs: Iterable[str | Path], output_dir: str | Path, client: Any
     `batch_report.json` and `.csv` in `output_dir`. `threads`: torch threads per task (None: the worker's
     cores). `client`: a `distributed.Client`, or a function returning one, called only when some input needs
     work (a rerun with every output complete starts no cluster). `files`: `collect_inputs(inputs)` when already
-    computed. Other parameters as for `cell-unet segment` (device, thresholds, tile_size, precision, ...).
+    computed. `huge_pixels`: 2-D inputs with more pixels go through `segment_huge` (chunks of `chunk` pixels
+    across all workers) into `<stem>_labels.ome.zarr`; None (default): every input is one task writing a TIFF,
+    as `cell-unet segment` does. Other parameters as for `cell-unet segment` (device, thresholds, tile_size, ...).
     Closing the generator cancels the remaining tasks.
     """
     from distributed import as_completed
@@ -443,8 +506,10 @@ def iter_batch(inputs: Iterable[str | Path], output_dir: str | Path, client: Any
     path = model_file(model)
     params = {key: value for key, value in params.items() if value is not None}
     settings = batch_settings(path, diameter, params)
+    if huge_pixels is not None:
+        settings["chunked"] = {"above_pixels": int(huge_pixels), "chunk": int(chunk), "overlap": HUGE_OVERLAP}
     task_params = {**params, "diameter": diameter, **({"threads": threads} if threads else {})}
-    jobs, records = plan(files, output_dir, settings, overwrite)
+    jobs, records = plan(files, output_dir, settings, overwrite, huge_pixels)
     skipped = sum(r.status == SKIPPED for r in records)
     yield Progress(0, len(files), f"{len(jobs)} to segment, {skipped} already complete")
     yield from records
@@ -452,11 +517,17 @@ def iter_batch(inputs: Iterable[str | Path], output_dir: str | Path, client: Any
     if jobs and not hasattr(client, "submit"):
         client = client()
     for number, job in enumerate(jobs):
+        if job.huge:
+            continue
         future = client.submit(segment_task, str(job.input), str(job.output), job.identity, settings, str(path),
                                task_params, retries=retries, pure=False,
                                key=f"cell-unet-segment-{number}-{job.input.name}-{time.time_ns()}")
         futures[future] = job
     try:
+        for job in (job for job in jobs if job.huge):  # each across all workers, the small ones alongside
+            record = _huge_job(job, client, settings, path, diameter, chunk, task_params)
+            records.append(record)
+            yield record
         for future in as_completed(futures):
             job = futures[future]
             try:
@@ -502,8 +573,6 @@ def write_report(report: BatchReport, model: str | None = None) -> dict[str, Pat
 
 # ---------------------------------------------------------------- one huge image across the cluster
 
-HUGE_CHUNK = 2048
-HUGE_OVERLAP = 128
 _OPEN_ARRAYS: dict[str, Any] = {}
 
 

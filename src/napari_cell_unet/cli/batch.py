@@ -41,6 +41,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="border probability threshold, between 0 and 1 (default: the model's)")
     parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
                         help="arithmetic precision (default: fp16 on CUDA, fp32 on the CPU)")
+    parser.add_argument("--zarr-above", type=checks.int_range(1), default=None, metavar="PIXELS",
+                        help="2-D images with more pixels than this are split into chunks segmented across all "
+                             "workers and written as <stem>_labels.ome.zarr (OME-Zarr pyramid); default: off, "
+                             "every image is one task writing a TIFF, as cell-unet segment does")
+    parser.add_argument("--chunk", type=checks.int_range(512, 16384), default=2048,
+                        help="chunk side in pixels with --zarr-above (default: 2048; 128 px of context around each)")
     parser.add_argument("--retries", type=checks.int_range(0, 100), default=2,
                         help="times a task is retried when its worker dies (default: 2)")
     parser.add_argument("--overwrite", action="store_true",
@@ -81,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
     try:  # a given scheduler is reached first (a typo is one line at once); a local cluster starts when needed
         steps = dist.iter_batch(args.inputs, args.output_dir, start_client() if args.scheduler else start_client, model=args.model, files=files,
                                 diameter=args.diameter, overwrite=args.overwrite, retries=args.retries,
-                                threads=threads, **_params(args))
+                                threads=threads, huge_pixels=args.zarr_above, chunk=args.chunk, **_params(args))
         with tqdm(total=len(files), unit="image", file=sys.stderr, dynamic_ncols=True) as bar:
             for item in steps:
                 if isinstance(item, dist.BatchReport):
