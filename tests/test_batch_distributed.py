@@ -293,3 +293,29 @@ def test_batch_sends_huge_images_through_chunks_into_ome_zarr(cluster, tiny_file
     assert sidecar["status"] == "complete" and sidecar["n_cells"] == int(labels.max())
     assert main(args) == 0
     assert "0 segmented, 2 already complete" in capsys.readouterr().out
+
+
+def _die_on_the_next_file():
+    """Run on a worker: its next file kills the whole worker process (as a segfault or the OOM killer would)."""
+    from napari_cell_unet import batch
+
+    def die(*args, **kwargs):
+        os._exit(1)
+
+    batch._segment_file = die
+
+
+def test_a_worker_that_dies_is_replaced_and_its_file_rerun(cluster, tiny_file, usiigaci, tmp_path):
+    import cloudpickle
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    paths = _crops(tmp_path / "in", sets=("set28", "set29"), size=(64, 80))
+    pids = cluster.run(os.getpid)
+    cluster.run(_die_on_the_next_file)  # on both workers
+    items = list(dist.iter_batch([str(p) for p in paths], tmp_path / "out", cluster, model=tiny_file,
+                                 diameter=None, device="cpu"))
+    report = items[-1]
+    assert [r.status for r in report.records] == ["done", "done"], report.records
+    assert set(cluster.run(os.getpid).values()).isdisjoint(pids.values())  # both workers were replaced
+    assert sorted(p.name for p in (tmp_path / "out").glob("*_labels.tif")) == ["set28_raw_labels.tif",
+                                                                            "set29_raw_labels.tif"]

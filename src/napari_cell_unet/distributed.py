@@ -422,16 +422,21 @@ def _one_line(exc: BaseException, path: Path | None) -> str:
 
 # ---------------------------------------------------------------- the cluster
 
-def local_client(workers: int, threads_per_worker: int = 1, processes: bool = True, **cluster_options: Any):
+def local_client(workers: int, threads_per_worker: int = 1, processes: bool = True,
+                 retries: int = DEFAULT_RETRIES, **cluster_options: Any):
     """A `distributed.Client` on a new `LocalCluster` of `workers` workers (processes unless `processes=False`);
-    the dashboard on a free port. Closing the client closes the cluster."""
+    the dashboard on a free port. A worker that dies is replaced by its nanny and its task rerun elsewhere, up to
+    `retries` times (the scheduler's `allowed-failures`). Closing the client closes the cluster."""
     import logging
+
+    import dask
 
     Client, LocalCluster = _distributed()
     options = {"n_workers": workers, "threads_per_worker": threads_per_worker, "processes": processes,
                "dashboard_address": ":0", "silence_logs": logging.ERROR, **cluster_options}
     try:
-        cluster = LocalCluster(**options)
+        with dask.config.set({"distributed.scheduler.allowed-failures": int(retries)}):
+            cluster = LocalCluster(**options)
     except Exception as exc:
         raise ClusterError(f"cannot start a local dask cluster of {workers} workers "
                            f"({type(exc).__name__}: {_one_line(exc, None)})") from None
@@ -491,7 +496,8 @@ def iter_batch(inputs: Iterable[str | Path], output_dir: str | Path, client: Any
     computed. `huge_pixels`: 2-D inputs with more pixels go through `segment_huge` (chunks of `chunk` pixels
     across all workers) into `<stem>_labels.ome.zarr`; None (default): every input is one task writing a TIFF,
     as `cell-unet segment` does. Other parameters as for `cell-unet segment` (device, thresholds, tile_size, ...).
-    Closing the generator cancels the remaining tasks.
+    `retries`: reruns of a task that raised (a worker that dies is governed by the scheduler's
+    `allowed-failures`; `local_client(retries=...)` sets it). Closing the generator cancels the remaining tasks.
     """
     from distributed import as_completed
 
@@ -534,8 +540,8 @@ def iter_batch(inputs: Iterable[str | Path], output_dir: str | Path, client: Any
                 record = future.result()
             except Exception as exc:  # the worker died on every try (KilledWorker), or the task was cancelled
                 record = BatchRecord(str(job.input), None, FAILED,
-                                     error=f"{job.input}: worker lost while segmenting it ({retries + 1} tries: "
-                                           f"{type(exc).__name__}: {_one_line(exc, None)})")
+                                     error=f"{job.input}: worker lost while segmenting it, on every try "
+                                           f"({type(exc).__name__}: {_one_line(exc, None)})")
             records.append(record)
             yield record
     finally:

@@ -48,7 +48,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--chunk", type=checks.int_range(512, 16384), default=2048,
                         help="chunk side in pixels with --zarr-above (default: 2048; 128 px of context around each)")
     parser.add_argument("--retries", type=checks.int_range(0, 100), default=2,
-                        help="times a task is retried when its worker dies (default: 2)")
+                        help="times a file is rerun on another worker when its worker dies (default: 2; with "
+                             "--scheduler, that cluster's distributed.scheduler.allowed-failures decides)")
     parser.add_argument("--overwrite", action="store_true",
                         help="redo every input and replace existing label files")
     parser.add_argument("--quiet", "-q", action="store_true", help="no line per image, only the summary")
@@ -76,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     clients = []
 
     def start_client():
-        client = dist.connect(args.scheduler) if args.scheduler else dist.local_client(workers)
+        client = dist.connect(args.scheduler) if args.scheduler else dist.local_client(workers, retries=args.retries)
         clients.append(client)
         link = dist.dashboard_link(client)
         if link and not args.quiet:
