@@ -250,6 +250,18 @@ def test_a_huge_image_in_chunks_across_workers_matches_the_chunked_and_whole_ima
         [str(k) for k in range(result.levels)]
     np.testing.assert_array_equal(np.asarray(root["1"]), labels[::2, ::2])
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no partial output left
+    # napari opens it through the plugin's manifest: one lazy multiscale Labels layer
+    import npe2
+
+    from napari_cell_unet._reader import get_ome_zarr_reader
+
+    manifest = npe2.PluginManifest.from_file(Path(dist.__file__).with_name("napari.yaml"))
+    assert any(r.command == "napari-cell-unet.get_ome_zarr_reader" and r.accepts_directories
+               for r in manifest.contributions.readers)
+    [(data, meta, kind)] = get_ome_zarr_reader(str(result.output))(str(result.output))
+    assert kind == "labels" and meta["multiscale"] and meta["name"] == "slide labels"
+    assert [level.shape for level in data] == [(400, 460), (200, 230), (100, 115)]
+    np.testing.assert_array_equal(np.asarray(data[0][:CHUNK + 10, :CHUNK + 10]), labels[:CHUNK + 10, :CHUNK + 10])
 
     # identical to batch.iter_segment_dask in one process (same chunks, same renumbering) ...
     *_, reference = batch.iter_segment_dask(image, _FakeModel(), chunk=CHUNK, overlap=OVERLAP, predict=_pointwise)

@@ -1,4 +1,5 @@
-"""npe2 reader adapters: TIFF/PNG images and masks, COCO (LIVECell) JSON, dataset folders.
+"""npe2 reader adapters: TIFF/PNG images and masks, COCO (LIVECell) JSON, dataset folders, OME-Zarr pyramids
+(the `<stem>_labels.ome.zarr` that `cell-unet batch --zarr-above` writes).
 
 Each ``get_*_reader`` returns None for paths it does not claim; the returned reader raises a
 ``CellUnetFileError`` (one line: file and problem) for claimed files it cannot read.
@@ -33,6 +34,33 @@ def get_coco_reader(path: str | list[str]) -> Reader | None:
 
 def get_dataset_reader(path: str | list[str]) -> Reader | None:
     return _for_each_path(path, lambda p: p.is_dir() and is_dataset_folder(p), read_dataset_layers)
+
+
+def get_ome_zarr_reader(path: str | list[str]) -> Reader | None:
+    return _for_each_path(path, _claims_ome_zarr, read_ome_zarr_layers)
+
+
+def _claims_ome_zarr(path: Path) -> bool:
+    return path.suffix.lower() == ".zarr" and path.is_dir() and (
+        (path / ".zattrs").is_file() or (path / "zarr.json").is_file())
+
+
+def read_ome_zarr_layers(path: str | Path) -> list[LayerData]:
+    """One lazy multiscale layer (Labels when the group says `image-label`): napari reads only what it shows."""
+    import dask.array as da
+    import zarr
+
+    path = Path(path)
+    try:
+        root = zarr.open_group(str(path), mode="r")
+        datasets = root.attrs["multiscales"][0]["datasets"]
+        levels = [da.from_zarr(root[d["path"]]) for d in datasets]
+    except Exception as exc:  # zarr raises many types for broken stores
+        raise ImageFileError(path, f"cannot read this OME-Zarr ({type(exc).__name__}: {exc})") from None
+    kind = "labels" if "image-label" in root.attrs or path.name.endswith("_labels.ome.zarr") else "image"
+    name = path.name[:-len(".ome.zarr")] if path.name.endswith(".ome.zarr") else path.stem
+    meta = {"name": name.replace("_labels", " labels"), "multiscale": len(levels) > 1}
+    return [(levels if len(levels) > 1 else levels[0], meta, kind)]
 
 
 def read_image_layers(path: str | Path) -> list[LayerData]:
