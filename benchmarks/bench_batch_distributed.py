@@ -2,6 +2,7 @@
 
 Usage:
   python benchmarks/bench_batch_distributed.py [--files 4] [--size 384] [--model PATH] [--diameter auto]
+  python benchmarks/bench_batch_distributed.py --huge 2048,4096 [--chunk 1024] [--model PATH] [--workers 2]
 
 The inputs are crops (--size x --size) of real Usiigaci phase-contrast frames from ../shared/data, written to a
 temporary folder. Each command runs as a fresh process, end to end (start-up, cluster start, model load,
@@ -9,6 +10,10 @@ writing labels, report), cold rerun each time into an empty output folder; files
 the summed per-file task seconds from batch_report.json (work done on the workers without the cluster start),
 and a rerun of the finished batch (everything skipped: the cost of resuming). Labels of every run are checked
 to equal `cell-unet segment`'s. Prints a Markdown table and the CPU model.
+
+--huge: one synthetic image per side (a Usiigaci frame tiled to side x side, written as a tiled TIFF) through
+`distributed.segment_huge` on a fresh LocalCluster of --workers processes: total seconds and each worker's peak
+RSS (ru_maxrss), which should stay flat as the image grows (memory bounded by the chunk, not the image).
 """
 
 from __future__ import annotations
@@ -53,6 +58,43 @@ def labels(folder: Path) -> dict[str, np.ndarray]:
     return {p.name: tifffile.imread(p) for p in sorted(folder.glob("*_labels.tif"))}
 
 
+def _peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def huge(sides: list[int], chunk: int, workers: int, model: str | None) -> None:
+    import tifffile
+
+    sys.path.insert(0, str(SRC))
+    from napari_cell_unet import distributed as dist
+
+    frame = tifffile.imread(DATA / "usiigaci_phase" / "set20" / "raw.tif")
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench_huge_") as tmp:
+        for side in sides:
+            path = Path(tmp) / f"huge{side}.tif"
+            reps = -(-side // min(frame.shape))
+            tifffile.imwrite(path, np.tile(frame, (reps, reps))[:side, :side], tile=(512, 512), compression="zlib")
+            client = dist.local_client(workers, retries=0)
+            try:
+                client.run(_peak_rss_mb)  # workers started
+                result = dist.segment_huge(path, Path(tmp) / f"huge{side}_labels.ome.zarr", client, model=model,
+                                           chunk=chunk, diameter=40.0, device="cpu")
+                peaks = sorted(client.run(_peak_rss_mb).values())
+            finally:
+                dist.close_client(client)
+            rows.append((side, result.seconds, result.n_cells, peaks, result.levels))
+    print(f"CPU: {cpu_model()}; --chunk {chunk}, {workers} worker processes, diameter 40 px, "
+          f"{model or 'bundled model'}; load average {os.getloadavg()[0]:.1f}\n")
+    print("| image | seconds | MP/s | cells | peak RSS per worker (MB) | pyramid levels |")
+    print("|---|---:|---:|---:|---|---:|")
+    for side, seconds, cells, peaks, levels in rows:
+        print(f"| {side}x{side} | {seconds:.1f} | {side * side / 1e6 / seconds:.2f} | {cells} | "
+              f"{', '.join(f'{p:.0f}' for p in peaks)} | {levels} |")
+
+
 def main() -> None:
     import tifffile
 
@@ -61,7 +103,12 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=384)
     parser.add_argument("--model", default=None)
     parser.add_argument("--diameter", default="auto")
+    parser.add_argument("--huge", default=None, help="comma-separated image sides for the huge-image run")
+    parser.add_argument("--chunk", type=int, default=1024)
+    parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
+    if args.huge:
+        return huge([int(side) for side in args.huge.split(",")], args.chunk, args.workers, args.model)
     common = ["--device", "cpu", "--diameter", args.diameter] + (["--model", args.model] if args.model else [])
     with tempfile.TemporaryDirectory(prefix="bench_batch_") as tmp:
         tmp = Path(tmp)
