@@ -12,7 +12,7 @@ from qtpy.QtWidgets import (QCheckBox, QComboBox, QFormLayout, QHBoxLayout, QLab
 from superqt import QCollapsible
 
 from .._progress import Progress
-from . import _layers
+from . import _layers, _maps
 from ._common import ModelComboBox, device_names, double_spin, error_message, notify_error, notify_info, spin
 from ._jobs import Job, run_sync_by_default
 from ._registry import registry_for
@@ -242,7 +242,8 @@ class SegmentWidget(QWidget):
         """Runs in the worker thread: one Progress scale over all tasks, a TaskDone per task."""
         for i, task in enumerate(tasks):
             image = _layers.pixels(task.layer, task.plane)
-            for event in self.core.inference.iter_segment(image, model, rgb=bool(task.layer.rgb), **params):
+            task_params = dict(params, return_probabilities=params["return_probabilities"] or keeps_maps(task))
+            for event in self.core.inference.iter_segment(image, model, rgb=bool(task.layer.rgb), **task_params):
                 if isinstance(event, Progress):
                     done = i * 1000 + round(1000 * event.fraction)
                     yield Progress(done, 1000 * len(tasks), f"{task.layer.name}: {event.message}".rstrip(": "))
@@ -263,7 +264,10 @@ class SegmentWidget(QWidget):
         else:
             target = self._add_labels_layer(task, labels)
         if result.probabilities is not None:
-            self._write_probabilities(task, np.asarray(result.probabilities))
+            # the Correct widget's tools grow and split cells on these maps
+            _maps.keep_maps(target, task.plane, result.probabilities, task.layer.name, result.diameter)
+            if self.probabilities_check.isChecked():
+                self._write_probabilities(task, np.asarray(result.probabilities))
         target.metadata[_layers.METADATA_KEY].update(
             n_cells=int(result.n_cells), device=str(result.device), cell_diameter=result.diameter,
             cell_diameter_estimated=result.diameter_estimate is not None)
@@ -336,6 +340,12 @@ def diameter_text(results: list[TaskDone]) -> str:
         return prefix + ("no cells to measure, model's own size" if auto else "model's own size")
     low, high = min(diameters), max(diameters)
     return prefix + (f"{low:.0f} px" if round(low) == round(high) else f"{low:.0f}-{high:.0f} px")
+
+
+def keeps_maps(task: SegmentTask) -> bool:
+    """Whether the task's probability maps are small enough to keep with its labels (see `_maps`)."""
+    shape = _layers.spatial_shape(task.layer)
+    return int(np.prod(shape[len(task.plane):])) <= _maps.MAX_KEPT_PIXELS
 
 
 def labels_name(layer) -> str:
