@@ -33,6 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_diameter_argument(parser)
     parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
                         help="arithmetic precision (default: fp16 on CUDA, fp32 on the CPU)")
+    parser.add_argument("--measure", action="store_true",
+                        help="also write <labels stem>_cells.csv beside each labels file: one row per cell (area, "
+                             "perimeter, shape, intensity; in µm when the image has a pixel size)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing label files")
     parser.add_argument("--quiet", "-q", action="store_true", help="no line per image, only the summary")
 
@@ -60,6 +63,11 @@ def run(args: argparse.Namespace) -> int:
                 bar.set_postfix_str(item.message[-60:], refresh=True)
                 continue
             bar.update(1)
+            if item.ok and args.measure:
+                try:
+                    write_measurements(item, overwrite=args.overwrite)
+                except CellUnetError as exc:
+                    item.error = f"{item.input}: labels written, measurements not: {exc}"
             if item.ok:
                 done, cells = done + 1, cells + item.n_cells
                 if not args.quiet:
@@ -71,6 +79,41 @@ def run(args: argparse.Namespace) -> int:
     print(f"segmented {done} image{'s' * (done != 1)}{failures}: {cells} cells in "
           f"{time.perf_counter() - started:.1f} s -> {args.output_dir}")
     return 1 if failed else 0
+
+
+def cells_csv_path(labels_path: Path) -> Path:
+    """<dir>/<stem>_labels.tif -> <dir>/<stem>_cells.csv (beside the labels file)."""
+    name = labels_path.name
+    for suffix in (".ome.tiff", ".ome.tif", ".tiff", ".tif"):
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    return labels_path.with_name(f"{name.removesuffix('_labels')}_cells.csv")
+
+
+def write_measurements(item, overwrite: bool) -> Path:
+    """Measure the cells of one segmented file against its image and write the CSV beside its labels."""
+    import numpy as np
+
+    from ..io import read_labels
+    from ..io.images import open_image
+    from ..measure import measure_stack, write_cells_csv
+
+    image = open_image(item.input, lazy=False)
+    labels = np.asarray(read_labels(item.output))
+    pixels = np.asarray(image.data)
+    channels = pixels.shape[-1] if image.rgb else 1
+    pixels = pixels.reshape(labels.shape + pixels.shape[-1:] * image.rgb) if pixels.size == labels.size * channels \
+        else None
+    scale = None
+    if image.scale is not None:
+        spatial = image.scale[:-1] if image.rgb else image.scale
+        scale = tuple(spatial[-2:]) if not np.allclose(spatial[-2:], 1.0) else None
+    table = measure_stack(labels, pixels, scale, image_name=Path(item.input).name, unit="um")
+    n = len(table["label"])
+    if "frame" not in table:
+        table = {"image": table.pop("image"), "frame": np.zeros(n, dtype=np.int64), **table}
+    return write_cells_csv(table, cells_csv_path(Path(item.output)), overwrite=overwrite)
 
 
 def _image_line(item, auto: bool) -> str:
