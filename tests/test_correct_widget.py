@@ -73,7 +73,7 @@ def supported(truth, labels):
     return out
 
 
-def test_every_tool_by_mouse_against_the_truth_then_undo_restores_exactly(make_napari_viewer, cells):
+def test_every_tool_by_mouse_against_the_truth_then_undo_restores_exactly(make_napari_viewer, cells, tmp_path):
     from napari_cell_unet._widgets import _maps, correct_widget
     from napari_cell_unet._widgets._pairs import LayerPair, training_pairs
     from napari_cell_unet.training import TrainingPair, painted_region
@@ -146,6 +146,32 @@ def test_every_tool_by_mouse_against_the_truth_then_undo_restores_exactly(make_n
     for _ in range(steps):
         widget.undo_button.click()
     assert np.array_equal(np.asarray(layer.data), original)
+
+    # measurements: Segment filled the layer's features (µm: the image has a pixel size), the table shows them
+    features = layer.features
+    ids = np.unique(original[original > 0])
+    assert list(features["label"]) == list(ids) and list(features["index"]) == list(ids)
+    np.testing.assert_allclose(features["area_um2"], np.bincount(original.ravel())[ids] * SCALE[0] * SCALE[1])
+    assert widget.table.rowCount() == len(ids) and widget.frame_plot.isHidden()
+    header = [widget.table.horizontalHeaderItem(i).text() for i in range(widget.table.columnCount())]
+    assert "area_um2" in header and "mean_intensity" in header
+    row = int(np.flatnonzero(features["label"].to_numpy() == pair[0])[0])
+    widget.table.cellClicked.emit(row, 0)
+    assert layer.selected_label == pair[0] and layer.show_selected_label
+    expected = layer.data_to_world(np.argwhere(original == pair[0]).mean(axis=0))
+    np.testing.assert_allclose(viewer.camera.center[-2:], expected, atol=1e-6)
+    # after a deletion, Measure counts one cell less; Export writes one row per cell with image and frame
+    layer.show_selected_label = False
+    widget.set_tool(correct_widget.DELETE)
+    click(layer, good[other][1])
+    widget.measure()
+    assert len(layer.features) == len(ids) - 1 and widget.table.rowCount() == len(ids) - 1
+    path = widget.export_csv(str(tmp_path / "cells.csv"))
+    import csv
+    with open(path, newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == len(ids) - 1 and {r["image"] for r in rows} == {"cells"} and {r["frame"] for r in rows} == {"0"}
+    assert [int(r["label"]) for r in rows] == [i for i in ids if i != other]
     viewer.close()
 
 
@@ -175,4 +201,17 @@ def test_stack_tools_act_on_the_current_slice_only(make_napari_viewer, cells):
     layer.undo()
     layer.undo()
     assert np.array_equal(np.asarray(layer.data), original)
+
+    # per-frame measurements and plot; a row of frame 1 moves the viewer to frame 1
+    features = layer.features
+    counts = [len(np.unique(original[f])) - 1 for f in range(2)]
+    assert list(np.bincount(features["frame"], minlength=2)) == counts
+    assert not widget.frame_plot.isHidden() and widget.frame_plot.counts == counts
+    medians = [np.median(np.bincount(original[f].ravel())[np.unique(original[f])[1:]]) * SCALE[0] * SCALE[1]
+               for f in range(2)]
+    np.testing.assert_allclose(widget.frame_plot.areas, medians)
+    viewer.dims.set_current_step(0, 0)
+    row = int(np.flatnonzero(features["frame"].to_numpy() == 1)[0])
+    widget.select_row(row)
+    assert viewer.dims.current_step[0] == 1 and layer.selected_label == int(features["label"].iloc[row])
     viewer.close()

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import numpy as np
 from napari.layers import Labels
-from qtpy.QtWidgets import (QButtonGroup, QFormLayout, QGridLayout, QHBoxLayout, QLabel, QPushButton, QVBoxLayout,
-                            QWidget)
+from qtpy.QtWidgets import (QAbstractItemView, QButtonGroup, QFileDialog, QFormLayout, QGridLayout, QHBoxLayout,
+                            QLabel, QPushButton, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
 
-from .. import correction
-from . import _layers, _maps
-from ._common import notify_error, notify_info, spin
+from .. import correction, measure
+from . import _features, _layers, _maps
+from ._common import error_message, notify_error, notify_info, spin
+from ._plot import FramePlot
 
 OFF, ADD, SPLIT, MERGE, DELETE = "off", "add", "split", "merge", "delete"
 TOOLS = {ADD: ("Add", "Shift-A", "Click inside a missed cell: it grows from the click over the model's cell map."),
@@ -70,12 +71,35 @@ class CorrectWidget(QWidget):
         form.addRow("Objects under", small)
         self.status = QLabel("Choose a tool, then click on the labels layer.")
         self.status.setWordWrap(True)
+
+        self.measure_button = QPushButton("Measure")
+        self.measure_button.setToolTip("Measure every cell of the layer again (after corrections): area, perimeter, "
+                                       "shape and intensity, in µm when the layer has a pixel size.")
+        self.measure_button.clicked.connect(lambda: self.measure())
+        self.export_button = QPushButton("Export CSV...")
+        self.export_button.clicked.connect(lambda: self.export_csv())
+        measure_row = QHBoxLayout()
+        measure_row.addWidget(self.measure_button)
+        measure_row.addWidget(self.export_button)
+        self.table = QTableWidget(0, 0)
+        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        self.table.setMinimumHeight(160)
+        self.table.cellClicked.connect(lambda row, _column: self.select_row(row))
+        self.summary = QLabel("")
+        self.frame_plot = FramePlot(self)
+        self.frame_plot.setVisible(False)
+
         layout = QVBoxLayout(self)
         layout.addLayout(form)
         layout.addLayout(grid)
         layout.addWidget(self.undo_button)
         layout.addWidget(self.status)
-        layout.addStretch(1)
+        layout.addLayout(measure_row)
+        layout.addWidget(self.summary)
+        layout.addWidget(self.table)
+        layout.addWidget(self.frame_plot)
 
     # ---- the layer ------------------------------------------------------------------------
     def layer(self) -> Labels | None:
@@ -88,11 +112,14 @@ class CorrectWidget(QWidget):
             callbacks = self._hooked.mouse_drag_callbacks
             if self._on_click in callbacks:
                 callbacks.remove(self._on_click)
+            self._hooked.events.features.disconnect(self.show_features)
         self._hooked = layer = self.layer()
         self.pending = None
+        self.show_features()
         if layer is None:
             return
         layer.mouse_drag_callbacks.append(self._on_click)
+        layer.events.features.connect(self.show_features)
         for tool, (_, key, _) in TOOLS.items():
             layer.bind_key(key, lambda _layer, t=tool: self.set_tool(OFF if self.tool == t else t), overwrite=True)
 
@@ -220,3 +247,106 @@ class CorrectWidget(QWidget):
                 "merge": f"Merged into cell {edit.label}", "delete": f"Deleted cell {edit.label}",
                 "remove small": "Removed small objects"}.get(edit.action, edit.action)
         notify_info(self.status, f"{what} ({rows.size} px changed). Ctrl+Z undoes it.")
+
+    # ---- measuring ------------------------------------------------------------------------
+    def image_layer(self):
+        """The image the labels were made from (kept by Segment; else '<name>' for '<name> labels')."""
+        layer = self.layer()
+        if layer is None:
+            return None
+        name = _maps.maps_source(layer).get("image") or layer.name.removesuffix(" labels")
+        found = self.viewer.layers[name] if name in self.viewer.layers else None
+        return found if found is not None and found is not layer and hasattr(found, "contrast_limits") else None
+
+    def measure(self) -> dict | None:
+        layer = self.layer()
+        if layer is None:
+            notify_error(self.status, "Choose a Labels layer first.")
+            return None
+        try:
+            table = _features.measure_layer(layer, self.image_layer())
+        except Exception as exc:  # noqa: BLE001 - shown to the user
+            notify_error(self.status, f"Measuring failed: {error_message(exc)}")
+            return None
+        notify_info(self.status, f"Measured {len(table.get('label', []))} cells.")
+        return table
+
+    def show_features(self, event=None) -> None:
+        """Fill the table (and, for a stack, the per-frame plot) from the layer's features."""
+        layer = self.layer()
+        features = layer.features if layer is not None else None
+        if features is None or features.shape[1] == 0:
+            self.table.setRowCount(0)
+            self.table.setColumnCount(0)
+            self.summary.setText("No measurements: segment, or press Measure.")
+            self.frame_plot.setVisible(False)
+            return
+        columns = [c for c in features.columns if c not in ("index", "image")]
+        self.table.setSortingEnabled(False)
+        self.table.setColumnCount(len(columns))
+        self.table.setHorizontalHeaderLabels(columns)
+        self.table.setRowCount(len(features))
+        for column, name in enumerate(columns):
+            values = features[name].to_numpy()
+            for row, value in enumerate(values):
+                text = f"{value:.4g}" if isinstance(value, (float, np.floating)) else str(value)
+                self.table.setItem(row, column, QTableWidgetItem(text))
+        self._features_shown = features
+        table = {c: features[c].to_numpy() for c in features.columns if c != "index"}
+        if "frame" in features.columns:
+            frames = measure.per_frame(table, n_frames=int(np.prod(layer.data.shape[:-2])))
+            area = next(k for k in frames if k.startswith("median_area"))
+            self.frame_plot.show_frames(frames["frame"], frames["cells"], frames[area], area.replace("_", " "))
+            self.frame_plot.setVisible(True)
+            self.summary.setText(f"{len(features)} cells in {len(frames['frame'])} frames.")
+        else:
+            self.frame_plot.setVisible(False)
+            self.summary.setText(f"{len(features)} cells.")
+
+    def select_row(self, row: int) -> None:
+        """Select the cell of a table row: show only it, on its frame, centred in the view."""
+        layer = self.layer()
+        if layer is None or row < 0 or row >= len(layer.features):
+            return
+        record = layer.features.iloc[row]
+        label = int(record["label"])
+        plane: tuple[int, ...] = ()
+        if "frame" in layer.features.columns and layer.data.ndim > 2:
+            plane = tuple(int(i) for i in np.unravel_index(int(record["frame"]), layer.data.shape[:-2]))
+            world = layer.data_to_world(np.asarray(plane + (0, 0), dtype=float))
+            for axis, value in enumerate(world[:len(plane)]):
+                self.viewer.dims.set_point(self.viewer.dims.ndim - layer.ndim + axis, value)
+        layer.selected_label = label
+        layer.show_selected_label = True
+        pixels = np.argwhere(np.asarray(layer.data[plane] if plane else layer.data) == label)
+        if pixels.size:
+            center = layer.data_to_world(np.asarray(plane + tuple(pixels.mean(axis=0)), dtype=float))
+            self.viewer.camera.center = tuple(center[-2:])
+
+    def export_csv(self, path: str | None = None) -> str | None:
+        """Write the layer's measurements (one row per cell, with image name and frame) to a CSV file."""
+        layer = self.layer()
+        if layer is None or layer.features.shape[1] == 0:
+            notify_error(self.status, "Nothing to export: segment, or press Measure first.")
+            return None
+        if path is None:
+            path, _ = QFileDialog.getSaveFileName(self, "Export cell measurements", f"{layer.name}_cells.csv",
+                                                  "CSV files (*.csv)")
+            if not path:
+                return None
+        features = layer.features
+        table = {c: features[c].to_numpy() for c in features.columns if c != "index"}
+        n = len(features)
+        if "frame" not in table:
+            table = {"frame": np.zeros(n, dtype=np.int64), **table}
+        if "image" not in table:
+            image = self.image_layer()
+            table = {"image": np.full(n, image.name if image is not None else layer.name, dtype=object), **table}
+        table = {"image": table.pop("image"), "frame": table.pop("frame"), **table}
+        try:
+            measure.write_cells_csv(table, path, overwrite=True)  # the file dialog asked before replacing
+        except Exception as exc:  # noqa: BLE001 - shown to the user
+            notify_error(self.status, f"Export failed: {error_message(exc)}")
+            return None
+        notify_info(self.status, f"Wrote {n} cells to {path}.")
+        return str(path)

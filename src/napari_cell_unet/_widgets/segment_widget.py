@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -12,7 +13,7 @@ from qtpy.QtWidgets import (QCheckBox, QComboBox, QFormLayout, QHBoxLayout, QLab
 from superqt import QCollapsible
 
 from .._progress import Progress
-from . import _layers, _maps
+from . import _features, _layers, _maps
 from ._common import ModelComboBox, device_names, double_spin, error_message, notify_error, notify_info, spin
 from ._jobs import Job, run_sync_by_default
 from ._registry import registry_for
@@ -34,6 +35,7 @@ class SegmentTask:
 class TaskDone:
     task: SegmentTask
     result: object  # SegmentationResult
+    features: dict | None = None  # per-cell measurements (napari_cell_unet.measure), made in the worker
 
 
 def ask_replace(layer: Labels) -> str:
@@ -248,7 +250,7 @@ class SegmentWidget(QWidget):
                     done = i * 1000 + round(1000 * event.fraction)
                     yield Progress(done, 1000 * len(tasks), f"{task.layer.name}: {event.message}".rstrip(": "))
                 else:
-                    yield TaskDone(task, event)
+                    yield TaskDone(task, event, measure_result(task, image, event))
 
     def _on_event(self, event) -> None:
         if isinstance(event, TaskDone):
@@ -268,6 +270,8 @@ class SegmentWidget(QWidget):
             _maps.keep_maps(target, task.plane, result.probabilities, task.layer.name, result.diameter)
             if self.probabilities_check.isChecked():
                 self._write_probabilities(task, np.asarray(result.probabilities))
+        if done.features is not None:
+            _features.set_features(target, done.features, task.plane)
         target.metadata[_layers.METADATA_KEY].update(
             n_cells=int(result.n_cells), device=str(result.device), cell_diameter=result.diameter,
             cell_diameter_estimated=result.diameter_estimate is not None)
@@ -346,6 +350,16 @@ def keeps_maps(task: SegmentTask) -> bool:
     """Whether the task's probability maps are small enough to keep with its labels (see `_maps`)."""
     shape = _layers.spatial_shape(task.layer)
     return int(np.prod(shape[len(task.plane):])) <= _maps.MAX_KEPT_PIXELS
+
+
+def measure_result(task: SegmentTask, image: np.ndarray, result) -> dict | None:
+    """The per-cell table of a task's labels (None if measuring fails: segmenting must not)."""
+    try:
+        return _features.measure_planes(np.asarray(result.labels), image, _features.layer_scale(task.layer),
+                                        task.layer.name, _layers.spatial_shape(task.layer), task.plane)
+    except Exception as exc:  # noqa: BLE001 - a measurement problem must not lose the segmentation
+        warnings.warn(f"measuring the cells of '{task.layer.name}' failed: {exc}", stacklevel=2)
+        return None
 
 
 def labels_name(layer) -> str:
