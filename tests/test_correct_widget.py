@@ -215,3 +215,24 @@ def test_stack_tools_act_on_the_current_slice_only(make_napari_viewer, cells):
     widget.select_row(row)
     assert viewer.dims.current_step[0] == 1 and layer.selected_label == int(features["label"].iloc[row])
     viewer.close()
+
+
+def test_add_recomputes_the_maps_when_they_were_too_large_to_keep(make_napari_viewer, cells, monkeypatch):
+    from napari_cell_unet._widgets import _maps, correct_widget
+
+    monkeypatch.setattr(_maps, "MAX_KEPT_PIXELS", 1000)  # this 320² image counts as too large
+    viewer, widget, layer = segmented_viewer(make_napari_viewer, cells["image"])
+    assert _maps.maps_for(layer, ()) is None
+    original = np.array(layer.data, copy=True)
+    good = supported(cells["truth"], original)
+    # the true cell the model found best
+    pred, (true_id, centroid) = max(good.items(), key=lambda item: iou(original == item[0],
+                                                                        cells["truth"] == item[1][0]))
+    widget.set_tool(correct_widget.DELETE)
+    click(layer, centroid)
+    widget.set_tool(correct_widget.ADD)
+    click(layer, centroid)  # predicts the maps of a window around the click with the chosen model
+    added = widget.last_edit.label
+    score = iou(np.asarray(layer.data) == added, cells["truth"] == true_id)
+    assert score >= 0.7, score
+    viewer.close()

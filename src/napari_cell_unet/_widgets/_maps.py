@@ -44,12 +44,12 @@ def keep_maps(layer, plane: tuple[int, ...], probabilities: np.ndarray, image_na
         maps = {}
         new = {(): probabilities}
     maps.update(new)
+    store["maps_source"] = {"image": image_name, "diameter": diameter}
     pixels = sum(int(np.prod(m.shape[-2:])) for m in maps.values())
     if pixels > MAX_KEPT_PIXELS:
         store.pop("maps", None)
         return False
     store["maps"] = {index: np.asarray(m, dtype=np.float16) for index, m in maps.items()}
-    store["maps_source"] = {"image": image_name, "diameter": diameter}
     return True
 
 
