@@ -80,6 +80,10 @@ def main() -> None:
 
     from napari_cell_unet import correction
 
+    from napari_cell_unet.model import load_model
+
+    post = load_model().postprocessing  # the thresholds Segment made the labels with
+    thresholds = {"cell_threshold": float(post["cell_threshold"]), "border_threshold": float(post["border_threshold"])}
     plane = tiled_plane()
     labels, probs, truth = plane["labels"].copy(), plane["probs"], plane["truth"]
     rng = np.random.default_rng(0)
@@ -97,7 +101,7 @@ def main() -> None:
         true_cell = truth == truth[r, c]
         timed(times, "delete", lambda: correction.delete_cell(labels, (r, c)), labels)
         try:
-            added = timed(times, "add", lambda: correction.add_cell(labels, probs, (r, c)), labels)
+            added = timed(times, "add", lambda: correction.add_cell(labels, probs, (r, c), **thresholds), labels)
         except correction.CorrectionError:
             continue
         new = labels == added.label
@@ -114,7 +118,9 @@ def main() -> None:
         if nb_point == (r, c):
             continue
         timed(times, "split", lambda: correction.split_cell(labels, (r, c), nb_point, probs), labels)
-    timed(times, "remove small (< 30 px)", lambda: correction.remove_small(labels, 30), labels)
+    for _ in range(5):  # on fresh copies: the first call removes them all
+        fresh = labels.copy()
+        timed(times, "remove small (< 30 px)", lambda: correction.remove_small(fresh, 30), fresh)
 
     print(f"\nCPU: {cpu_model()} ({os.cpu_count()} cores visible), load average {os.getloadavg()[0]:.1f}")
     print(f"plane {SIZE} x {SIZE}, uint32 labels, float16 maps; {len(picks)} cells\n")

@@ -4,7 +4,8 @@
   (plane = indices on the leading axes, () for a 2-D layer). Kept only while the layer's planes with maps hold at
   most `MAX_KEPT_PIXELS` pixels in all (float16: 4 bytes per pixel for the two maps); above that they are
   dropped and the Correct widget recomputes them around a click with the model.
-- "maps_source": {"image": image layer name, "diameter": cell diameter used} to recompute them.
+- "maps_source": {"image": image layer name, "diameter": cell diameter used, "cell_threshold",
+  "border_threshold": the thresholds the labels were made with} to recompute them and grow cells alike.
 - "corrected": {plane: bool array (H, W)}: pixels changed by a correction tool. Training "only where painted"
   counts them as painted (a deleted cell is taught as background there).
 No Qt here; plain numpy on napari layers.
@@ -27,7 +28,7 @@ def _store(layer) -> dict:
 
 
 def keep_maps(layer, plane: tuple[int, ...], probabilities: np.ndarray, image_name: str,
-              diameter: float | None) -> bool:
+              diameter: float | None, thresholds: tuple[float, float] = (0.5, 0.5)) -> bool:
     """Remember the (..., 2, H, W) probabilities written into `plane` (or the whole layer when plane is ()).
 
     Returns False (and forgets older maps of the layer) when they would exceed MAX_KEPT_PIXELS.
@@ -44,7 +45,8 @@ def keep_maps(layer, plane: tuple[int, ...], probabilities: np.ndarray, image_na
         maps = {}
         new = {(): probabilities}
     maps.update(new)
-    store["maps_source"] = {"image": image_name, "diameter": diameter}
+    store["maps_source"] = {"image": image_name, "diameter": diameter,
+                            "cell_threshold": float(thresholds[0]), "border_threshold": float(thresholds[1])}
     pixels = sum(int(np.prod(m.shape[-2:])) for m in maps.values())
     if pixels > MAX_KEPT_PIXELS:
         store.pop("maps", None)

@@ -178,8 +178,14 @@ class CorrectWidget(QWidget):
     def _add(self, layer: Labels, labels: np.ndarray, plane: tuple[int, ...], point) -> correction.Edit:
         maps = _maps.maps_for(layer, plane)
         if maps is not None:
-            return correction.add_cell(labels, maps, point)
+            return correction.add_cell(labels, maps, point, **self._thresholds(layer))
         return self._add_recomputing(layer, labels, plane, point)
+
+    @staticmethod
+    def _thresholds(layer: Labels) -> dict:
+        """The thresholds the layer was segmented with (a new cell grows like the model's own cells)."""
+        source = _maps.maps_source(layer)
+        return {key: float(source.get(key, 0.5)) for key in ("cell_threshold", "border_threshold")}
 
     def _add_recomputing(self, layer: Labels, labels, plane, point) -> correction.Edit:
         """Add without kept maps: predict the maps of a window around the click with the Segment widget's model."""
@@ -203,7 +209,7 @@ class CorrectWidget(QWidget):
                                         return_probabilities=True)
         probs = np.asarray(result[1])
         local = correction.add_cell(labels[box], probs, (r - box[0].start, c - box[1].start),
-                                    new_label=correction.next_label(labels))
+                                    new_label=correction.next_label(labels), **self._thresholds(layer))
         shifted = tuple(slice(b.start + s.start, b.start + s.stop) for b, s in zip(box, local.box))
         return correction.Edit(shifted, local.before, local.after, local.label, local.action)
 

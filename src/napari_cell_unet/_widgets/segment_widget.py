@@ -267,7 +267,8 @@ class SegmentWidget(QWidget):
             target = self._add_labels_layer(task, labels)
         if result.probabilities is not None:
             # the Correct widget's tools grow and split cells on these maps
-            _maps.keep_maps(target, task.plane, result.probabilities, task.layer.name, result.diameter)
+            _maps.keep_maps(target, task.plane, result.probabilities, task.layer.name, result.diameter,
+                            (self.cell_threshold.value(), self.border_threshold.value()))
             if self.probabilities_check.isChecked():
                 self._write_probabilities(task, np.asarray(result.probabilities))
         if done.features is not None:
