@@ -85,6 +85,8 @@ def test_cli_segment_measure_writes_cells_csv_in_micrometres(shared_data, tmp_pa
     assert code == 0, capsys.readouterr()
     labels = tifffile.imread(out / "phase_labels.tif")
     assert labels.max() > 3
+    from napari_cell_unet.io import open_image
+    assert open_image(out / "phase_labels.tif").scale == pytest.approx((0.65, 0.65))  # the image's pixel size
     with open(out / "phase_cells.csv", newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     ids = np.unique(labels[labels > 0])
