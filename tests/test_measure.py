@@ -80,8 +80,12 @@ def test_cli_segment_measure_writes_cells_csv_in_micrometres(shared_data, tmp_pa
     image = load_usiigaci_set("set1")["image"][:256, :256]
     source = tmp_path / "phase.tif"
     tifffile.imwrite(source, image, imagej=True, resolution=(1 / 0.65, 1 / 0.65), metadata={"unit": "um"})
+    second = tmp_path / "other.tif"
+    tifffile.imwrite(second, load_usiigaci_set("set2")["image"][:256, :256], imagej=True,
+                     resolution=(1 / 0.65, 1 / 0.65), metadata={"unit": "um"})
     out = tmp_path / "out"
-    code = main(["segment", str(source), "-o", str(out), "--device", "cpu", "--diameter", "69", "--measure"])
+    code = main(["segment", str(source), str(second), "-o", str(out), "--device", "cpu", "--diameter", "69",
+                 "--measure"])
     assert code == 0, capsys.readouterr()
     labels = tifffile.imread(out / "phase_labels.tif")
     assert labels.max() > 3
@@ -95,3 +99,9 @@ def test_cli_segment_measure_writes_cells_csv_in_micrometres(shared_data, tmp_pa
     sizes = np.bincount(labels.ravel())[ids]
     np.testing.assert_allclose([float(r["area_um2"]) for r in rows], sizes * 0.65 ** 2, rtol=1e-5)
     assert float(rows[0]["mean_intensity"]) == pytest.approx(image[labels == ids[0]].mean(), rel=1e-5)
+    with open(out / "other_cells.csv", newline="", encoding="utf-8") as handle:
+        other = list(csv.DictReader(handle))
+    assert len(other) == len(np.unique(tifffile.imread(out / "other_labels.tif"))) - 1
+    with open(out / "all_cells.csv", newline="", encoding="utf-8") as handle:
+        combined = list(csv.DictReader(handle))
+    assert combined == rows + other  # every image's rows, in input order
