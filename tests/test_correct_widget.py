@@ -59,6 +59,7 @@ def segmented_viewer(make_napari_viewer, image, stack_axis=False):
     segment.segment(sync=True)
     _, correct = viewer.window.add_plugin_dock_widget(PLUGIN, "Correct & measure")
     correct.labels_combo.set_layer(viewer.layers["cells labels"])
+    correct.segment_widget = segment  # for tests that segment again
     return viewer, correct, viewer.layers["cells labels"]
 
 
@@ -214,6 +215,11 @@ def test_stack_tools_act_on_the_current_slice_only(make_napari_viewer, cells):
     row = int(np.flatnonzero(features["frame"].to_numpy() == 1)[0])
     widget.select_row(row)
     assert viewer.dims.current_step[0] == 1 and layer.selected_label == int(features["label"].iloc[row])
+
+    # segmenting again replaces the corrected slice: its corrections no longer count as painted
+    assert _maps.corrected_mask(layer, (1,)) is not None
+    widget.segment_widget.segment(sync=True)
+    assert _maps.corrected_mask(layer, (1,)) is None and np.array_equal(np.asarray(layer.data), original)
     viewer.close()
 
 

@@ -75,6 +75,14 @@ def mark_corrected(layer, plane: tuple[int, ...], rows: np.ndarray, cols: np.nda
     store["corrected"] = corrected
 
 
+def forget_corrections(layer, plane: tuple[int, ...]) -> None:
+    """New labels were written into `plane` (all planes when it is ()): its corrections are gone with them."""
+    store = layer.metadata.get(METADATA_KEY, {})
+    corrected = store.get("corrected")
+    if corrected:
+        store["corrected"] = {} if not plane else {k: v for k, v in corrected.items() if k != tuple(plane)}
+
+
 def corrected_mask(layer, plane: tuple[int, ...]) -> np.ndarray | None:
     """Pixels changed by the correction tools in `plane` (None when none were)."""
     mask = layer.metadata.get(METADATA_KEY, {}).get("corrected", {}).get(tuple(plane))

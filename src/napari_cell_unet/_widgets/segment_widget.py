@@ -265,6 +265,7 @@ class SegmentWidget(QWidget):
             _layers.replace_labels(target, labels, task.plane)
         else:
             target = self._add_labels_layer(task, labels)
+        _maps.forget_corrections(target, task.plane)
         if result.probabilities is not None:
             # the Correct widget's tools grow and split cells on these maps
             _maps.keep_maps(target, task.plane, result.probabilities, task.layer.name, result.diameter,
