@@ -33,6 +33,7 @@ SCRIPT = textwrap.dedent("""
 
     _, segment = viewer.window.add_plugin_dock_widget("napari-cell-unet", "Segment cells")
     _, train = viewer.window.add_plugin_dock_widget("napari-cell-unet", "Train / fine-tune")
+    _, correct = viewer.window.add_plugin_dock_widget("napari-cell-unet", "Correct & measure")
     import torchvision, segmentation_models_pytorch  # what used to crash
     from napari_cell_unet.model import CellModel, save_model
     save_model(CellModel.create(architecture={architecture!r}, name="tiny"), sys.argv[2])
@@ -40,6 +41,9 @@ SCRIPT = textwrap.dedent("""
     segment.segment(sync=True)
     labels = viewer.layers["cells labels"].data
     assert labels.shape == (192, 192) and labels.dtype == np.uint32, (labels.shape, labels.dtype)
+    correct.labels_combo.set_layer(viewer.layers["cells labels"])
+    correct.measure()
+    assert len(viewer.layers["cells labels"].features) == len(np.unique(labels[labels > 0]))
     for _ in range(20):
         QApplication.processEvents()
     viewer.close()

@@ -15,7 +15,9 @@ from .io.labels_writer import write_labels_tiff as _write_tiff
 
 
 def write_labels_tiff(path: str, data: Any, meta: dict) -> list[str]:
-    return [str(_write_tiff(path, np.asarray(data), overwrite=True))]
+    scale = meta.get("scale")
+    pixel_size = tuple(float(v) for v in scale[-2:]) if scale is not None and len(scale) >= 2 else None
+    return [str(_write_tiff(path, np.asarray(data), overwrite=True, pixel_size=pixel_size))]
 
 
 def write_labels_coco(path: str, data: Any, meta: dict) -> list[str]:

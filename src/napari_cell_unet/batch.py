@@ -328,12 +328,13 @@ def _segment_file(path: Path, target: Path, model: Any, overwrite: bool, large_i
     try:
         if target.exists() and not overwrite:
             raise FileExistsError(f"{target} already exists (--overwrite, or overwrite=True, replaces it)")
-        data = open_image(path).data
+        opened = open_image(path)
+        data = opened.data
         if data.ndim == 2 and data.shape[0] * data.shape[1] > large_image_pixels:
             n_cells, diameter = yield from _segment_large(data, target, model, params, index, total, path.name)
         else:
             n_cells, diameter = yield from _segment_in_memory(np.asarray(data), target, model, params, overwrite,
-                                                              index, total, path.name)
+                                                              index, total, path.name, pixel_size(opened))
     except (CellUnetError, ValueError, OSError) as exc:
         message = str(exc) if str(path) in str(exc) or str(target) in str(exc) else f"{path}: {exc}"
         yield FileResult(path, None, seconds=time.perf_counter() - start, error=message)
@@ -341,8 +342,17 @@ def _segment_file(path: Path, target: Path, model: Any, overwrite: bool, large_i
     yield FileResult(path, target, n_cells=n_cells, seconds=time.perf_counter() - start, diameter=diameter)
 
 
+def pixel_size(opened) -> tuple[float, float] | None:
+    """(y, x) pixel size in µm of an opened image (`io.ImageData`), None when the file has none."""
+    if opened.scale is None:
+        return None
+    spatial = opened.scale[:-1] if opened.rgb else opened.scale
+    return (float(spatial[-2]), float(spatial[-1])) if len(spatial) >= 2 else None
+
+
 def _segment_in_memory(image: np.ndarray, target: Path, model: Any, params: dict, overwrite: bool,
-                       index: int, total: int, name: str) -> Iterator[Progress]:
+                       index: int, total: int, name: str, pixel_size: tuple[float, float] | None = None
+                       ) -> Iterator[Progress]:
     from .inference import iter_segment
     from .io import write_labels_tiff
 
@@ -354,7 +364,7 @@ def _segment_in_memory(image: np.ndarray, target: Path, model: Any, params: dict
             result = item
     if result is None:
         raise ValueError(f"{name}: segmentation returned no result")
-    write_labels_tiff(target, result.labels, overwrite=overwrite)
+    write_labels_tiff(target, result.labels, overwrite=overwrite, pixel_size=pixel_size)
     return int(result.n_cells), result.diameter
 
 

@@ -9,7 +9,7 @@ import numpy as np
 from napari.layers import Image, Labels
 
 from ..errors import CellUnetError
-from . import _layers
+from . import _layers, _maps
 
 
 class PairError(CellUnetError, ValueError):
@@ -62,6 +62,9 @@ def _one_pair(pair: LayerPair, plane: tuple[int, ...], only_painted: bool, margi
     labels = _layers.pixels(pair.labels, plane)
     borders = _layers.pixels(pair.borders, plane) > 0 if pair.borders is not None else None
     region = painted_region(labels, margin) if only_painted else None
+    corrected = _maps.corrected_mask(pair.labels, plane)
+    if region is not None and corrected is not None:
+        region = region | painted_region(corrected, margin)  # cells fixed with the Correct tools count as painted
     if region is not None and borders is not None:
         region = region | borders
     suffix = f" {plane}" if plane else ""

@@ -97,3 +97,41 @@ def _style(loss_ax, metric_ax) -> None:
         ax.tick_params(colors=FOREGROUND, labelsize=7)
         for spine in ax.spines.values():
             spine.set_color("#5a626c")
+
+
+class FramePlot(FigureCanvasQTAgg):
+    """Cells per frame (left axis) and median cell area per frame (right axis) of a stack's measurements."""
+
+    def __init__(self, parent=None):
+        figure = Figure(figsize=(4, 2.2), dpi=90, facecolor=BACKGROUND, layout="constrained")
+        super().__init__(figure)
+        self.setParent(parent)
+        self.setMinimumHeight(180)
+        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
+        self.count_axes = figure.add_subplot(1, 1, 1)
+        self.area_axes = self.count_axes.twinx()
+        self.frames: list[int] = []
+        self.counts: list[int] = []
+        self.areas: list[float] = []
+        self.area_label = "median area"
+
+    def show_frames(self, frames, counts, median_areas, area_label: str = "median area") -> None:
+        self.frames, self.counts = [int(f) for f in frames], [int(c) for c in counts]
+        self.areas, self.area_label = [float(a) for a in median_areas], area_label
+        count_ax, area_ax = self.count_axes, self.area_axes
+        count_ax.clear()
+        area_ax.clear()
+        count_ax.plot(self.frames, self.counts, "o-", color="#4fa3ff", ms=3, lw=1.2, label="cells")
+        area_ax.plot(self.frames, self.areas, "s--", color="#ff9f40", ms=3, lw=1, label=area_label)
+        count_ax.set_facecolor(BACKGROUND)
+        count_ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        count_ax.set_xlabel("frame", color=FOREGROUND, fontsize=8)
+        count_ax.set_ylabel("cells", color="#4fa3ff", fontsize=8)
+        area_ax.yaxis.tick_right()
+        area_ax.yaxis.set_label_position("right")
+        area_ax.set_ylabel(area_label, color="#ff9f40", fontsize=8)
+        for ax in (count_ax, area_ax):
+            ax.tick_params(colors=FOREGROUND, labelsize=7)
+            for spine in ax.spines.values():
+                spine.set_color("#5a626c")
+        self.draw_idle()

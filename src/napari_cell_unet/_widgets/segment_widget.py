@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -12,7 +13,7 @@ from qtpy.QtWidgets import (QCheckBox, QComboBox, QFormLayout, QHBoxLayout, QLab
 from superqt import QCollapsible
 
 from .._progress import Progress
-from . import _layers
+from . import _features, _layers, _maps
 from ._common import ModelComboBox, device_names, double_spin, error_message, notify_error, notify_info, spin
 from ._jobs import Job, run_sync_by_default
 from ._registry import registry_for
@@ -34,6 +35,7 @@ class SegmentTask:
 class TaskDone:
     task: SegmentTask
     result: object  # SegmentationResult
+    features: dict | None = None  # per-cell measurements (napari_cell_unet.measure), made in the worker
 
 
 def ask_replace(layer: Labels) -> str:
@@ -242,12 +244,13 @@ class SegmentWidget(QWidget):
         """Runs in the worker thread: one Progress scale over all tasks, a TaskDone per task."""
         for i, task in enumerate(tasks):
             image = _layers.pixels(task.layer, task.plane)
-            for event in self.core.inference.iter_segment(image, model, rgb=bool(task.layer.rgb), **params):
+            task_params = dict(params, return_probabilities=params["return_probabilities"] or keeps_maps(task))
+            for event in self.core.inference.iter_segment(image, model, rgb=bool(task.layer.rgb), **task_params):
                 if isinstance(event, Progress):
                     done = i * 1000 + round(1000 * event.fraction)
                     yield Progress(done, 1000 * len(tasks), f"{task.layer.name}: {event.message}".rstrip(": "))
                 else:
-                    yield TaskDone(task, event)
+                    yield TaskDone(task, event, measure_result(task, image, event))
 
     def _on_event(self, event) -> None:
         if isinstance(event, TaskDone):
@@ -262,8 +265,15 @@ class SegmentWidget(QWidget):
             _layers.replace_labels(target, labels, task.plane)
         else:
             target = self._add_labels_layer(task, labels)
+        _maps.forget_corrections(target, task.plane)
         if result.probabilities is not None:
-            self._write_probabilities(task, np.asarray(result.probabilities))
+            # the Correct widget's tools grow and split cells on these maps
+            _maps.keep_maps(target, task.plane, result.probabilities, task.layer.name, result.diameter,
+                            (self.cell_threshold.value(), self.border_threshold.value()))
+            if self.probabilities_check.isChecked():
+                self._write_probabilities(task, np.asarray(result.probabilities))
+        if done.features is not None:
+            _features.set_features(target, done.features, task.plane)
         target.metadata[_layers.METADATA_KEY].update(
             n_cells=int(result.n_cells), device=str(result.device), cell_diameter=result.diameter,
             cell_diameter_estimated=result.diameter_estimate is not None)
@@ -336,6 +346,22 @@ def diameter_text(results: list[TaskDone]) -> str:
         return prefix + ("no cells to measure, model's own size" if auto else "model's own size")
     low, high = min(diameters), max(diameters)
     return prefix + (f"{low:.0f} px" if round(low) == round(high) else f"{low:.0f}-{high:.0f} px")
+
+
+def keeps_maps(task: SegmentTask) -> bool:
+    """Whether the task's probability maps are small enough to keep with its labels (see `_maps`)."""
+    shape = _layers.spatial_shape(task.layer)
+    return int(np.prod(shape[len(task.plane):])) <= _maps.MAX_KEPT_PIXELS
+
+
+def measure_result(task: SegmentTask, image: np.ndarray, result) -> dict | None:
+    """The per-cell table of a task's labels (None if measuring fails: segmenting must not)."""
+    try:
+        return _features.measure_planes(np.asarray(result.labels), image, _features.layer_scale(task.layer),
+                                        task.layer.name, _layers.spatial_shape(task.layer), task.plane)
+    except Exception as exc:  # noqa: BLE001 - a measurement problem must not lose the segmentation
+        warnings.warn(f"measuring the cells of '{task.layer.name}' failed: {exc}", stacklevel=2)
+        return None
 
 
 def labels_name(layer) -> str:

@@ -21,15 +21,32 @@ def smallest_label_dtype(max_id: int) -> np.dtype:
     raise ValueError(f"label id {max_id} does not fit in 64 bits")
 
 
-def write_labels_tiff(path: str | Path, labels: np.ndarray, *, overwrite: bool = False) -> Path:
-    """Save labels (2D, or a stack as pages) as a zlib-compressed TIFF of uint8/16/32 as needed."""
+OME_AXES = {2: "YX", 3: "TYX", 4: "TZYX"}
+
+
+def write_labels_tiff(path: str | Path, labels: np.ndarray, *, overwrite: bool = False,
+                      pixel_size: Sequence[float] | None = None) -> Path:
+    """Save labels (2D, or a stack as pages) as a zlib-compressed TIFF of uint8/16/32 as needed.
+
+    `pixel_size`: (y, x) size of a pixel in µm (the last two values are used); when given (and not 1, 1), the
+    file is an OME-TIFF carrying it (PhysicalSizeY/X, plus the TIFF resolution tags), so the labels open at the
+    image's scale in napari, Fiji and QuPath. Stacks of up to 4 axes keep it; deeper ones are written without.
+    """
     path = Path(path)
     labels = _checked_labels(path, labels)
     dtype = smallest_label_dtype(int(labels.max()) if labels.size else 0)
     import tifffile
 
+    extra = {}
+    if pixel_size is not None and labels.ndim in OME_AXES:
+        size_y, size_x = (float(v) for v in tuple(pixel_size)[-2:])
+        if size_y > 0 and size_x > 0 and not (size_y == 1.0 and size_x == 1.0):
+            extra = {"ome": True, "resolution": (1e4 / size_x, 1e4 / size_y), "resolutionunit": "CENTIMETER",
+                     "metadata": {"axes": OME_AXES[labels.ndim], "PhysicalSizeX": size_x, "PhysicalSizeXUnit": "µm",
+                                  "PhysicalSizeY": size_y, "PhysicalSizeYUnit": "µm"}}
     with atomic_path(path, overwrite) as tmp:
-        tifffile.imwrite(tmp, labels.astype(dtype, copy=False), compression="zlib", photometric="minisblack")
+        tifffile.imwrite(tmp, labels.astype(dtype, copy=False), compression="zlib", photometric="minisblack",
+                         **extra)
     return path
 
 

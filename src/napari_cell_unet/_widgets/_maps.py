@@ -1,0 +1,89 @@
+"""What the correction tools keep with a Labels layer, in `layer.metadata["napari_cell_unet"]`.
+
+- "maps": {plane: float16 array (2, H, W)}: the last segmentation's (cell, border) probabilities per plane
+  (plane = indices on the leading axes, () for a 2-D layer). Kept only while the layer's planes with maps hold at
+  most `MAX_KEPT_PIXELS` pixels in all (float16: 4 bytes per pixel for the two maps); above that they are
+  dropped and the Correct widget recomputes them around a click with the model.
+- "maps_source": {"image": image layer name, "diameter": cell diameter used, "cell_threshold",
+  "border_threshold": the thresholds the labels were made with} to recompute them and grow cells alike.
+- "corrected": {plane: bool array (H, W)}: pixels changed by a correction tool. Training "only where painted"
+  counts them as painted (a deleted cell is taught as background there).
+No Qt here; plain numpy on napari layers.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._layers import METADATA_KEY
+
+MAX_KEPT_PIXELS = 64_000_000  # 256 MB of float16 maps per layer at most
+
+
+def _store(layer) -> dict:
+    metadata = layer.metadata
+    if METADATA_KEY not in metadata:
+        metadata[METADATA_KEY] = {}
+    return metadata[METADATA_KEY]
+
+
+def keep_maps(layer, plane: tuple[int, ...], probabilities: np.ndarray, image_name: str,
+              diameter: float | None, thresholds: tuple[float, float] = (0.5, 0.5)) -> bool:
+    """Remember the (..., 2, H, W) probabilities written into `plane` (or the whole layer when plane is ()).
+
+    Returns False (and forgets older maps of the layer) when they would exceed MAX_KEPT_PIXELS.
+    """
+    store = _store(layer)
+    probabilities = np.asarray(probabilities)
+    lead = probabilities.shape[:-3]
+    maps = dict(store.get("maps", {}))
+    if plane:
+        new = {tuple(plane): probabilities.reshape(probabilities.shape[-3:])}
+    elif lead:
+        new = {index: probabilities[index] for index in np.ndindex(*lead)}
+    else:
+        maps = {}
+        new = {(): probabilities}
+    maps.update(new)
+    store["maps_source"] = {"image": image_name, "diameter": diameter,
+                            "cell_threshold": float(thresholds[0]), "border_threshold": float(thresholds[1])}
+    pixels = sum(int(np.prod(m.shape[-2:])) for m in maps.values())
+    if pixels > MAX_KEPT_PIXELS:
+        store.pop("maps", None)
+        return False
+    store["maps"] = {index: np.asarray(m, dtype=np.float16) for index, m in maps.items()}
+    return True
+
+
+def maps_for(layer, plane: tuple[int, ...]) -> np.ndarray | None:
+    maps = layer.metadata.get(METADATA_KEY, {}).get("maps", {})
+    return maps.get(tuple(plane))
+
+
+def maps_source(layer) -> dict:
+    return dict(layer.metadata.get(METADATA_KEY, {}).get("maps_source", {}))
+
+
+def mark_corrected(layer, plane: tuple[int, ...], rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int]) -> None:
+    store = _store(layer)
+    corrected = dict(store.get("corrected", {}))
+    mask = corrected.get(tuple(plane))
+    if mask is None or mask.shape != tuple(shape):
+        mask = np.zeros(shape, dtype=bool)
+    mask[rows, cols] = True
+    corrected[tuple(plane)] = mask
+    store["corrected"] = corrected
+
+
+def forget_corrections(layer, plane: tuple[int, ...]) -> None:
+    """New labels were written into `plane` (all planes when it is ()): its corrections are gone with them."""
+    store = layer.metadata.get(METADATA_KEY, {})
+    corrected = store.get("corrected")
+    if corrected:
+        store["corrected"] = {} if not plane else {k: v for k, v in corrected.items() if k != tuple(plane)}
+
+
+def corrected_mask(layer, plane: tuple[int, ...]) -> np.ndarray | None:
+    """Pixels changed by the correction tools in `plane` (None when none were)."""
+    mask = layer.metadata.get(METADATA_KEY, {}).get("corrected", {}).get(tuple(plane))
+    return mask if mask is not None and mask.any() else None
