@@ -398,3 +398,112 @@ def test_error_inside_worker_thread(viewer, segment_widget, qtbot, monkeypatch):
     qtbot.waitUntil(lambda: not segment_widget.busy, timeout=30_000)
     assert "simulated failure" in last_error(segment_widget)
     assert [layer.name for layer in viewer.layers] == ["cells"]
+
+
+# ---- napari never aborts from our code (issue 11) ----------------------------------------------
+
+@pytest.fixture
+def movie(viewer, segment_widget, cells, monkeypatch):
+    """A 5-frame time-lapse, chosen in Segment cells; buttons run in the test's thread."""
+    monkeypatch.setenv("NAPARI_CELL_UNET_SYNC", "1")
+    frames = np.stack([np.roll(cells["image"], 17 * i, axis=1) for i in range(5)])
+    layer = viewer.add_image(frames, name="movie")
+    viewer.layers.selection.active = layer
+    segment_widget.stack_combo.setCurrentText("current slice")
+    return layer
+
+
+def test_hidden_labels_then_another_frame_then_segment(viewer, segment_widget, movie):
+    """The exact sequence that aborted napari: IndexError in Labels.data_setitem on a hidden layer."""
+    viewer.dims.set_current_step(0, 1)
+    segment_widget.segment_button.click()
+    labels = viewer.layers["movie labels"]
+    assert labels.data[1].max() > 0 and labels.data[3].max() == 0
+    labels.visible = False  # the eye icon
+    viewer.dims.set_current_step(0, 3)  # the time slider
+    segment_widget.segment_button.click()
+    assert [layer.name for layer in viewer.layers] == ["cells", "movie", "movie labels"]
+    assert viewer.layers["movie labels"].data[3].max() > 0 and labels.data[1].max() > 0
+    assert "cells" in segment_widget.status.text() and "failed" not in segment_widget.status.text()
+    labels.undo()  # still one undoable edit
+    assert labels.data[3].max() == 0 and labels.data[1].max() > 0
+    labels.visible = True
+    viewer.dims.set_current_step(0, 1)
+
+
+@pytest.mark.parametrize("change", ["deleted", "renamed", "reshaped"])
+def test_labels_layer_changed_between_two_segment_clicks(viewer, segment_widget, movie, change):
+    segment_widget.segment_button.click()
+    labels = viewer.layers["movie labels"]
+    if change == "deleted":
+        viewer.layers.remove(labels)
+    elif change == "renamed":
+        labels.name = "my movie labels"
+    else:
+        labels.data = np.zeros((2, 64, 64), np.uint32)
+    kept = labels.data.copy()
+    viewer.dims.set_current_step(0, 2)
+    segment_widget.segment_button.click()
+    new = [layer for layer in viewer.layers if layer.name.startswith("movie labels")][-1]
+    assert new.data.shape == movie.data.shape and new.data[2].max() > 0
+    if change != "deleted":
+        np.testing.assert_array_equal(viewer.layers[labels.name].data, kept)  # the user's layer is untouched
+    if change == "reshaped":
+        assert new.name == "movie labels [2]"
+        assert "2×64×64" in segment_widget.status.text() and "new layer" in segment_widget.status.text()
+
+
+@pytest.mark.parametrize("change", ["deleted", "reshaped", "hidden, other frame"])
+def test_labels_layer_changed_while_the_worker_runs(viewer, segment_widget, movie, qtbot, monkeypatch, change):
+    viewer.dims.set_current_step(0, 1)
+    segment_widget.segment_button.click()
+    labels = viewer.layers["movie labels"]
+    first = labels.data.copy()
+    monkeypatch.setenv("NAPARI_CELL_UNET_SYNC", "0")
+    viewer.dims.set_current_step(0, 4)
+    job = segment_widget.segment()
+    assert job is not None and job.worker is not None
+    changed = []
+
+    def change_layer(event):  # runs in the GUI thread right after the widget saw the first progress
+        if changed:
+            return
+        changed.append(change)
+        if change == "deleted":
+            viewer.layers.remove(labels)
+        elif change == "reshaped":
+            labels.data = np.zeros((3, 32, 32), np.uint32)
+        else:
+            labels.visible = False
+            viewer.dims.set_current_step(0, 2)
+
+    job.worker.yielded.connect(change_layer)
+    qtbot.waitUntil(lambda: not segment_widget.busy, timeout=120_000)
+    assert changed and "failed" not in segment_widget.status.text()
+    if change == "hidden, other frame":  # the same layer, still the right shape: written there
+        assert labels.data[4].max() > 0
+        np.testing.assert_array_equal(labels.data[1], first[1])
+        return
+    new = viewer.layers[[layer.name for layer in viewer.layers if layer.name.startswith("movie labels")][-1]]
+    assert new.data.shape == movie.data.shape and new.data[4].max() > 0
+    assert "while segmenting" in segment_widget.status.text()
+    if change == "reshaped":
+        assert labels.data.shape == (3, 32, 32) and labels.data.max() == 0
+
+
+def test_an_error_while_writing_results_is_a_notification(viewer, segment_widget, movie, monkeypatch):
+    from napari_cell_unet._widgets import _layers
+
+    segment_widget.segment_button.click()
+    labels = viewer.layers["movie labels"]
+    before = labels.data.copy()
+
+    def broken(*args, **kwargs):
+        raise IndexError("simulated failure while writing")
+
+    monkeypatch.setattr(_layers, "replace_labels", broken)
+    viewer.dims.set_current_step(0, 2)
+    segment_widget.segment_button.click()  # would abort napari if it reached Qt's event loop
+    assert "simulated failure while writing" in last_error(segment_widget)
+    np.testing.assert_array_equal(labels.data, before)
+    assert segment_widget.segment_button.isEnabled() and not segment_widget.busy

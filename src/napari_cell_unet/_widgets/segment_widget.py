@@ -60,6 +60,7 @@ class SegmentWidget(QWidget):
         self.confirm_replace: Callable[[Labels], str] = ask_replace  # tests replace this
         self.job: Job | None = None
         self.results: list[TaskDone] = []
+        self.notes: list[str] = []  # what the last run did that the user did not ask for (e.g. a new layer)
         self.last_model = None  # the model of the last run
         self._build()
         self.registry.changed.connect(self._on_model_changed)
@@ -201,6 +202,7 @@ class SegmentWidget(QWidget):
         except Exception as exc:
             self._show_error(error_message(exc))
             return None
+        self.notes = []
         tasks = [task for task in (self._plan(layer, plane) for layer, plane in requests) if task is not None]
         if not tasks:
             return None
@@ -218,7 +220,12 @@ class SegmentWidget(QWidget):
     def _plan(self, layer: Image, plane: tuple[int, ...]) -> SegmentTask | None:
         """Decide where the labels go, asking first when that would overwrite the user's edits."""
         target = self.viewer.layers[labels_name(layer)] if labels_name(layer) in self.viewer.layers else None
+        if target is None:
+            return SegmentTask(layer, plane, None)
         if not isinstance(target, Labels) or target.data.shape != _layers.spatial_shape(layer):
+            what = "is not a Labels layer" if not isinstance(target, Labels) else (
+                f"is {shape_text(target.data.shape)}, the image {shape_text(_layers.spatial_shape(layer))}")
+            self.notes.append(f"'{target.name}' {what}: left it alone, the labels went to a new layer.")
             return SegmentTask(layer, plane, None)
         if not _layers.edited_since_written(target):
             return SegmentTask(layer, plane, target)
@@ -257,16 +264,27 @@ class SegmentWidget(QWidget):
     def _write_result(self, done: TaskDone) -> None:
         task, result = done.task, done.result
         labels = np.asarray(result.labels)
-        target = _layers.find(self.viewer, task.target, Labels)
+        target = self._still_writable(task)
         if target is not None:
             _layers.replace_labels(target, labels, task.plane)
         else:
             target = self._add_labels_layer(task, labels)
+            if task.target is not None:
+                self.notes.append(f"'{task.target.name}' was removed or changed while segmenting: "
+                                  f"the labels went to a new layer '{target.name}'.")
         if result.probabilities is not None:
             self._write_probabilities(task, np.asarray(result.probabilities))
         target.metadata[_layers.METADATA_KEY].update(
             n_cells=int(result.n_cells), device=str(result.device), cell_diameter=result.diameter,
             cell_diameter_estimated=result.diameter_estimate is not None)
+
+    def _still_writable(self, task: SegmentTask) -> Labels | None:
+        """The planned labels layer if it is still in the viewer (the same layer, under any name) with the
+        image's shape; None when it was removed or re-shaped meanwhile (then a new layer is added)."""
+        target = _layers.live_layer(self.viewer, task.target)
+        if not isinstance(target, Labels) or target.data.shape != _layers.spatial_shape(task.layer):
+            return None
+        return target
 
     def _add_labels_layer(self, task: SegmentTask, labels: np.ndarray) -> Labels:
         shape = _layers.spatial_shape(task.layer)
@@ -315,7 +333,7 @@ class SegmentWidget(QWidget):
             summary = (f"Found no cells ({seconds:.1f} s; {diameter_text(self.results)}). This model was trained on "
                        "phase contrast and fluorescent nuclei: try another Cell diameter, or paint a few cells "
                        "and fine-tune it in the Train tab.")
-        notify_info(self.status, summary)
+        notify_info(self.status, " ".join([summary, *self.notes]))
 
     def _on_error(self, exc: BaseException) -> None:
         self._set_running(False)
@@ -336,6 +354,10 @@ def diameter_text(results: list[TaskDone]) -> str:
         return prefix + ("no cells to measure, model's own size" if auto else "model's own size")
     low, high = min(diameters), max(diameters)
     return prefix + (f"{low:.0f} px" if round(low) == round(high) else f"{low:.0f}-{high:.0f} px")
+
+
+def shape_text(shape) -> str:
+    return "\u00d7".join(str(int(n)) for n in shape)
 
 
 def labels_name(layer) -> str:
