@@ -38,9 +38,9 @@ def main() -> int:
     for layer in layers:
         if layer is not image:
             layer.visible = False  # ground truth stays available, but the prediction is what we show
+    # one above the other, no tabs: each scrolls, so both fit a laptop screen and neither hides behind a tab
+    _, segmenter = viewer.window.add_plugin_dock_widget(PLUGIN, "Segment cells")
     viewer.window.add_plugin_dock_widget(PLUGIN, "Train / fine-tune")
-    # added last, so its tab is the one shown: segmenting is the first step of the cycle
-    _, segmenter = viewer.window.add_plugin_dock_widget(PLUGIN, "Segment cells", tabify=True)
     viewer.layers.selection.active = image
 
     start = time.perf_counter()

@@ -507,3 +507,29 @@ def test_an_error_while_writing_results_is_a_notification(viewer, segment_widget
     assert "simulated failure while writing" in last_error(segment_widget)
     np.testing.assert_array_equal(labels.data, before)
     assert segment_widget.segment_button.isEnabled() and not segment_widget.busy
+
+
+# ---- fits a laptop screen (issue 11) -------------------------------------------------------------
+
+def test_both_widgets_fit_a_1366x768_laptop(make_napari_viewer, segmenting_model_file, qtbot):
+    from qtpy.QtWidgets import QDockWidget
+
+    viewer = make_napari_viewer(show=True)
+    segment_dock, segment = viewer.window.add_plugin_dock_widget(PLUGIN, "Segment cells")
+    train_dock, train = viewer.window.add_plugin_dock_widget(PLUGIN, "Train / fine-tune")
+    window = viewer.window._qt_window
+    window.showNormal()
+    window.resize(1366, 768)
+    qtbot.waitUntil(lambda: window.height() <= 768, timeout=5_000)
+    for widget in (segment, train):
+        assert widget.minimumSizeHint().height() <= 600, widget.minimumSizeHint()
+    assert sum(w.minimumSizeHint().height() for w in (segment, train)) < 700  # both fit docked one above the other
+    # the train widget opened last is not hidden behind a tab: both docks show
+    assert isinstance(segment_dock, QDockWidget) and not window.tabifiedDockWidgets(segment_dock)
+    for widget in (segment, train):
+        qtbot.waitUntil(lambda w=widget: not w.visibleRegion().isEmpty(), timeout=5_000)
+    # everything is reachable by scrolling: the last controls of each widget
+    for widget, control in ((train, train.save_button), (train, train.status),
+                            (segment, segment.segment_button), (segment, segment.status)):
+        widget.scroll_area.ensureWidgetVisible(control)
+        qtbot.waitUntil(lambda c=control: not c.visibleRegion().isEmpty(), timeout=5_000)

@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from napari.utils.notifications import show_error, show_info
-from qtpy.QtWidgets import QComboBox, QDoubleSpinBox, QFileDialog, QLabel, QSpinBox, QWidget
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import (QComboBox, QDoubleSpinBox, QFileDialog, QFrame, QLabel, QScrollArea, QSpinBox,
+                            QVBoxLayout, QWidget)
 
 from ..errors import CellUnetError
 from ._registry import ModelEntry, ModelRegistry
@@ -32,6 +34,26 @@ def notify_info(status: QLabel, text: str) -> None:
     status.setText(text)
     status.setStyleSheet("")
     show_info(text)
+
+
+def scrolling_content(owner: QWidget) -> QVBoxLayout:
+    """Put a scroll area in `owner` and return the layout of what it scrolls.
+
+    A dock widget then needs only a few lines of height (issue 11: both widgets docked needed 1,250 px,
+    leaving "Save model..." off a laptop screen); `owner.scroll_area` scrolls to any control.
+    """
+    content = QWidget()
+    content.setObjectName("cell_unet_content")
+    scroll = QScrollArea()
+    scroll.setWidgetResizable(True)
+    scroll.setFrameShape(QFrame.Shape.NoFrame)
+    scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+    scroll.setWidget(content)
+    outer = QVBoxLayout(owner)
+    outer.setContentsMargins(0, 0, 0, 0)
+    outer.addWidget(scroll)
+    owner.scroll_area = scroll
+    return QVBoxLayout(content)
 
 
 def device_names(core) -> list[str]:

@@ -8,12 +8,13 @@ from dataclasses import dataclass
 import numpy as np
 from napari.layers import Image, Labels
 from qtpy.QtWidgets import (QCheckBox, QComboBox, QFormLayout, QHBoxLayout, QLabel, QMessageBox,
-                            QPushButton, QVBoxLayout, QWidget)
+                            QPushButton, QWidget)
 from superqt import QCollapsible
 
 from .._progress import Progress
 from . import _layers
-from ._common import ModelComboBox, device_names, double_spin, error_message, notify_error, notify_info, spin
+from ._common import (ModelComboBox, device_names, double_spin, error_message, notify_error, notify_info,
+                      scrolling_content, spin)
 from ._jobs import Job, run_sync_by_default
 from ._registry import registry_for
 from ._torch_guard import import_torch_safely
@@ -120,7 +121,7 @@ class SegmentWidget(QWidget):
         self.status = QLabel("")
         self.status.setWordWrap(True)
 
-        layout = QVBoxLayout(self)
+        layout = scrolling_content(self)
         layout.addLayout(form)
         layout.addWidget(advanced)
         layout.addLayout(buttons)
@@ -332,7 +333,7 @@ class SegmentWidget(QWidget):
         if n_cells == 0 and self.results:
             summary = (f"Found no cells ({seconds:.1f} s; {diameter_text(self.results)}). This model was trained on "
                        "phase contrast and fluorescent nuclei: try another Cell diameter, or paint a few cells "
-                       "and fine-tune it in the Train tab.")
+                       "and fine-tune it with Train / fine-tune (Plugins menu).")
         notify_info(self.status, " ".join([summary, *self.notes]))
 
     def _on_error(self, exc: BaseException) -> None:

@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 from napari.layers import Image, Labels
 from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QListWidget,
-                            QProgressBar, QPushButton, QVBoxLayout, QWidget)
+                            QProgressBar, QPushButton, QWidget)
 
 from .._progress import Progress
 from . import _layers
-from ._common import device_names, double_spin, error_message, notify_error, notify_info, spin
+from ._common import device_names, double_spin, error_message, notify_error, notify_info, scrolling_content, spin
 from ._jobs import Job, run_sync_by_default
 from ._pairs import LayerPair, check_pair, training_pairs
 from ._plot import LossPlot
@@ -46,7 +46,7 @@ class TrainWidget(QWidget):
 
     # ---- layout -------------------------------------------------------------------------
     def _build(self) -> None:
-        layout = QVBoxLayout(self)
+        layout = scrolling_content(self)
         layout.addLayout(self._pair_form())
         layout.addLayout(self._settings_form())
         self.train_button = QPushButton("Train")
