@@ -533,3 +533,31 @@ def test_both_widgets_fit_a_1366x768_laptop(make_napari_viewer, segmenting_model
                             (segment, segment.segment_button), (segment, segment.status)):
         widget.scroll_area.ensureWidgetVisible(control)
         qtbot.waitUntil(lambda c=control: not c.visibleRegion().isEmpty(), timeout=5_000)
+
+
+def effective_tooltip(control, root) -> str:
+    """What Qt shows on hover: the control's tooltip, else its nearest parent's inside the widget."""
+    while control is not None and control is not root:
+        if control.toolTip().strip():
+            return control.toolTip()
+        control = control.parentWidget()
+    return ""
+
+
+def test_every_control_has_a_tooltip(viewer, segment_widget, train_widget):
+    from qtpy.QtWidgets import QAbstractButton, QAbstractSpinBox, QComboBox, QListWidget
+
+    kinds = (QAbstractSpinBox, QComboBox, QAbstractButton, QListWidget)
+    for widget in (segment_widget, train_widget):
+        controls = [c for c in widget.findChildren(kinds)]
+        assert len(controls) >= 12
+        missing = [c.objectName() or c.text() if hasattr(c, "text") else type(c).__name__
+                   for c in controls if not effective_tooltip(c, widget)]
+        assert not missing, missing
+    # in a biologist's words, saying what a change does
+    for control in (segment_widget.cell_threshold, segment_widget.border_threshold, segment_widget.min_size,
+                    train_widget.crop_size, train_widget.val_fraction, train_widget.lr, train_widget.length,
+                    train_widget.margin):
+        text = control.toolTip()
+        assert ("Higher" in text or "More" in text or "Larger" in text) and \
+               ("Lower" in text or "Fewer" in text or "Smaller" in text), text

@@ -92,6 +92,30 @@ class SegmentWidget(QWidget):
         self.tile_size = spin(0, 8192, 0, 64)
         self.tile_size.setSpecialValueText("auto")
 
+        tips = {
+            self.image_combo: "The image to segment. Follows the layer you select in the layer list.",
+            self.model_combo: "The network that finds the cells: the bundled default (phase contrast and fluorescent "
+                              "nuclei), a model you trained in Train / fine-tune, or a model file.",
+            self.device_combo: "Where the computation runs. 'auto' uses a graphics card (GPU) when there is one, "
+                               "else the processor (CPU), which is slower but always works.",
+            self.cell_threshold: "How sure the model must be that a pixel belongs to a cell. Higher: cells come out "
+                                 "smaller and faint cells are missed. Lower: cells come out larger and background "
+                                 "specks can become cells. Set from the model's tuning when you choose a model.",
+            self.border_threshold: "How sure the model must be that a pixel is a cell edge before it separates two "
+                                   "cells. Lower: touching cells are split apart more readily, but a cell can be cut "
+                                   "in two. Higher: touching cells merge into one object.",
+            self.min_size: "Objects smaller than this area (in pixels) are removed. Higher: fewer specks and "
+                           "debris, but small cells disappear too. Lower: small cells are kept, and so is noise.",
+            self.stack_combo: "For a stack or time-lapse: segment only the plane shown now (fast, to check the "
+                              "settings), or every plane.",
+            self.probabilities_check: "Also add the model's raw maps (how likely each pixel is cell or edge, 0 to 1) "
+                                      "as image layers: useful to see why cells were missed or merged.",
+            self.tile_size: "Large images are processed in square pieces of this many pixels. 'auto' picks a size "
+                            "for your device; a smaller number uses less memory but takes longer.",
+        }
+        for control, text in tips.items():
+            control.setToolTip(text)
+
         form = QFormLayout()
         form.addRow("Image", self.image_combo)
         form.addRow("Model", self.model_combo)
@@ -115,6 +139,11 @@ class SegmentWidget(QWidget):
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.clicked.connect(self.cancel)
         self.cancel_button.setEnabled(False)
+        self.segment_button.setToolTip("Find the cells in the chosen image; they appear as a labels layer "
+                                       "'<image> labels' (running again replaces it; Ctrl+Z in that layer undoes).")
+        self.all_button.setToolTip("Segment every open image, whole stacks, each into its own labels layer.")
+        self.cancel_button.setToolTip("Stop after the current image; images already finished keep their labels.")
+        advanced.setToolTip("Settings you rarely need to change.")
         buttons = QHBoxLayout()
         for button in (self.segment_button, self.all_button, self.cancel_button):
             buttons.addWidget(button)
