@@ -152,7 +152,8 @@ class TrainWidget(QWidget):
                             "(about 0.5 s per step), 256 px on a GPU.",
             self.val_fraction: "Share of your painted cells held back to check that training helps (the 'before "
                                "→ after' score). Higher: a more reliable check but fewer cells to learn from. "
-                               "Lower: more cells to learn from, a less reliable check. 0: no check, and the new model is used without comparison.",
+                               "Lower: more cells to learn from, a less reliable check. 0: no check, and the new "
+                               "model is used without comparison.",
             self.margin: "With 'train only where painted': how far around your painted cells the model also "
                          "learns background. Larger: more background learnt, but unpainted cells nearby risk "
                          "being taught as background. Smaller: safer when neighbours are unpainted.",
