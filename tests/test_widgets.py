@@ -561,3 +561,15 @@ def test_every_control_has_a_tooltip(viewer, segment_widget, train_widget):
         text = control.toolTip()
         assert ("Higher" in text or "More" in text or "Larger" in text) and \
                ("Lower" in text or "Fewer" in text or "Smaller" in text), text
+
+
+def test_train_widget_image_follows_the_active_layer(viewer, segment_widget, train_widget, cells):
+    other = viewer.add_image(cells["image"][:64, :64], name="other")
+    mine = viewer.add_labels(np.zeros((64, 64), np.uint32), name="other annotations")
+    viewer.layers.selection.active = viewer.layers["cells"]
+    assert train_widget.image_combo.currentText() == "cells"
+    viewer.layers.selection.active = other
+    assert train_widget.image_combo.currentText() == segment_widget.image_combo.currentText() == "other"
+    assert train_widget.labels_combo.currentText() == "other annotations"  # its pair comes along
+    viewer.layers.selection.active = mine  # a labels layer is no image: the image choice stays
+    assert train_widget.image_combo.currentText() == "other"

@@ -18,11 +18,13 @@ class LayerComboBox(QComboBox):
     """A combo box listing the viewer's layers of some types, kept in sync with the layer list.
 
     `layer_changed` fires whenever the chosen layer changes, whether by the user or by a refresh.
+    `follow_active`: choose the layer the user makes active in the layer list, when it is of these types.
     """
 
     layer_changed = Signal()
 
-    def __init__(self, viewer, layer_types: tuple[type, ...], allow_none: bool = False, parent=None):
+    def __init__(self, viewer, layer_types: tuple[type, ...], allow_none: bool = False, parent=None,
+                 follow_active: bool = False):
         super().__init__(parent)
         self._viewer = viewer
         self._reported: str | None = None
@@ -36,6 +38,14 @@ class LayerComboBox(QComboBox):
         for layer in viewer.layers:
             layer.events.name.connect(self.refresh)
         self.refresh()
+        if follow_active:
+            viewer.layers.selection.events.active.connect(self.follow_active_layer)
+            self.follow_active_layer()
+
+    def follow_active_layer(self, event=None) -> None:
+        active = self._viewer.layers.selection.active
+        if isinstance(active, self._types):
+            self.set_layer(active)
 
     def _on_inserted(self, event) -> None:
         event.value.events.name.connect(self.refresh)

@@ -65,13 +65,12 @@ class SegmentWidget(QWidget):
         self.last_model = None  # the model of the last run
         self._build()
         self.registry.changed.connect(self._on_model_changed)
-        napari_viewer.layers.selection.events.active.connect(self._follow_active_layer)
-        self._follow_active_layer()
+        self._update_stack_choice()
         self._on_model_changed()
 
     # ---- layout -------------------------------------------------------------------------
     def _build(self) -> None:
-        self.image_combo = _layers.LayerComboBox(self.viewer, (Image,))
+        self.image_combo = _layers.LayerComboBox(self.viewer, (Image,), follow_active=True)
         self.image_combo.layer_changed.connect(self._update_stack_choice)
         self.model_combo = ModelComboBox(self.registry, self._show_error)
         self.device_combo = QComboBox()
@@ -158,12 +157,6 @@ class SegmentWidget(QWidget):
         layout.addStretch(1)
 
     # ---- reactions ----------------------------------------------------------------------
-    def _follow_active_layer(self, event=None) -> None:
-        active = self.viewer.layers.selection.active
-        if isinstance(active, Image):
-            self.image_combo.set_layer(active)
-        self._update_stack_choice()
-
     def _update_stack_choice(self, *_) -> None:
         layer = self.image_combo.layer()
         self.stack_combo.setEnabled(layer is not None and _layers.leading_axes(layer) > 0)

@@ -85,7 +85,7 @@ class TrainWidget(QWidget):
         layout.addWidget(self.status)
 
     def _pair_form(self) -> QFormLayout:
-        self.image_combo = _layers.LayerComboBox(self.viewer, (Image,))
+        self.image_combo = _layers.LayerComboBox(self.viewer, (Image,), follow_active=True)
         self.image_combo.layer_changed.connect(self._pair_labels_with_image)
         self.labels_combo = _layers.LayerComboBox(self.viewer, (Labels,))
         self.borders_combo = _layers.LayerComboBox(self.viewer, (Labels,), allow_none=True)
