@@ -451,6 +451,10 @@ def test_labels_layer_changed_between_two_segment_clicks(viewer, segment_widget,
     if change == "reshaped":
         assert new.name == "movie labels [2]"
         assert "2×64×64" in segment_widget.status.text() and "new layer" in segment_widget.status.text()
+        from napari.utils.notifications import notification_manager
+
+        shown = notification_manager.records[-1].message  # napari's toast elides after ~40 characters
+        assert shown.startswith(f"{int(new.data[2].max())} cells found") and len(shown) <= 45, shown
 
 
 @pytest.mark.parametrize("change", ["deleted", "reshaped", "hidden, other frame"])
@@ -573,3 +577,28 @@ def test_train_widget_image_follows_the_active_layer(viewer, segment_widget, tra
     assert train_widget.labels_combo.currentText() == "other annotations"  # its pair comes along
     viewer.layers.selection.active = mine  # a labels layer is no image: the image choice stays
     assert train_widget.image_combo.currentText() == "other"
+
+
+def test_an_error_about_a_layer_goes_when_the_layer_or_the_choice_goes(viewer, segment_widget, train_widget):
+    wrong = viewer.add_labels(np.ones((50, 60), np.uint32), name="wrong size")
+    train_widget.labels_combo.set_layer(wrong)
+    assert train_widget.train(sync=True) is None
+    assert "'wrong size'" in last_error(train_widget)
+    viewer.layers.remove(wrong)  # the layer the error is about
+    assert train_widget.status.text() == ""
+
+    other = viewer.add_labels(np.ones((40, 40), np.uint32), name="other size")
+    train_widget.labels_combo.set_layer(other)
+    assert train_widget.train(sync=True) is None
+    assert "'other size'" in last_error(train_widget)
+    viewer.add_points([[1, 1]], name="unrelated")
+    viewer.layers.remove("unrelated")  # another layer: the error still applies
+    assert "'other size'" in train_widget.status.text()
+    train_widget.add_paint_layer("labels")  # a new layer to paint, chosen as Labels
+    assert train_widget.status.text() == ""  # the choice changed
+
+    viewer.layers.remove(viewer.layers["cells"])
+    assert segment_widget.segment(sync=True) is None and "nothing is selected" in last_error(segment_widget)
+    viewer.add_image(np.zeros((32, 32), np.float32), name="new image")
+    assert segment_widget.image_combo.currentText() == "new image"
+    assert segment_widget.status.text() == ""

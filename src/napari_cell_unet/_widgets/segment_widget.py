@@ -13,8 +13,8 @@ from superqt import QCollapsible
 
 from .._progress import Progress
 from . import _layers
-from ._common import (ModelComboBox, device_names, double_spin, error_message, notify_error, notify_info,
-                      scrolling_content, spin)
+from ._common import (ModelComboBox, clear_stale_errors, device_names, double_spin, error_message, notify_error,
+                      notify_info, scrolling_content, spin)
 from ._jobs import Job, run_sync_by_default
 from ._registry import registry_for
 from ._torch_guard import import_torch_safely
@@ -148,6 +148,7 @@ class SegmentWidget(QWidget):
             buttons.addWidget(button)
         self.status = QLabel("")
         self.status.setWordWrap(True)
+        clear_stale_errors(self.status, self.viewer, [self.image_combo])
 
         layout = scrolling_content(self)
         layout.addLayout(form)
@@ -356,7 +357,8 @@ class SegmentWidget(QWidget):
             summary = (f"Found no cells ({seconds:.1f} s; {diameter_text(self.results)}). This model was trained on "
                        "phase contrast and fluorescent nuclei: try another Cell diameter, or paint a few cells "
                        "and fine-tune it with Train / fine-tune (Plugins menu).")
-        notify_info(self.status, " ".join([summary, *self.notes]))
+        short = f"{n_cells} cells found in {seconds:.1f} s" + (" (see Segment cells)" if self.notes else ".")
+        notify_info(self.status, " ".join([summary, *self.notes]), short=short)
 
     def _on_error(self, exc: BaseException) -> None:
         self._set_running(False)

@@ -12,7 +12,8 @@ from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QHBo
 
 from .._progress import Progress
 from . import _layers
-from ._common import device_names, double_spin, error_message, notify_error, notify_info, scrolling_content, spin
+from ._common import (clear_stale_errors, device_names, double_spin, error_message, notify_error, notify_info,
+                      scrolling_content, spin)
 from ._jobs import Job, run_sync_by_default
 from ._pairs import LayerPair, check_pair, training_pairs
 from ._plot import LossPlot
@@ -83,6 +84,7 @@ class TrainWidget(QWidget):
         self.status = QLabel("Paint or correct labels for an image, then Train.")
         self.status.setWordWrap(True)
         layout.addWidget(self.status)
+        clear_stale_errors(self.status, self.viewer, [self.image_combo, self.labels_combo, self.borders_combo])
 
     def _pair_form(self) -> QFormLayout:
         self.image_combo = _layers.LayerComboBox(self.viewer, (Image,), follow_active=True)
