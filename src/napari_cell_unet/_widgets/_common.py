@@ -67,7 +67,7 @@ def clear_stale_errors(status: QLabel, viewer, combos) -> None:
 
 
 class VerticalScrollArea(QScrollArea):
-    """Scrolls up and down only: as wide as its content needs, as short as a few lines."""
+    """Asks to be as wide as its content needs and as short as a few lines (it scrolls up and down)."""
 
     def minimumSizeHint(self) -> QSize:
         hint = super().minimumSizeHint()
@@ -75,7 +75,7 @@ class VerticalScrollArea(QScrollArea):
         if content is None:
             return hint
         width = (content.minimumSizeHint().width() + self.verticalScrollBar().sizeHint().width()
-                 + 2 * self.frameWidth() + 8)  # 8: the style's spacing around the scroll bar
+                 + 2 * self.frameWidth() + 24)  # 24: the style's spacing around the scroll bar
         return QSize(max(hint.width(), width), hint.height())
 
 
@@ -90,7 +90,7 @@ def scrolling_content(owner: QWidget) -> QVBoxLayout:
     scroll = VerticalScrollArea()
     scroll.setWidgetResizable(True)
     scroll.setFrameShape(QFrame.Shape.NoFrame)
-    scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+    scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAsNeeded)  # only if docked narrower
     scroll.setWidget(content)
     outer = QVBoxLayout(owner)
     outer.setContentsMargins(0, 0, 0, 0)
