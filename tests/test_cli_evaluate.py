@@ -20,15 +20,15 @@ from napari_cell_unet import inference
 from napari_cell_unet.cli import main
 from napari_cell_unet.metrics import instance_scores
 
-from conftest import load_usiigaci_set
+from conftest import load_small_set
 
 
 @pytest.fixture
-def crops(usiigaci, tmp_path):
+def crops(tmp_path):
     """Two real image/label crops written as files, and the 'predictions' the fake segmenter returns."""
     answers, files = {}, []
     for k, (name, box) in enumerate((("set18", np.s_[:300, :400]), ("set25", np.s_[200:520, 300:700]))):
-        data = load_usiigaci_set(name)
+        data = load_small_set(name)
         image, labels = data["image"][box], data["labels"][box]
         prediction = ndimage.grey_erosion(labels, size=(3 + 2 * k, 3 + 2 * k))
         answers[hashlib.sha1(np.ascontiguousarray(image).tobytes()).hexdigest()] = prediction

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import TINY_ARCHITECTURE, load_usiigaci_set
+from conftest import TINY_ARCHITECTURE, load_small_set
 
 pytestmark = [pytest.mark.gui, pytest.mark.timeout(300)]
 
@@ -32,13 +32,13 @@ def isolated_settings(tmp_path, monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def cells(shared_data) -> dict[str, np.ndarray]:
-    data = load_usiigaci_set("set1")
+def cells() -> dict[str, np.ndarray]:
+    data = load_small_set("set1")
     return {"image": data["image"][CROP], "labels": data["labels"][CROP]}
 
 
 @pytest.fixture(scope="session")
-def segmenting_model_file(request, shared_data):
+def segmenting_model_file(request):
     """The bundled default model when installed; else a tiny model trained briefly on other Usiigaci sets.
 
     The tiny model is deterministic (seeded), so it is kept in pytest's cache between runs.
@@ -56,7 +56,7 @@ def segmenting_model_file(request, shared_data):
     from napari_cell_unet.training import TrainConfig, TrainingPair, train
 
     corner = (slice(0, 384), slice(0, 384))
-    pairs = [TrainingPair(**{k: v[corner] for k, v in load_usiigaci_set(name).items()}, name=name)
+    pairs = [TrainingPair(**{k: v[corner] for k, v in load_small_set(name).items()}, name=name)
              for name in ("set18", "set19")]
     config = TrainConfig(steps=TINY_TRAINING_STEPS, crop_size=128, batch_size=4, validations=1,
                          architecture=dict(TINY_ARCHITECTURE), name="tiny trained")
