@@ -26,6 +26,7 @@ def main() -> int:
     args = parser.parse_args()
 
     import napari
+    from qtpy.QtCore import Qt
 
     from napari_cell_unet.io import write_labels_tiff
 
@@ -38,9 +39,12 @@ def main() -> int:
     for layer in layers:
         if layer is not image:
             layer.visible = False  # ground truth stays available, but the prediction is what we show
-    viewer.window.add_plugin_dock_widget(PLUGIN, "Train / fine-tune")
-    # added last, so its tab is the one shown: segmenting is the first step of the cycle
-    _, segmenter = viewer.window.add_plugin_dock_widget(PLUGIN, "Segment cells", tabify=True)
+    # one above the other, no tabs: each scrolls, so both fit a laptop screen and neither hides behind a tab
+    segment_dock, segmenter = viewer.window.add_plugin_dock_widget(PLUGIN, "Segment cells")
+    train_dock, _ = viewer.window.add_plugin_dock_widget(PLUGIN, "Train / fine-tune")
+    if args.headless:  # the screenshot's size, before anything is shown in it
+        viewer.window.resize(1500, 950)
+    viewer.window._qt_window.resizeDocks([segment_dock, train_dock], [420, 480], Qt.Orientation.Vertical)
     viewer.layers.selection.active = image
 
     start = time.perf_counter()
@@ -56,9 +60,11 @@ def main() -> int:
     labels_path = args.output_dir / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', image.name).strip('_')}_labels.tif"
     write_labels_tiff(labels_path, labels_layer.data, overwrite=True)
     shot = args.output_dir / "demo_screenshot.png"
-    viewer.window.resize(1500, 950)
-    for _ in range(5):
+    # let the notification finish sliding in (napari animates it), else the screenshot cuts it off
+    settle = time.perf_counter() + 1.5
+    while time.perf_counter() < settle:
         napari.qt.get_qapp().processEvents()
+        time.sleep(0.02)
     viewer.screenshot(str(shot), canvas_only=False)
     viewer.close()
     print(f"wrote {shot} and {labels_path}")

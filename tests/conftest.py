@@ -1,4 +1,4 @@
-"""Shared fixtures: real data from ../shared/data and tiny models."""
+"""Shared fixtures: real data from ../shared/data (small crops of it from tests/data) and tiny models."""
 
 from __future__ import annotations
 
@@ -18,6 +18,21 @@ TINY_ARCHITECTURE = {"name": "Unet", "encoder_name": "resnet18", "encoder_depth"
                      "decoder_channels": [32, 16, 8]}
 
 
+TEST_DATA = REPO / "tests" / "data"  # small crops shipped with the repository (see tests/data/README.md)
+# the top-left (rows, columns) of each Usiigaci set that tests needing only a small real image use
+SMALL_SETS = {"set1": (556, 556), "set18": (556, 556), "set19": (384, 384), "set20": (456, 684),
+              "set21": (392, 592), "set25": (520, 700)}
+
+
+def load_small_set(name: str) -> dict[str, np.ndarray]:
+    """The top-left crop `SMALL_SETS[name]` of a Usiigaci set: cut from ../shared/data when it is there, else
+    the same pixels shipped in tests/data, so a fresh clone runs these tests too."""
+    rows, cols = SMALL_SETS[name]
+    if USIIGACI.is_dir():
+        return {key: value[:rows, :cols] for key, value in load_usiigaci_set(name).items()}
+    return load_usiigaci_set(name, TEST_DATA / "usiigaci")
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not USIIGACI.is_dir():
@@ -30,12 +45,12 @@ def usiigaci(shared_data) -> Path:
     return shared_data / "usiigaci_phase"
 
 
-def load_usiigaci_set(name: str) -> dict[str, np.ndarray]:
+def load_usiigaci_set(name: str, root: Path = USIIGACI) -> dict[str, np.ndarray]:
     """Image, instance labels and (when present) border mask of one Usiigaci set."""
     import tifffile
     from PIL import Image
 
-    folder = USIIGACI / name
+    folder = root / name
     out = {"image": tifffile.imread(folder / "raw.tif"),
            "labels": np.asarray(Image.open(folder / "instances_ids.png"))}
     border = folder / "feature_0.png"

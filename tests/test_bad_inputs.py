@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import pytest
 import tifffile
-from conftest import REPO, TINY_ARCHITECTURE, USIIGACI
+from conftest import REPO, TINY_ARCHITECTURE, load_small_set
 
 from napari_cell_unet.errors import CellUnetError, OutputError, OutputExistsError
 from napari_cell_unet.io import (CocoFormatError, DatasetFolderError, ImageFileError, open_image, read_coco,
@@ -114,7 +114,7 @@ def _segment(image, model=None) -> np.ndarray:
 
 
 def _real_crop() -> np.ndarray:
-    return tifffile.imread(USIIGACI / "set18" / "raw.tif")[:256, :256].astype(np.float64)
+    return load_small_set("set18")["image"][:256, :256].astype(np.float64)
 
 
 def _model_file(tmp: Path, change: Callable[[dict], None] | None = None, **tensor_changes) -> Path:

@@ -123,12 +123,12 @@ def test_segment_dask_rejects_bad_shapes():
         batch.segment_dask(np.zeros((64, 64)), _FakeModel(), chunk=64, overlap=32)
 
 
-def test_segment_folder_writes_labels_and_reports_a_bad_file(tmp_path, usiigaci, tiny_model):
-    from conftest import load_usiigaci_set
+def test_segment_folder_writes_labels_and_reports_a_bad_file(tmp_path, tiny_model):
+    from conftest import load_small_set
 
     inputs = tmp_path / "in"
     inputs.mkdir()
-    image = load_usiigaci_set("set18")["image"]
+    image = load_small_set("set18")["image"]
     tifffile.imwrite(inputs / "a.tif", image[:96, :128])
     tifffile.imwrite(inputs / "b.tif", image[100:196, :160])
     (inputs / "broken.tif").write_bytes(b"II*\x00 this is not a tiff")
@@ -151,10 +151,10 @@ def test_segment_folder_writes_labels_and_reports_a_bad_file(tmp_path, usiigaci,
     assert not again[0].ok and "exists" in again[0].error
 
 
-def test_segment_dask_runs_the_real_model_chunk_by_chunk(usiigaci, tiny_model):
-    from conftest import load_usiigaci_set
+def test_segment_dask_runs_the_real_model_chunk_by_chunk(tiny_model):
+    from conftest import load_small_set
 
-    image = load_usiigaci_set("set18")["image"][:300, :360]
+    image = load_small_set("set18")["image"][:300, :360]
     items = list(batch.iter_segment_dask(image, tiny_model, chunk=160, overlap=32, device="cpu", tile_size=192))
     labels = items[-1]
     assert labels.shape == image.shape and labels.dtype == np.uint32
@@ -171,10 +171,10 @@ def test_output_names_never_collide(tmp_path):
                      "other_labels.tif"]
 
 
-def test_segment_folder_names_same_stem_inputs_by_their_folder(tmp_path, usiigaci, tiny_model):
-    from conftest import load_usiigaci_set
+def test_segment_folder_names_same_stem_inputs_by_their_folder(tmp_path, tiny_model):
+    from conftest import load_small_set
 
-    image = load_usiigaci_set("set18")["image"][:64, :96]
+    image = load_small_set("set18")["image"][:64, :96]
     for name in ("set1", "set2"):
         (tmp_path / name).mkdir()
         tifffile.imwrite(tmp_path / name / "raw.tif", image)

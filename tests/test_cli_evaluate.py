@@ -20,15 +20,15 @@ from napari_cell_unet import inference
 from napari_cell_unet.cli import main
 from napari_cell_unet.metrics import instance_scores
 
-from conftest import load_usiigaci_set
+from conftest import load_small_set
 
 
 @pytest.fixture
-def crops(usiigaci, tmp_path):
+def crops(tmp_path):
     """Two real image/label crops written as files, and the 'predictions' the fake segmenter returns."""
     answers, files = {}, []
     for k, (name, box) in enumerate((("set18", np.s_[:300, :400]), ("set25", np.s_[200:520, 300:700]))):
-        data = load_usiigaci_set(name)
+        data = load_small_set(name)
         image, labels = data["image"][box], data["labels"][box]
         prediction = ndimage.grey_erosion(labels, size=(3 + 2 * k, 3 + 2 * k))
         answers[hashlib.sha1(np.ascontiguousarray(image).tobytes()).hexdigest()] = prediction
@@ -118,3 +118,41 @@ def test_evaluate_runs_a_real_model_end_to_end(crops, model_file, tmp_path, caps
     assert row["n_true"] == len(np.unique(crops.files[0][2])) - 1
     assert 0.0 <= row["f1_50"] <= 1.0 and 0.0 <= row["pixel_iou"] <= 1.0
     assert report["segment_params"] == {"device": "cpu", "tile_size": 256, "diameter": "auto"}
+
+
+def test_evaluate_against_a_binary_mask_reports_pixel_scores_only(crops, fake_segment, model_file, tmp_path,
+                                                                   capsys):
+    """LIVECell's semantic masks (one label value for every cell) cannot score instances: say so."""
+    from napari_cell_unet.metrics import dice, pixel_iou
+
+    (image, _, truth, prediction), (image2, labels2, truth2, prediction2) = crops.files
+    binary = tmp_path / "set18_semantic.png"
+    Image.fromarray(((truth > 0) * 255).astype(np.uint8)).save(binary)
+    out = tmp_path / "scores.json"
+    rc = main(["evaluate", "--model", str(model_file), "--images", str(image), str(image2),
+               "--labels", str(binary), str(labels2), "--output", str(out)])
+    captured = capsys.readouterr()
+    assert rc == 0
+    assert "instance scores" in captured.err and "instance labels" in captured.err and "set18" in captured.err
+    row = next(line for line in captured.out.splitlines() if line.startswith("set18"))
+    assert "0.000" not in row and row.split()[1:4] == ["-", str(len(np.unique(prediction)) - 1), "-"], row
+    report = json.loads(out.read_text())
+    semantic, instance = report["images"]
+    assert "f1_50" not in semantic and "n_true" not in semantic and semantic["instance_labels"] is False
+    assert semantic["pixel_iou"] == pytest.approx(pixel_iou(prediction, truth > 0))
+    assert semantic["dice"] == pytest.approx(dice(prediction, truth > 0))
+    assert instance["f1_50"] == pytest.approx(instance_scores(prediction2, truth2)["f1_50"])
+    assert report["mean"]["f1_50"] == pytest.approx(instance["f1_50"])  # the mean F1 is over instance labels only
+    assert report["warnings"] and "coco" in report
+
+
+def test_one_cell_with_one_label_is_still_an_instance_mask():
+    from napari_cell_unet.metrics import is_semantic_mask
+
+    one_cell = np.zeros((20, 20), np.uint8)
+    one_cell[5:10, 5:10] = 255
+    assert not is_semantic_mask(one_cell)
+    one_cell[12:15, 12:15] = 255
+    assert is_semantic_mask(one_cell)
+    one_cell[12:15, 12:15] = 7
+    assert not is_semantic_mask(one_cell) and not is_semantic_mask(one_cell > 0)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from conftest import LIVECELL_FRAME, load_usiigaci_set
+from conftest import LIVECELL_FRAME, load_small_set, load_usiigaci_set
 from napari_cell_unet.cli import main
 from napari_cell_unet.model import save_model
 
@@ -63,9 +63,9 @@ def test_user_errors_are_one_line(model_file, tmp_path, capsys):
         assert "not available" in capsys.readouterr().err
 
 
-def test_diameter_option_rescales_and_keeps_the_shape(model_file, usiigaci, tmp_path, capsys):
+def test_diameter_option_rescales_and_keeps_the_shape(model_file, tmp_path, capsys):
     image = tmp_path / "a.tif"
-    tifffile.imwrite(image, load_usiigaci_set("set20")["image"][:80, :100])
+    tifffile.imwrite(image, load_small_set("set20")["image"][:80, :100])
     assert main(["segment", str(image), "-o", str(tmp_path / "o"), "--model", str(model_file), "--device", "cpu",
                  "--diameter", "100"]) == 0  # half size for a 50-px model
     assert tifffile.imread(tmp_path / "o" / "a_labels.tif").shape == (80, 100)
@@ -77,9 +77,9 @@ def test_diameter_option_rescales_and_keeps_the_shape(model_file, usiigaci, tmp_
     assert "out of range" in capsys.readouterr().err
 
 
-def test_a_line_per_image_unless_quiet(model_file, usiigaci, tmp_path, capsys):
+def test_a_line_per_image_unless_quiet(model_file, tmp_path, capsys):
     image = tmp_path / "cells.tif"
-    tifffile.imwrite(image, load_usiigaci_set("set20")["image"][:96, :96])
+    tifffile.imwrite(image, load_small_set("set20")["image"][:96, :96])
     assert main(["segment", str(image), "-o", str(tmp_path / "o"), "--model", str(model_file), "--device", "cpu",
                  "--diameter", "40"]) == 0
     out = capsys.readouterr().out

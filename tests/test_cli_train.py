@@ -5,15 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import TINY_ARCHITECTURE, load_usiigaci_set
+from conftest import TINY_ARCHITECTURE, load_small_set
 
 
 @pytest.fixture
-def tiny_data(tmp_path, shared_data):
+def tiny_data(tmp_path):
     import tifffile
     from PIL import Image
 
-    data = load_usiigaci_set("set21")
+    data = load_small_set("set21")
     window = (slice(200, 392), slice(400, 592))
     tifffile.imwrite(tmp_path / "cells.tif", data["image"][window])
     Image.fromarray(data["labels"][window]).save(tmp_path / "cells_labels.png")

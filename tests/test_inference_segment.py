@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import load_usiigaci_set
+from conftest import load_small_set, load_usiigaci_set
 from napari_cell_unet._progress import Progress
 from napari_cell_unet.inference import (DeviceError, ImageError, SegmentationResult, available_devices, iter_segment,
                                         normalize_image, resolve_device, segment)
@@ -74,8 +74,8 @@ def test_fp16_on_cpu_is_refused(tiny_model):
 
 
 @pytest.fixture
-def crop(usiigaci):
-    return load_usiigaci_set("set20")["image"][:96, :128]
+def crop():
+    return load_small_set("set20")["image"][:96, :128]
 
 
 def test_stack_is_segmented_slice_by_slice(tiny_model, crop):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import load_usiigaci_set
+from conftest import load_small_set
 from napari_cell_unet.inference import predict_probabilities
 from napari_cell_unet.inference.tiling import make_grid, ramp_window
 from napari_cell_unet.model import CellModel
@@ -53,7 +53,7 @@ def test_ramp_window_is_smooth_and_positive():
 
 
 def test_tiles_blend_to_the_whole_image_result_for_a_local_network():
-    image = load_usiigaci_set("set20")["image"][:300, :450] if _has_data() else _noise((300, 450))
+    image = load_small_set("set20")["image"][:300, :450]
     model = conv_model()
     whole = predict_probabilities(image, model, device="cpu", tile_size=1024)
     tiled = predict_probabilities(image, model, device="cpu", tile_size=128, overlap=32)
@@ -61,8 +61,8 @@ def test_tiles_blend_to_the_whole_image_result_for_a_local_network():
     np.testing.assert_allclose(tiled, whole, atol=2e-3)
 
 
-def test_tiles_match_whole_image_away_from_borders_and_leave_no_seams(tiny_model, usiigaci):
-    image = load_usiigaci_set("set20")["image"][200:456, 300:684]  # 256 x 384
+def test_tiles_match_whole_image_away_from_borders_and_leave_no_seams(tiny_model):
+    image = load_small_set("set20")["image"][200:456, 300:684]  # 256 x 384
     whole = predict_probabilities(image, tiny_model, device="cpu", tile_size=512)
     tiled = predict_probabilities(image, tiny_model, device="cpu", tile_size=192, overlap=64)
     inner = np.abs(tiled - whole)[:, 24:-24, 24:-24]
@@ -104,7 +104,3 @@ def _noise(shape):
     return np.random.default_rng(0).integers(0, 4000, shape).astype(np.uint16)
 
 
-def _has_data():
-    from conftest import USIIGACI
-
-    return USIIGACI.is_dir()

@@ -18,7 +18,7 @@ from napari_cell_unet.metrics import (
     pixel_iou,
 )
 
-from conftest import load_usiigaci_set
+from conftest import load_small_set, load_usiigaci_set
 
 
 def _squares(shift: int) -> tuple[np.ndarray, np.ndarray]:
@@ -74,8 +74,8 @@ def test_matching_is_optimal_not_greedy():
     assert sorted(match.matched_ious) == pytest.approx(sorted([5 / 17, 3 / 10]))
 
 
-def test_ids_dtype_and_mask_inputs_do_not_matter(usiigaci):
-    labels = load_usiigaci_set("set18")["labels"][:300, :300]
+def test_ids_dtype_and_mask_inputs_do_not_matter():
+    labels = load_small_set("set18")["labels"][:300, :300]
     eroded = ndimage.grey_erosion(labels, size=(5, 5))
     reference = instance_scores(eroded, labels)
     big_ids = np.where(labels > 0, labels.astype(np.uint32) * 1000 + 123456, 0)
@@ -100,8 +100,8 @@ def test_empty_images():
         match_instances(one, one[:5])
 
 
-def test_identical_real_labels_score_perfectly(usiigaci):
-    labels = load_usiigaci_set("set20")["labels"]
+def test_identical_real_labels_score_perfectly():
+    labels = load_small_set("set20")["labels"]
     scores = instance_scores(labels, labels)
     assert scores["f1_50"] == scores["mean_f1"] == scores["pixel_iou"] == 1.0
     assert scores["n_pred"] == scores["n_true"] == len(np.unique(labels)) - 1
@@ -112,7 +112,7 @@ def test_identical_real_labels_score_perfectly(usiigaci):
 def test_matched_ious_agree_with_pycocotools(usiigaci):
     from pycocotools import mask as mask_utils
 
-    labels = load_usiigaci_set("set18")["labels"]
+    labels = load_usiigaci_set("set18")["labels"]  # the whole image: some cells keep IoU >= 0.85
     # perturb: erode each cell and shift everything, so the IoUs spread over 0.3..0.95
     perturbed = np.roll(ndimage.grey_erosion(labels, size=(5, 5)), (3, -2), axis=(0, 1))
 
@@ -131,7 +131,7 @@ def test_matched_ious_agree_with_pycocotools(usiigaci):
 
 
 def test_coco_ap_with_missed_and_false_objects_matches_hand_computation(usiigaci):
-    labels = load_usiigaci_set("set18")["labels"]
+    labels = load_usiigaci_set("set18")["labels"]  # the whole image (the false objects are placed up to 1000 px)
     n_true = len(np.unique(labels)) - 1
     pred = np.where(labels > 10, labels, 0).astype(np.uint16)        # cells 1..10 missed
     yy, xx = np.mgrid[: labels.shape[0], : labels.shape[1]]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import TINY_ARCHITECTURE, load_usiigaci_set
+from conftest import TINY_ARCHITECTURE, load_small_set, load_usiigaci_set
 
 
 @pytest.fixture(autouse=True)
@@ -76,11 +76,11 @@ def test_painted_border_is_added_to_the_derived_one():
     assert cell.sum() == 200
 
 
-def test_derived_borders_are_consistent_with_usiigaci_border_masks(shared_data):
+def test_derived_borders_are_consistent_with_usiigaci_border_masks():
     """Where the data has feature_0.png, the derived border covers it and is about as thin."""
     from napari_cell_unet.training import derive_borders
 
-    data = load_usiigaci_set("set18")
+    data = load_small_set("set18")
     derived = derive_borders(data["labels"])
     painted = data["borders"]
     covered = (derived & painted).sum() / painted.sum()
@@ -138,7 +138,7 @@ def test_no_loss_and_no_gradient_outside_the_annotated_region():
 
 
 def _real_crop(size: int = 256):
-    data = load_usiigaci_set("set18")
+    data = load_small_set("set18")
     window = (slice(300, 300 + size), slice(300, 300 + size))
     return data["image"][window], data["labels"][window], data["borders"][window]
 
@@ -176,7 +176,7 @@ def _full_loss(model, image, labels, borders) -> float:
         return float(segmentation_loss(model.network(x), y, torch.ones(1, 1, *cell.shape)))
 
 
-def test_a_few_steps_reduce_the_loss_on_real_data(shared_data):
+def test_a_few_steps_reduce_the_loss_on_real_data():
     from napari_cell_unet.training import TrainingPair, train
 
     image, labels, borders = _real_crop()
@@ -191,7 +191,7 @@ def test_a_few_steps_reduce_the_loss_on_real_data(shared_data):
     assert _full_loss(model, image, labels, borders) == pytest.approx(before)  # the input model is untouched
 
 
-def test_fine_tuning_starts_from_the_saved_weights(tmp_path, shared_data):
+def test_fine_tuning_starts_from_the_saved_weights(tmp_path):
     import torch
 
     from napari_cell_unet.model import save_model
@@ -210,7 +210,7 @@ def test_fine_tuning_starts_from_the_saved_weights(tmp_path, shared_data):
     assert result.model.metadata["training"]["init"] == str(path)
 
 
-def test_frozen_encoder_changes_only_the_decoder(shared_data):
+def test_frozen_encoder_changes_only_the_decoder():
     import torch
 
     from napari_cell_unet.training import TrainingPair, train
@@ -225,7 +225,7 @@ def test_frozen_encoder_changes_only_the_decoder(shared_data):
     assert tuned.metadata["training"]["freeze_encoder"] is True
 
 
-def test_cancel_keeps_the_best_model(shared_data):
+def test_cancel_keeps_the_best_model():
     import torch
 
     from napari_cell_unet.training import TrainingPair, Trainer, Validation
@@ -251,7 +251,7 @@ def test_cancel_keeps_the_best_model(shared_data):
     assert result.model.device.type == "cpu" and not result.model.network.training
 
 
-def test_should_stop_ends_with_a_result(shared_data):
+def test_should_stop_ends_with_a_result():
     from napari_cell_unet.training import TrainingPair, TrainResult, TrainStep, iter_train
 
     image, labels, borders = _real_crop(128)
@@ -263,7 +263,7 @@ def test_should_stop_ends_with_a_result(shared_data):
     assert sum(isinstance(e, TrainStep) for e in events) == 3 and events[-1].model.metadata["training"]["steps"] == 3
 
 
-def test_partially_annotated_cells_are_not_learned_as_background(shared_data):
+def test_partially_annotated_cells_are_not_learned_as_background():
     """Cells left unpainted (outside the region) keep higher cell probability than when they
     are labelled as background everywhere."""
     import torch
@@ -311,7 +311,7 @@ def test_pairs_from_a_dataset_folder_and_from_files(tmp_path, shared_data):
     assert np.array_equal(same[0].borders, pairs["set18.tif"].borders)
 
 
-def test_models_record_their_training_cell_diameter(shared_data):
+def test_models_record_their_training_cell_diameter():
     """From scratch: the labels' median diameter (the reference for diameter= at inference); fine-tuned: kept."""
     from napari_cell_unet.inference import estimate_diameter
     from napari_cell_unet.training import TrainingPair, train

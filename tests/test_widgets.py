@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import TINY_ARCHITECTURE, load_usiigaci_set
+from conftest import TINY_ARCHITECTURE, load_small_set
 
 pytestmark = [pytest.mark.gui, pytest.mark.timeout(300)]
 
@@ -32,13 +32,13 @@ def isolated_settings(tmp_path, monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def cells(shared_data) -> dict[str, np.ndarray]:
-    data = load_usiigaci_set("set1")
+def cells() -> dict[str, np.ndarray]:
+    data = load_small_set("set1")
     return {"image": data["image"][CROP], "labels": data["labels"][CROP]}
 
 
 @pytest.fixture(scope="session")
-def segmenting_model_file(request, shared_data):
+def segmenting_model_file(request):
     """The bundled default model when installed; else a tiny model trained briefly on other Usiigaci sets.
 
     The tiny model is deterministic (seeded), so it is kept in pytest's cache between runs.
@@ -56,7 +56,7 @@ def segmenting_model_file(request, shared_data):
     from napari_cell_unet.training import TrainConfig, TrainingPair, train
 
     corner = (slice(0, 384), slice(0, 384))
-    pairs = [TrainingPair(**{k: v[corner] for k, v in load_usiigaci_set(name).items()}, name=name)
+    pairs = [TrainingPair(**{k: v[corner] for k, v in load_small_set(name).items()}, name=name)
              for name in ("set18", "set19")]
     config = TrainConfig(steps=TINY_TRAINING_STEPS, crop_size=128, batch_size=4, validations=1,
                          architecture=dict(TINY_ARCHITECTURE), name="tiny trained")
@@ -398,3 +398,207 @@ def test_error_inside_worker_thread(viewer, segment_widget, qtbot, monkeypatch):
     qtbot.waitUntil(lambda: not segment_widget.busy, timeout=30_000)
     assert "simulated failure" in last_error(segment_widget)
     assert [layer.name for layer in viewer.layers] == ["cells"]
+
+
+# ---- napari never aborts from our code (issue 11) ----------------------------------------------
+
+@pytest.fixture
+def movie(viewer, segment_widget, cells, monkeypatch):
+    """A 5-frame time-lapse, chosen in Segment cells; buttons run in the test's thread."""
+    monkeypatch.setenv("NAPARI_CELL_UNET_SYNC", "1")
+    frames = np.stack([np.roll(cells["image"], 17 * i, axis=1) for i in range(5)])
+    layer = viewer.add_image(frames, name="movie")
+    viewer.layers.selection.active = layer
+    segment_widget.stack_combo.setCurrentText("current slice")
+    return layer
+
+
+def test_hidden_labels_then_another_frame_then_segment(viewer, segment_widget, movie):
+    """The exact sequence that aborted napari: IndexError in Labels.data_setitem on a hidden layer."""
+    viewer.dims.set_current_step(0, 1)
+    segment_widget.segment_button.click()
+    labels = viewer.layers["movie labels"]
+    assert labels.data[1].max() > 0 and labels.data[3].max() == 0
+    labels.visible = False  # the eye icon
+    viewer.dims.set_current_step(0, 3)  # the time slider
+    segment_widget.segment_button.click()
+    assert [layer.name for layer in viewer.layers] == ["cells", "movie", "movie labels"]
+    assert viewer.layers["movie labels"].data[3].max() > 0 and labels.data[1].max() > 0
+    assert "cells" in segment_widget.status.text() and "failed" not in segment_widget.status.text()
+    labels.undo()  # still one undoable edit
+    assert labels.data[3].max() == 0 and labels.data[1].max() > 0
+    labels.visible = True
+    viewer.dims.set_current_step(0, 1)
+
+
+@pytest.mark.parametrize("change", ["deleted", "renamed", "reshaped"])
+def test_labels_layer_changed_between_two_segment_clicks(viewer, segment_widget, movie, change):
+    segment_widget.segment_button.click()
+    labels = viewer.layers["movie labels"]
+    if change == "deleted":
+        viewer.layers.remove(labels)
+    elif change == "renamed":
+        labels.name = "my movie labels"
+    else:
+        labels.data = np.zeros((2, 64, 64), np.uint32)
+    kept = labels.data.copy()
+    viewer.dims.set_current_step(0, 2)
+    segment_widget.segment_button.click()
+    new = [layer for layer in viewer.layers if layer.name.startswith("movie labels")][-1]
+    assert new.data.shape == movie.data.shape and new.data[2].max() > 0
+    if change != "deleted":
+        np.testing.assert_array_equal(viewer.layers[labels.name].data, kept)  # the user's layer is untouched
+    if change == "reshaped":
+        assert new.name == "movie labels [2]"
+        assert "2×64×64" in segment_widget.status.text() and "new layer" in segment_widget.status.text()
+        from napari.utils.notifications import notification_manager
+
+        shown = notification_manager.records[-1].message  # napari's toast elides after ~40 characters
+        assert shown.startswith(f"{int(new.data[2].max())} cells found") and len(shown) <= 45, shown
+
+
+@pytest.mark.parametrize("change", ["deleted", "reshaped", "hidden, other frame"])
+def test_labels_layer_changed_while_the_worker_runs(viewer, segment_widget, movie, qtbot, monkeypatch, change):
+    viewer.dims.set_current_step(0, 1)
+    segment_widget.segment_button.click()
+    labels = viewer.layers["movie labels"]
+    first = labels.data.copy()
+    monkeypatch.setenv("NAPARI_CELL_UNET_SYNC", "0")
+    viewer.dims.set_current_step(0, 4)
+    job = segment_widget.segment()
+    assert job is not None and job.worker is not None
+    changed = []
+
+    def change_layer(event):  # runs in the GUI thread right after the widget saw the first progress
+        if changed:
+            return
+        changed.append(change)
+        if change == "deleted":
+            viewer.layers.remove(labels)
+        elif change == "reshaped":
+            labels.data = np.zeros((3, 32, 32), np.uint32)
+        else:
+            labels.visible = False
+            viewer.dims.set_current_step(0, 2)
+
+    job.worker.yielded.connect(change_layer)
+    qtbot.waitUntil(lambda: not segment_widget.busy, timeout=120_000)
+    assert changed and "failed" not in segment_widget.status.text()
+    if change == "hidden, other frame":  # the same layer, still the right shape: written there
+        assert labels.data[4].max() > 0
+        np.testing.assert_array_equal(labels.data[1], first[1])
+        return
+    new = viewer.layers[[layer.name for layer in viewer.layers if layer.name.startswith("movie labels")][-1]]
+    assert new.data.shape == movie.data.shape and new.data[4].max() > 0
+    assert "while segmenting" in segment_widget.status.text()
+    if change == "reshaped":
+        assert labels.data.shape == (3, 32, 32) and labels.data.max() == 0
+
+
+def test_an_error_while_writing_results_is_a_notification(viewer, segment_widget, movie, monkeypatch):
+    from napari_cell_unet._widgets import _layers
+
+    segment_widget.segment_button.click()
+    labels = viewer.layers["movie labels"]
+    before = labels.data.copy()
+
+    def broken(*args, **kwargs):
+        raise IndexError("simulated failure while writing")
+
+    monkeypatch.setattr(_layers, "replace_labels", broken)
+    viewer.dims.set_current_step(0, 2)
+    segment_widget.segment_button.click()  # would abort napari if it reached Qt's event loop
+    assert "simulated failure while writing" in last_error(segment_widget)
+    np.testing.assert_array_equal(labels.data, before)
+    assert segment_widget.segment_button.isEnabled() and not segment_widget.busy
+
+
+# ---- fits a laptop screen (issue 11) -------------------------------------------------------------
+
+def test_both_widgets_fit_a_1366x768_laptop(make_napari_viewer, segmenting_model_file, qtbot):
+    from qtpy.QtWidgets import QDockWidget
+
+    viewer = make_napari_viewer(show=True)
+    segment_dock, segment = viewer.window.add_plugin_dock_widget(PLUGIN, "Segment cells")
+    train_dock, train = viewer.window.add_plugin_dock_widget(PLUGIN, "Train / fine-tune")
+    window = viewer.window._qt_window
+    window.showNormal()
+    window.resize(1366, 768)
+    qtbot.waitUntil(lambda: window.height() <= 768, timeout=5_000)
+    for widget in (segment, train):
+        assert widget.minimumSizeHint().height() <= 600, widget.minimumSizeHint()
+    assert sum(w.minimumSizeHint().height() for w in (segment, train)) < 700  # both fit docked one above the other
+    # the train widget opened last is not hidden behind a tab: both docks show
+    assert isinstance(segment_dock, QDockWidget) and not window.tabifiedDockWidgets(segment_dock)
+    for widget in (segment, train):
+        qtbot.waitUntil(lambda w=widget: not w.visibleRegion().isEmpty(), timeout=5_000)
+    # everything is reachable by scrolling: the last controls of each widget
+    for widget, control in ((train, train.save_button), (train, train.status),
+                            (segment, segment.segment_button), (segment, segment.status)):
+        widget.scroll_area.ensureWidgetVisible(control)
+        qtbot.waitUntil(lambda c=control: not c.visibleRegion().isEmpty(), timeout=5_000)
+
+
+def effective_tooltip(control, root) -> str:
+    """What Qt shows on hover: the control's tooltip, else its nearest parent's inside the widget."""
+    while control is not None and control is not root:
+        if control.toolTip().strip():
+            return control.toolTip()
+        control = control.parentWidget()
+    return ""
+
+
+def test_every_control_has_a_tooltip(viewer, segment_widget, train_widget):
+    from qtpy.QtWidgets import QAbstractButton, QAbstractSpinBox, QComboBox, QListWidget
+
+    kinds = (QAbstractSpinBox, QComboBox, QAbstractButton, QListWidget)
+    for widget in (segment_widget, train_widget):
+        controls = [c for c in widget.findChildren(kinds)]
+        assert len(controls) >= 12
+        missing = [c.objectName() or c.text() if hasattr(c, "text") else type(c).__name__
+                   for c in controls if not effective_tooltip(c, widget)]
+        assert not missing, missing
+    # in a biologist's words, saying what a change does
+    for control in (segment_widget.cell_threshold, segment_widget.border_threshold, segment_widget.min_size,
+                    train_widget.crop_size, train_widget.val_fraction, train_widget.lr, train_widget.length,
+                    train_widget.margin):
+        text = control.toolTip()
+        assert ("Higher" in text or "More" in text or "Larger" in text) and \
+               ("Lower" in text or "Fewer" in text or "Smaller" in text), text
+
+
+def test_train_widget_image_follows_the_active_layer(viewer, segment_widget, train_widget, cells):
+    other = viewer.add_image(cells["image"][:64, :64], name="other")
+    mine = viewer.add_labels(np.zeros((64, 64), np.uint32), name="other annotations")
+    viewer.layers.selection.active = viewer.layers["cells"]
+    assert train_widget.image_combo.currentText() == "cells"
+    viewer.layers.selection.active = other
+    assert train_widget.image_combo.currentText() == segment_widget.image_combo.currentText() == "other"
+    assert train_widget.labels_combo.currentText() == "other annotations"  # its pair comes along
+    viewer.layers.selection.active = mine  # a labels layer is no image: the image choice stays
+    assert train_widget.image_combo.currentText() == "other"
+
+
+def test_an_error_about_a_layer_goes_when_the_layer_or_the_choice_goes(viewer, segment_widget, train_widget):
+    wrong = viewer.add_labels(np.ones((50, 60), np.uint32), name="wrong size")
+    train_widget.labels_combo.set_layer(wrong)
+    assert train_widget.train(sync=True) is None
+    assert "'wrong size'" in last_error(train_widget)
+    viewer.layers.remove(wrong)  # the layer the error is about
+    assert train_widget.status.text() == ""
+
+    other = viewer.add_labels(np.ones((40, 40), np.uint32), name="other size")
+    train_widget.labels_combo.set_layer(other)
+    assert train_widget.train(sync=True) is None
+    assert "'other size'" in last_error(train_widget)
+    viewer.add_points([[1, 1]], name="unrelated")
+    viewer.layers.remove("unrelated")  # another layer: the error still applies
+    assert "'other size'" in train_widget.status.text()
+    train_widget.add_paint_layer("labels")  # a new layer to paint, chosen as Labels
+    assert train_widget.status.text() == ""  # the choice changed
+
+    viewer.layers.remove(viewer.layers["cells"])
+    assert segment_widget.segment(sync=True) is None and "nothing is selected" in last_error(segment_widget)
+    viewer.add_image(np.zeros((32, 32), np.float32), name="new image")
+    assert segment_widget.image_combo.currentText() == "new image"
+    assert segment_widget.status.text() == ""

@@ -13,7 +13,7 @@ import sys
 import textwrap
 
 import pytest
-from conftest import TINY_ARCHITECTURE, USIIGACI
+from conftest import TEST_DATA, TINY_ARCHITECTURE
 
 pytestmark = pytest.mark.gui
 
@@ -52,12 +52,12 @@ SCRIPT = textwrap.dedent("""
 
 
 @pytest.mark.skipif(not os.environ.get("DISPLAY"), reason="needs an X display (run under xvfb-run -a)")
-def test_viewer_first_then_widgets_in_fresh_process(tmp_path, shared_data):
+def test_viewer_first_then_widgets_in_fresh_process(tmp_path):
     script = tmp_path / "viewer_first.py"
     script.write_text(SCRIPT)
     env = {**os.environ, "NAPARI_CELL_UNET_SETTINGS": str(tmp_path / "settings.ini")}
     env.pop("NAPARI_CELL_UNET_ALLOW_TRITON", None)
-    run = subprocess.run([sys.executable, str(script), str(USIIGACI / "set2" / "raw.tif"),
+    run = subprocess.run([sys.executable, str(script), str(TEST_DATA / "usiigaci" / "set18" / "raw.tif"),
                           str(tmp_path / "tiny.safetensors")],
                          capture_output=True, text=True, timeout=240, env=env)
     assert run.returncode == 0, f"exit code {run.returncode}\n{run.stdout[-2000:]}\n{run.stderr[-4000:]}"

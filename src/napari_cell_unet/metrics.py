@@ -189,6 +189,28 @@ def _judged_cells(pred: np.ndarray, gt: np.ndarray, region: np.ndarray) -> np.nd
     return np.where(keep[inverse], pred, 0)
 
 
+def is_semantic_mask(labels: np.ndarray) -> bool:
+    """True for ground truth that marks cell pixels without telling cells apart: one label value (e.g.
+    LIVECell's published semantic masks, a 0/255 PNG) over more than one separate blob. Instance scores
+    against it would count all cells as one ("1 true cell, F1 0.000")."""
+    labels = np.asarray(labels)
+    if labels.dtype == bool:
+        return False  # a boolean mask is read as its connected components (see _as_instances)
+    values = np.unique(labels)
+    values = values[values != 0]
+    if values.size != 1:
+        return False
+    _, n_blobs = ndimage.label(labels != 0, structure=np.ones((3,) * labels.ndim))
+    return n_blobs > 1
+
+
+def semantic_warning(names: Sequence[str]) -> str:
+    listed = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    return (f"{listed}: the ground truth has a single label value (a binary/semantic mask), so cells are not told "
+            "apart; instance scores (F1, precision, recall, AP) need instance labels (one number per cell). "
+            "Only pixel IoU and Dice are reported for it.")
+
+
 def instance_scores(pred: np.ndarray, gt: np.ndarray,
                     thresholds: Sequence[float] = DEFAULT_THRESHOLDS) -> dict[str, float]:
     """F1/precision/recall at IoU 0.5, F1 averaged over `thresholds`, pixel IoU, Dice and object counts."""
@@ -211,7 +233,8 @@ def aggregate(scores: Iterable[Mapping[str, Any]]) -> dict[str, float]:
     scores = list(scores)
     if not scores:
         raise MetricsError("no scores to aggregate")
-    keys = [k for k, v in scores[0].items() if isinstance(v, (int, float, np.number)) and not isinstance(v, bool)]
+    keys = list(dict.fromkeys(k for score in scores for k, v in score.items()
+                              if isinstance(v, (int, float, np.number)) and not isinstance(v, bool)))
     out: dict[str, float] = {"n_images": len(scores)}
     for key in keys:
         values = [float(s[key]) for s in scores if key in s]
@@ -348,13 +371,18 @@ def evaluate_model(model: Any, pairs: Iterable[Any], *, names: Sequence[str] | N
     from ._progress import Progress
 
     pairs = list(pairs)
-    per_image, preds, gts, probs = [], [], [], []
+    per_image, preds, gts, probs, semantic = [], [], [], [], []
     for i, pair in enumerate(pairs):
         image, labels, name = _pair_arrays(pair)
         name = names[i] if names is not None else (name or f"image {i + 1}")
         if progress is not None:
             progress(Progress(i, len(pairs), f"segmenting {name}"))
         pred, prob = _segment_labels(image, model, segment_params)
+        if is_semantic_mask(labels):  # one label value over many blobs: cells are not told apart
+            semantic.append(name)
+            per_image.append({"name": name, "pixel_iou": pixel_iou(pred, labels), "dice": dice(pred, labels),
+                              "n_pred": int(_as_instances(pred)[1]), "instance_labels": False})
+            continue
         per_image.append({"name": name, **instance_scores(pred, labels)})
         if with_ap and pred.ndim == 2:
             preds.append(pred)
@@ -362,7 +390,8 @@ def evaluate_model(model: Any, pairs: Iterable[Any], *, names: Sequence[str] | N
             probs.append(prob[0] if prob is not None and prob.ndim == 3 else None)
     if progress is not None:
         progress(Progress(len(pairs), len(pairs), "done"))
-    report: dict[str, Any] = {"images": per_image, "mean": aggregate(per_image) if per_image else {}}
+    report: dict[str, Any] = {"images": per_image, "mean": aggregate(per_image) if per_image else {},
+                              "warnings": [semantic_warning(semantic)] if semantic else []}
     if with_ap and preds:
         use_probs = probs if all(p is not None for p in probs) else None
         report["coco"] = coco_ap(preds, gts, probabilities=use_probs)

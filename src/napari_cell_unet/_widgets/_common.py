@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from napari.utils.notifications import show_error, show_info
-from qtpy.QtWidgets import QComboBox, QDoubleSpinBox, QFileDialog, QLabel, QSpinBox, QWidget
+from qtpy.QtCore import QSize, Qt
+from qtpy.QtWidgets import (QComboBox, QDoubleSpinBox, QFileDialog, QFrame, QLabel, QScrollArea, QSpinBox,
+                            QVBoxLayout, QWidget)
 
 from ..errors import CellUnetError
 from ._registry import ModelEntry, ModelRegistry
@@ -22,16 +24,79 @@ def error_message(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+ERROR_PROPERTY = "cell_unet_error"  # the error text a status line shows, "" when it shows none
+
+
 def notify_error(status: QLabel, text: str) -> None:
     status.setText(text)
     status.setStyleSheet("color: #ff8080")
+    status.setProperty(ERROR_PROPERTY, text)
     show_error(text)
 
 
-def notify_info(status: QLabel, text: str) -> None:
+def notify_info(status: QLabel, text: str, short: str | None = None) -> None:
+    """`text` in the widget's status line; `short` (default `text`) in napari's notification, which
+    shows about 40 characters before it elides the rest."""
     status.setText(text)
     status.setStyleSheet("")
-    show_info(text)
+    status.setProperty(ERROR_PROPERTY, "")
+    show_info(short or text)
+
+
+def clear_error(status: QLabel) -> None:
+    """Blank the status line if it still shows an error (the notification stays in napari's list)."""
+    shown = status.property(ERROR_PROPERTY)
+    if shown and status.text() == shown:
+        status.setText("")
+        status.setStyleSheet("")
+    status.setProperty(ERROR_PROPERTY, "")
+
+
+def clear_stale_errors(status: QLabel, viewer, combos) -> None:
+    """An error about layers goes away once it no longer applies: when the user changes one of `combos`'
+    choices (a chosen layer deleted changes it too) or deletes a layer the error names ('name')."""
+    for combo in combos:
+        combo.layer_changed.connect(lambda *_: clear_error(status))
+
+    def on_removed(event) -> None:
+        shown = status.property(ERROR_PROPERTY)
+        if shown and f"'{event.value.name}'" in shown:
+            clear_error(status)
+
+    viewer.layers.events.removed.connect(on_removed)
+
+
+class VerticalScrollArea(QScrollArea):
+    """Asks to be as wide as its content needs and as short as a few lines (it scrolls up and down)."""
+
+    def minimumSizeHint(self) -> QSize:
+        hint = super().minimumSizeHint()
+        content = self.widget()
+        if content is None:
+            return hint
+        width = (content.minimumSizeHint().width() + self.verticalScrollBar().sizeHint().width()
+                 + 2 * self.frameWidth() + 24)  # 24: the style's spacing around the scroll bar
+        return QSize(max(hint.width(), width), hint.height())
+
+
+def scrolling_content(owner: QWidget) -> QVBoxLayout:
+    """Put a scroll area in `owner` and return the layout of what it scrolls.
+
+    A dock widget then needs only a few lines of height (issue 11: both widgets docked needed 1,250 px,
+    leaving "Save model..." off a laptop screen); `owner.scroll_area` scrolls to any control.
+    """
+    content = QWidget()
+    content.setObjectName("cell_unet_content")
+    scroll = VerticalScrollArea()
+    scroll.setWidgetResizable(True)
+    scroll.setFrameShape(QFrame.Shape.NoFrame)
+    scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAsNeeded)  # only if docked narrower
+    scroll.setWidget(content)
+    outer = QVBoxLayout(owner)
+    outer.setContentsMargins(0, 0, 0, 0)
+    outer.addWidget(scroll)
+    owner.scroll_area = scroll
+    return QVBoxLayout(content)
 
 
 def device_names(core) -> list[str]:

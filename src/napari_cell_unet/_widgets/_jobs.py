@@ -107,9 +107,30 @@ class Job:
         self._dispatching = True
         try:
             while self._pending:
-                self._dispatch(self._pending.popleft())
+                self._dispatch_safely(self._pending.popleft())
         finally:
             self._dispatching = False
+
+    def _dispatch_safely(self, event: Any) -> None:
+        """Nothing raised by a callback reaches Qt's event loop (which aborts napari): an error while
+        handling an event ends up in `on_error` at the end of the job; one in `on_done`/`on_error`
+        itself becomes a napari notification."""
+        try:
+            self._dispatch(event)
+        except Exception as exc:
+            log.exception("napari-cell-unet: handling a job event failed")
+            if isinstance(event, JobEnded):
+                self._last_resort(exc)
+            elif self._error is None:
+                self._error = exc
+
+    def _last_resort(self, exc: BaseException) -> None:
+        try:
+            from napari.utils.notifications import show_error
+
+            show_error(f"{self.description} failed: {type(exc).__name__}: {exc}")
+        except Exception:  # even the notification failed: the log has it
+            log.exception("napari-cell-unet: could not report an error")
 
     def _dispatch(self, event: Any) -> None:
         if isinstance(event, JobEnded):
@@ -133,11 +154,18 @@ class Job:
             pbar.set_description(f"{self.description}: {event.message}")
 
     def _finish(self) -> None:
+        self.running = False
         pbar, self._pbar = self._pbar, None
         if pbar is not None:
-            pbar.close()
-        self.running = False
-        if self._error is not None:
-            self._on_error(self._error)
-        else:
-            self._on_done(self.cancelled)
+            try:
+                pbar.close()
+            except Exception:  # the progress bar is napari's; the job's end still reaches the widget
+                log.exception("napari-cell-unet: closing the progress bar failed")
+        if self._error is None:
+            try:
+                self._on_done(self.cancelled)
+                return
+            except Exception as exc:
+                log.exception("napari-cell-unet: finishing a job failed")
+                self._error = exc
+        self._on_error(self._error)

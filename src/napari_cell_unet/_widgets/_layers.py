@@ -18,11 +18,13 @@ class LayerComboBox(QComboBox):
     """A combo box listing the viewer's layers of some types, kept in sync with the layer list.
 
     `layer_changed` fires whenever the chosen layer changes, whether by the user or by a refresh.
+    `follow_active`: choose the layer the user makes active in the layer list, when it is of these types.
     """
 
     layer_changed = Signal()
 
-    def __init__(self, viewer, layer_types: tuple[type, ...], allow_none: bool = False, parent=None):
+    def __init__(self, viewer, layer_types: tuple[type, ...], allow_none: bool = False, parent=None,
+                 follow_active: bool = False):
         super().__init__(parent)
         self._viewer = viewer
         self._reported: str | None = None
@@ -36,6 +38,14 @@ class LayerComboBox(QComboBox):
         for layer in viewer.layers:
             layer.events.name.connect(self.refresh)
         self.refresh()
+        if follow_active:
+            viewer.layers.selection.events.active.connect(self.follow_active_layer)
+            self.follow_active_layer()
+
+    def follow_active_layer(self, event=None) -> None:
+        active = self._viewer.layers.selection.active
+        if isinstance(active, self._types):
+            self.set_layer(active)
 
     def _on_inserted(self, event) -> None:
         event.value.events.name.connect(self.refresh)
@@ -123,14 +133,65 @@ def edited_since_written(layer: Labels) -> bool:
     return written != fingerprint(layer.data)
 
 
+def unwrap(obj):
+    """The object behind napari's plugin proxies (widgets get a new proxy of a layer at every lookup)."""
+    while hasattr(obj, "__wrapped__"):
+        obj = obj.__wrapped__
+    return obj
+
+
+def same_layer(a: Layer | None, b: Layer | None) -> bool:
+    return a is not None and b is not None and unwrap(a) is unwrap(b)
+
+
+def live_layer(viewer, layer: Layer | None) -> Layer | None:
+    """`layer` if that very layer object is still in the viewer (under any name), else None."""
+    if layer is None:
+        return None
+    for candidate in viewer.layers:
+        if same_layer(candidate, layer):
+            return candidate
+    return None
+
+
 def replace_labels(layer: Labels, new: np.ndarray, plane: tuple[int, ...] = ()) -> None:
-    """Write `new` into `layer` (or into one plane of it) as one undoable edit (Ctrl+Z restores)."""
-    old = np.asarray(layer.data[plane] if plane else layer.data)
+    """Write `new` into `layer` (or into one plane of it) as one undoable edit (Ctrl+Z restores).
+
+    The pixels are written into the array and recorded in the layer's undo history directly, never
+    through `Labels.data_setitem`: that also patches the layer's displayed slice, which is stale while
+    the layer is hidden and the dims move, and then raises IndexError (issue 11). Data that is not an
+    in-memory numpy array, or that cannot hold the new ids, is replaced as a whole (not undoable).
+    """
+    layer = unwrap(layer)
+    data = layer.data
+    new = np.asarray(new)
+    fits = (isinstance(data, np.ndarray) and data.flags.writeable and np.issubdtype(data.dtype, np.integer)
+            and (new.size == 0 or int(new.max()) <= np.iinfo(data.dtype).max))
+    if not fits:
+        full = np.array(data, dtype=np.result_type(np.asarray(data).dtype, new.dtype), copy=True)
+        if plane:
+            full[plane] = new
+        else:
+            full = new.astype(full.dtype, copy=True)
+        layer.data = full
+        mark_written(layer)
+        return
+    old = data[plane] if plane else data
+    if old.shape != new.shape:
+        raise ValueError(f"labels of shape {new.shape} do not fit layer '{layer.name}' "
+                         f"({'plane ' + str(plane) + ' of ' if plane else ''}shape {data.shape})")
     changed = np.nonzero(old != new)
     if changed[0].size:
         prefix = tuple(np.full(changed[0].size, i, dtype=np.intp) for i in plane)
-        with layer.block_history():
-            layer.data_setitem(prefix + changed, new[changed])
+        indices = prefix + changed
+        before = data[indices].copy()
+        after = new[changed].astype(data.dtype)
+        data[indices] = after
+        save_history = getattr(layer, "_save_history", None)  # napari's own record of data_setitem edits
+        if save_history is not None:
+            with layer.block_history():
+                save_history((indices, before, after))
+        layer.refresh()
     mark_written(layer)
 
 
@@ -140,14 +201,6 @@ def copy_geometry(source: Layer, n_axes: int | None = None) -> dict:
     if n_axes is not None:
         scale, translate = scale[-n_axes:], translate[-n_axes:]
     return {"scale": tuple(scale), "translate": tuple(translate)}
-
-
-def find(viewer, layer: Layer | None, kind: type) -> Layer | None:
-    """`layer` if it is still in the viewer (matched by name: plugin widgets see proxies of layers)."""
-    if layer is None or layer.name not in viewer.layers:
-        return None
-    found = viewer.layers[layer.name]
-    return found if isinstance(found, kind) else None
 
 
 def unique_name(viewer, name: str) -> str:

@@ -9,12 +9,13 @@ from dataclasses import dataclass
 import numpy as np
 from napari.layers import Image, Labels
 from qtpy.QtWidgets import (QCheckBox, QComboBox, QFormLayout, QHBoxLayout, QLabel, QMessageBox,
-                            QPushButton, QVBoxLayout, QWidget)
+                            QPushButton, QWidget)
 from superqt import QCollapsible
 
 from .._progress import Progress
 from . import _features, _layers, _maps
-from ._common import ModelComboBox, device_names, double_spin, error_message, notify_error, notify_info, spin
+from ._common import (ModelComboBox, clear_stale_errors, device_names, double_spin, error_message, notify_error,
+                      notify_info, scrolling_content, spin)
 from ._jobs import Job, run_sync_by_default
 from ._registry import registry_for
 from ._torch_guard import import_torch_safely
@@ -62,16 +63,16 @@ class SegmentWidget(QWidget):
         self.confirm_replace: Callable[[Labels], str] = ask_replace  # tests replace this
         self.job: Job | None = None
         self.results: list[TaskDone] = []
+        self.notes: list[str] = []  # what the last run did that the user did not ask for (e.g. a new layer)
         self.last_model = None  # the model of the last run
         self._build()
         self.registry.changed.connect(self._on_model_changed)
-        napari_viewer.layers.selection.events.active.connect(self._follow_active_layer)
-        self._follow_active_layer()
+        self._update_stack_choice()
         self._on_model_changed()
 
     # ---- layout -------------------------------------------------------------------------
     def _build(self) -> None:
-        self.image_combo = _layers.LayerComboBox(self.viewer, (Image,))
+        self.image_combo = _layers.LayerComboBox(self.viewer, (Image,), follow_active=True)
         self.image_combo.layer_changed.connect(self._update_stack_choice)
         self.model_combo = ModelComboBox(self.registry, self._show_error)
         self.device_combo = QComboBox()
@@ -91,6 +92,30 @@ class SegmentWidget(QWidget):
         self.probabilities_check = QCheckBox("add probability layers (cell, border)")
         self.tile_size = spin(0, 8192, 0, 64)
         self.tile_size.setSpecialValueText("auto")
+
+        tips = {
+            self.image_combo: "The image to segment. Follows the layer you select in the layer list.",
+            self.model_combo: "The network that finds the cells: the bundled default (phase contrast and fluorescent "
+                              "nuclei), a model you trained in Train / fine-tune, or a model file.",
+            self.device_combo: "Where the computation runs. 'auto' uses a graphics card (GPU) when there is one, "
+                               "else the processor (CPU), which is slower but always works.",
+            self.cell_threshold: "How sure the model must be that a pixel belongs to a cell. Higher: cells come out "
+                                 "smaller and faint cells are missed. Lower: cells come out larger and background "
+                                 "specks can become cells. Set from the model's tuning when you choose a model.",
+            self.border_threshold: "How sure the model must be that a pixel is a cell edge before it separates two "
+                                   "cells. Lower: touching cells are split apart more readily, but a cell can be cut "
+                                   "in two. Higher: touching cells merge into one object.",
+            self.min_size: "Objects smaller than this area (in pixels) are removed. Higher: fewer specks and "
+                           "debris, but small cells disappear too. Lower: small cells are kept, and so is noise.",
+            self.stack_combo: "For a stack or time-lapse: segment only the plane shown now (fast, to check the "
+                              "settings), or every plane.",
+            self.probabilities_check: "Also add the model's raw maps (how likely each pixel is cell or edge, 0 to 1) "
+                                      "as image layers: useful to see why cells were missed or merged.",
+            self.tile_size: "Large images are processed in square pieces of this many pixels. 'auto' picks a size "
+                            "for your device; a smaller number uses less memory but takes longer.",
+        }
+        for control, text in tips.items():
+            control.setToolTip(text)
 
         form = QFormLayout()
         form.addRow("Image", self.image_combo)
@@ -115,13 +140,19 @@ class SegmentWidget(QWidget):
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.clicked.connect(self.cancel)
         self.cancel_button.setEnabled(False)
+        self.segment_button.setToolTip("Find the cells in the chosen image; they appear as a labels layer "
+                                       "'<image> labels' (running again replaces it; Ctrl+Z in that layer undoes).")
+        self.all_button.setToolTip("Segment every open image, whole stacks, each into its own labels layer.")
+        self.cancel_button.setToolTip("Stop after the current image; images already finished keep their labels.")
+        advanced.setToolTip("Settings you rarely need to change.")
         buttons = QHBoxLayout()
         for button in (self.segment_button, self.all_button, self.cancel_button):
             buttons.addWidget(button)
         self.status = QLabel("")
         self.status.setWordWrap(True)
+        clear_stale_errors(self.status, self.viewer, [self.image_combo])
 
-        layout = QVBoxLayout(self)
+        layout = scrolling_content(self)
         layout.addLayout(form)
         layout.addWidget(advanced)
         layout.addLayout(buttons)
@@ -129,12 +160,6 @@ class SegmentWidget(QWidget):
         layout.addStretch(1)
 
     # ---- reactions ----------------------------------------------------------------------
-    def _follow_active_layer(self, event=None) -> None:
-        active = self.viewer.layers.selection.active
-        if isinstance(active, Image):
-            self.image_combo.set_layer(active)
-        self._update_stack_choice()
-
     def _update_stack_choice(self, *_) -> None:
         layer = self.image_combo.layer()
         self.stack_combo.setEnabled(layer is not None and _layers.leading_axes(layer) > 0)
@@ -203,6 +228,7 @@ class SegmentWidget(QWidget):
         except Exception as exc:
             self._show_error(error_message(exc))
             return None
+        self.notes = []
         tasks = [task for task in (self._plan(layer, plane) for layer, plane in requests) if task is not None]
         if not tasks:
             return None
@@ -220,7 +246,12 @@ class SegmentWidget(QWidget):
     def _plan(self, layer: Image, plane: tuple[int, ...]) -> SegmentTask | None:
         """Decide where the labels go, asking first when that would overwrite the user's edits."""
         target = self.viewer.layers[labels_name(layer)] if labels_name(layer) in self.viewer.layers else None
+        if target is None:
+            return SegmentTask(layer, plane, None)
         if not isinstance(target, Labels) or target.data.shape != _layers.spatial_shape(layer):
+            what = "is not a Labels layer" if not isinstance(target, Labels) else (
+                f"is {shape_text(target.data.shape)}, the image {shape_text(_layers.spatial_shape(layer))}")
+            self.notes.append(f"'{target.name}' {what}: left it alone, the labels went to a new layer.")
             return SegmentTask(layer, plane, None)
         if not _layers.edited_since_written(target):
             return SegmentTask(layer, plane, target)
@@ -260,11 +291,14 @@ class SegmentWidget(QWidget):
     def _write_result(self, done: TaskDone) -> None:
         task, result = done.task, done.result
         labels = np.asarray(result.labels)
-        target = _layers.find(self.viewer, task.target, Labels)
+        target = self._still_writable(task)
         if target is not None:
             _layers.replace_labels(target, labels, task.plane)
         else:
             target = self._add_labels_layer(task, labels)
+            if task.target is not None:
+                self.notes.append(f"'{task.target.name}' was removed or changed while segmenting: "
+                                  f"the labels went to a new layer '{target.name}'.")
         _maps.forget_corrections(target, task.plane)
         if result.probabilities is not None:
             # the Correct widget's tools grow and split cells on these maps
@@ -277,6 +311,14 @@ class SegmentWidget(QWidget):
         target.metadata[_layers.METADATA_KEY].update(
             n_cells=int(result.n_cells), device=str(result.device), cell_diameter=result.diameter,
             cell_diameter_estimated=result.diameter_estimate is not None)
+
+    def _still_writable(self, task: SegmentTask) -> Labels | None:
+        """The planned labels layer if it is still in the viewer (the same layer, under any name) with the
+        image's shape; None when it was removed or re-shaped meanwhile (then a new layer is added)."""
+        target = _layers.live_layer(self.viewer, task.target)
+        if not isinstance(target, Labels) or target.data.shape != _layers.spatial_shape(task.layer):
+            return None
+        return target
 
     def _add_labels_layer(self, task: SegmentTask, labels: np.ndarray) -> Labels:
         shape = _layers.spatial_shape(task.layer)
@@ -324,8 +366,9 @@ class SegmentWidget(QWidget):
         if n_cells == 0 and self.results:
             summary = (f"Found no cells ({seconds:.1f} s; {diameter_text(self.results)}). This model was trained on "
                        "phase contrast and fluorescent nuclei: try another Cell diameter, or paint a few cells "
-                       "and fine-tune it in the Train tab.")
-        notify_info(self.status, summary)
+                       "and fine-tune it with Train / fine-tune (Plugins menu).")
+        short = f"{n_cells} cells found in {seconds:.1f} s" + (" (see Segment cells)" if self.notes else ".")
+        notify_info(self.status, " ".join([summary, *self.notes]), short=short)
 
     def _on_error(self, exc: BaseException) -> None:
         self._set_running(False)
@@ -362,6 +405,10 @@ def measure_result(task: SegmentTask, image: np.ndarray, result) -> dict | None:
     except Exception as exc:  # noqa: BLE001 - a measurement problem must not lose the segmentation
         warnings.warn(f"measuring the cells of '{task.layer.name}' failed: {exc}", stacklevel=2)
         return None
+
+
+def shape_text(shape) -> str:
+    return "\u00d7".join(str(int(n)) for n in shape)
 
 
 def labels_name(layer) -> str:

@@ -8,11 +8,12 @@ from pathlib import Path
 import numpy as np
 from napari.layers import Image, Labels
 from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QListWidget,
-                            QProgressBar, QPushButton, QVBoxLayout, QWidget)
+                            QProgressBar, QPushButton, QWidget)
 
 from .._progress import Progress
 from . import _layers
-from ._common import device_names, double_spin, error_message, notify_error, notify_info, spin
+from ._common import (clear_stale_errors, device_names, double_spin, error_message, notify_error, notify_info,
+                      scrolling_content, spin)
 from ._jobs import Job, run_sync_by_default
 from ._pairs import LayerPair, check_pair, training_pairs
 from ._plot import LossPlot
@@ -46,7 +47,7 @@ class TrainWidget(QWidget):
 
     # ---- layout -------------------------------------------------------------------------
     def _build(self) -> None:
-        layout = QVBoxLayout(self)
+        layout = scrolling_content(self)
         layout.addLayout(self._pair_form())
         layout.addLayout(self._settings_form())
         self.train_button = QPushButton("Train")
@@ -71,14 +72,22 @@ class TrainWidget(QWidget):
         self.use_new_button = QPushButton("Use the new model anyway")
         self.use_new_button.clicked.connect(self.use_new_model)
         self.use_new_button.setEnabled(False)
+        self.train_button.setToolTip("Improve the model on your painted cells. The result is used in Segment "
+                                     "cells only if it scores better on the held-back cells.")
+        self.cancel_button.setToolTip("Stop training; the best model so far is kept.")
+        self.save_button.setToolTip("Save the trained model as a .safetensors file, to load it later or share it.")
+        self.revert_button.setToolTip("Go back to the model that was selected before this training.")
+        self.use_new_button.setToolTip("Use the new model in Segment cells even though it did not score better.")
+        self.progress_bar.setToolTip("Training progress and the estimated time left.")
         layout.addLayout(_row(self.revert_button, self.use_new_button))
         layout.addWidget(self.save_button)
         self.status = QLabel("Paint or correct labels for an image, then Train.")
         self.status.setWordWrap(True)
         layout.addWidget(self.status)
+        clear_stale_errors(self.status, self.viewer, [self.image_combo, self.labels_combo, self.borders_combo])
 
     def _pair_form(self) -> QFormLayout:
-        self.image_combo = _layers.LayerComboBox(self.viewer, (Image,))
+        self.image_combo = _layers.LayerComboBox(self.viewer, (Image,), follow_active=True)
         self.image_combo.layer_changed.connect(self._pair_labels_with_image)
         self.labels_combo = _layers.LayerComboBox(self.viewer, (Labels,))
         self.borders_combo = _layers.LayerComboBox(self.viewer, (Labels,), allow_none=True)
@@ -90,6 +99,16 @@ class TrainWidget(QWidget):
         add_pair.clicked.connect(lambda: self.add_pair())
         remove_pair = QPushButton("Remove from list")
         remove_pair.clicked.connect(self._remove_selected_pair)
+        self.image_combo.setToolTip("The image to learn from. Follows the layer you select in the layer list.")
+        self.labels_combo.setToolTip("The cells you painted or corrected for that image, one number per cell "
+                                     "('<image> annotations', or Segment's '<image> labels' after you fixed it).")
+        self.borders_combo.setToolTip("Optional: painted cell edges. Leave at (none): the edges are worked out "
+                                      "from the painted cells.")
+        add_labels.setToolTip("Add an empty layer over the image, ready to paint cells with the brush "
+                              "(a new number for each cell).")
+        add_borders.setToolTip("Add an empty layer to paint cell edges by hand (rarely needed).")
+        add_pair.setToolTip("Keep this image and its labels in the list, to train on several images at once.")
+        remove_pair.setToolTip("Take the selected pair out of the list.")
         self.pair_list = QListWidget()
         self.pair_list.setMaximumHeight(70)
         self.pair_list.setToolTip("Pairs to train on; when empty, the pair chosen above is used.")
@@ -113,14 +132,38 @@ class TrainWidget(QWidget):
         self.lr.setSpecialValueText(AUTO)  # 0 = the API's default: 1e-4 fine-tuning, 1e-3 from scratch
         self.crop_size = spin(0, 1024, 0, 32, " px")
         self.crop_size.setSpecialValueText(AUTO)  # 0 = the API's default for the device
-        self.crop_size.setToolTip("auto: 128 px on a CPU (about 0.5 s per step), 256 px on a GPU")
         self.val_fraction = double_spin(0.0, 0.5, defaults.val_fraction, 0.05)
         self.only_painted = QCheckBox("train only where painted")
-        self.only_painted.setToolTip("Use only the area around painted cells, so unpainted cells elsewhere "
-                                     "are not taught as background (partial annotation).")
+        self.only_painted.setToolTip("Learn only around the cells you painted, so cells you left unpainted "
+                                     "elsewhere are not taught as background. Untick when every cell in the "
+                                     "image is painted.")
         self.margin = spin(0, 256, 16, 4, " px margin")
         self.device_combo = QComboBox()
         self.device_combo.addItems(device_names(self.core))
+        tips = {
+            self.start_combo: "Which model to improve: the one selected in Segment cells (usual), the bundled "
+                              "default, or a new empty model from scratch (needs many more painted cells and steps).",
+            self.length: "How long to train. More: the model learns your cells better but takes longer (about 0.5 s "
+                         "per step on a CPU) and can start to memorise your few cells. Fewer: quicker, smaller change.",
+            self.length_unit: "Count the length in steps (one small batch of image pieces each) or in epochs "
+                              "(about one pass over all painted images each).",
+            self.lr: "How big each learning step is. 'auto' suits most cases (0.0001 when fine-tuning, 0.001 "
+                     "from scratch). Higher: learns faster but can wreck what the model knew. Lower: safer, slower.",
+            self.crop_size: "Side of the image pieces the model learns from. Larger: more context around each cell "
+                            "but slower steps and more memory. Smaller: faster steps. 'auto': 128 px on a CPU "
+                            "(about 0.5 s per step), 256 px on a GPU.",
+            self.val_fraction: "Share of your painted cells held back to check that training helps (the 'before "
+                               "→ after' score). Higher: a more reliable check but fewer cells to learn from. "
+                               "Lower: more cells to learn from, a less reliable check. 0: no check, and the new "
+                               "model is used without comparison.",
+            self.margin: "With 'train only where painted': how far around your painted cells the model also "
+                         "learns background. Larger: more background learnt, but unpainted cells nearby risk "
+                         "being taught as background. Smaller: safer when neighbours are unpainted.",
+            self.device_combo: "Where training runs. 'auto' uses a graphics card (GPU) when there is one, else "
+                               "the processor (CPU), which is much slower.",
+        }
+        for control, text in tips.items():
+            control.setToolTip(text)
         form = QFormLayout()
         form.addRow("Start from", self.start_combo)
         form.addRow("Length", _row(self.length, self.length_unit))

@@ -42,6 +42,8 @@ def run(args: argparse.Namespace) -> int:
     pairs = load_pairs(args)
     model = load_model(args.model)
     report = _evaluate(model, pairs, args)
+    for warning in report.get("warnings", []):
+        print(f"warning: {warning}", file=sys.stderr)
     print(format_table(report))
     if args.output:
         write_json(args.output, report, overwrite=args.overwrite)
