@@ -521,11 +521,12 @@ def test_both_widgets_fit_a_1366x768_laptop(make_napari_viewer, segmenting_model
     viewer = make_napari_viewer(show=True)
     segment_dock, segment = viewer.window.add_plugin_dock_widget(PLUGIN, "Segment cells")
     train_dock, train = viewer.window.add_plugin_dock_widget(PLUGIN, "Train / fine-tune")
+    _, correct = viewer.window.add_plugin_dock_widget(PLUGIN, "Correct & measure")
     window = viewer.window._qt_window
     window.showNormal()
     window.resize(1366, 768)
     qtbot.waitUntil(lambda: window.height() <= 768, timeout=5_000)
-    for widget in (segment, train):
+    for widget in (segment, train, correct):
         assert widget.minimumSizeHint().height() <= 600, widget.minimumSizeHint()
     assert sum(w.minimumSizeHint().height() for w in (segment, train)) < 700  # both fit docked one above the other
     # the train widget opened last is not hidden behind a tab: both docks show
@@ -549,12 +550,13 @@ def effective_tooltip(control, root) -> str:
 
 
 def test_every_control_has_a_tooltip(viewer, segment_widget, train_widget):
-    from qtpy.QtWidgets import QAbstractButton, QAbstractSpinBox, QComboBox, QListWidget
+    from qtpy.QtWidgets import QAbstractButton, QAbstractSpinBox, QComboBox, QListWidget, QTableWidget
 
-    kinds = (QAbstractSpinBox, QComboBox, QAbstractButton, QListWidget)
-    for widget in (segment_widget, train_widget):
+    _, correct_widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Correct & measure")
+    kinds = (QAbstractSpinBox, QComboBox, QAbstractButton, QListWidget, QTableWidget)
+    for widget in (segment_widget, train_widget, correct_widget):
         controls = [c for c in widget.findChildren(kinds)]
-        assert len(controls) >= 12
+        assert len(controls) >= 10
         missing = [c.objectName() or c.text() if hasattr(c, "text") else type(c).__name__
                    for c in controls if not effective_tooltip(c, widget)]
         assert not missing, missing

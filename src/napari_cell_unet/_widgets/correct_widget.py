@@ -12,11 +12,11 @@ from __future__ import annotations
 import numpy as np
 from napari.layers import Labels
 from qtpy.QtWidgets import (QAbstractItemView, QButtonGroup, QFileDialog, QFormLayout, QGridLayout, QHBoxLayout,
-                            QLabel, QPushButton, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
+                            QLabel, QPushButton, QTableWidget, QTableWidgetItem, QWidget)
 
 from .. import correction, measure
 from . import _features, _layers, _maps
-from ._common import error_message, notify_error, notify_info, spin
+from ._common import clear_stale_errors, error_message, notify_error, notify_info, scrolling_content, spin
 from ._plot import FramePlot
 
 OFF, ADD, SPLIT, MERGE, DELETE = "off", "add", "split", "merge", "delete"
@@ -39,6 +39,7 @@ class CorrectWidget(QWidget):
         self._hooked: Labels | None = None
         self._core = None
         self._build()
+        clear_stale_errors(self.status, self.viewer, [self.labels_combo])
         self.labels_combo.layer_changed.connect(self._hook_layer)
         self._hook_layer()
 
@@ -57,7 +58,11 @@ class CorrectWidget(QWidget):
             self.buttons[tool] = button
             self.group.addButton(button)
             grid.addWidget(button, i // 2, i % 2)
+        self.labels_combo.setToolTip("The labels layer to correct (made by Segment cells, or any labels layer). "
+                                     "Clicks on it run the chosen tool on the slice you are looking at.")
         self.min_size = spin(1, 1_000_000, 30, 5, " px")
+        self.min_size.setToolTip("Objects smaller than this many pixels are removed by 'Remove smaller'. Higher "
+                                 "removes more (also small real cells); lower keeps more specks.")
         self.remove_button = QPushButton("Remove smaller")
         self.remove_button.setToolTip("Remove every object of the current plane smaller than this (one undo step).")
         self.remove_button.clicked.connect(lambda: self.remove_small())
@@ -65,6 +70,8 @@ class CorrectWidget(QWidget):
         small.addWidget(self.min_size)
         small.addWidget(self.remove_button)
         self.undo_button = QPushButton("Undo (Ctrl+Z)")
+        self.undo_button.setToolTip("Take back the last correction (each click is one step; Ctrl+Z on the layer "
+                                    "does the same).")
         self.undo_button.clicked.connect(lambda: self.undo())
         form = QFormLayout()
         form.addRow("Labels", self.labels_combo)
@@ -77,6 +84,8 @@ class CorrectWidget(QWidget):
                                        "shape and intensity, in µm when the layer has a pixel size.")
         self.measure_button.clicked.connect(lambda: self.measure())
         self.export_button = QPushButton("Export CSV...")
+        self.export_button.setToolTip("Save the table as a CSV file: one row per cell, with the image name and "
+                                      "frame, ready for a spreadsheet or R/pandas.")
         self.export_button.clicked.connect(lambda: self.export_csv())
         measure_row = QHBoxLayout()
         measure_row.addWidget(self.measure_button)
@@ -86,12 +95,13 @@ class CorrectWidget(QWidget):
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         self.table.setMinimumHeight(160)
+        self.table.setToolTip("One row per cell. Click a row to select that cell in the viewer.")
         self.table.cellClicked.connect(lambda row, _column: self.select_row(row))
         self.summary = QLabel("")
         self.frame_plot = FramePlot(self)
         self.frame_plot.setVisible(False)
 
-        layout = QVBoxLayout(self)
+        layout = scrolling_content(self)
         layout.addLayout(form)
         layout.addLayout(grid)
         layout.addWidget(self.undo_button)
