@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 OUTPUT ?= output
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test system-deps install clean
+.PHONY: run test lint system-deps install clean
 
 $(STAMP): pyproject.toml
 	bash scripts/install.sh "$(PYTHON)" "$(VENV)"
@@ -24,6 +24,10 @@ run: system-deps $(STAMP)
 ## Run the whole test suite under a virtual display.
 test: system-deps $(STAMP)
 	bash scripts/with_display.sh $(PY) -m pytest -ra -q $(PYTEST_ARGS)
+
+## Lint (ruff, configured in pyproject.toml); CI runs it before the tests.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests scripts benchmarks
 
 clean:
 	rm -rf $(VENV) $(OUTPUT) .pytest_cache

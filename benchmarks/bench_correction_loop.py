@@ -97,7 +97,6 @@ def run_route(route: str, base, images, steps: int, n_cells: int, overrides: dic
     started = time.perf_counter()
     result = train([pair], model=base, config=TrainConfig(steps=steps, **overrides), on_event=_log)
     seconds = time.perf_counter() - started
-    record = result.model.metadata["training"]
     return {"route": route, "steps": steps, "n_cells": n_cells if route == "B" else None,
             "seconds": round(seconds, 1), "best_step": result.best_step,
             "improved": getattr(result, "improved", None),
@@ -149,7 +148,7 @@ def cpu_flags() -> str:
 
     wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
     try:
-        line = next(l for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("flags"))
+        line = next(row for row in Path("/proc/cpuinfo").read_text().splitlines() if row.startswith("flags"))
         present = [f for f in wanted if f in line.split()]
     except (OSError, StopIteration):
         present = []

@@ -23,7 +23,6 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import numpy as np  # noqa: E402
 
 from default_model_data import REFERENCE_DIAMETER, all_items, at_reference_size  # noqa: E402
 from train_default_model import log  # noqa: E402  (same folder)

@@ -6,7 +6,12 @@ manifest) never imports torch.
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from importlib.metadata import PackageNotFoundError, version
+
+try:  # one source for the version: pyproject.toml, through the installed distribution's metadata
+    __version__ = version("napari-cell-unet")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0+unknown"
 
 from .errors import CellUnetError  # noqa: E402  (no heavy imports: keeps napari start-up light)
 

@@ -147,7 +147,7 @@ def _claims_image_file(path: Path) -> bool:
 
 
 def _is_integer(dtype: np.dtype) -> bool:
-    return np.issubdtype(dtype, np.integer) or dtype == bool
+    return np.issubdtype(dtype, np.integer) or dtype == np.bool_
 
 
 def _limits(image: np.ndarray) -> tuple[float, float]:

@@ -123,7 +123,7 @@ def pairs_from_arrays(images: Sequence[np.ndarray], labels: Sequence[np.ndarray]
     borders = list(borders) if borders is not None else [None] * len(images)
     if len(borders) != len(images):
         raise TrainingDataError(f"{len(images)} images but {len(borders)} border masks")
-    return [TrainingPair(i, l, b, name=f"image {n}") for n, (i, l, b) in enumerate(zip(images, labels, borders))]
+    return [TrainingPair(image, mask, border, name=f"image {n}") for n, (image, mask, border) in enumerate(zip(images, labels, borders))]
 
 
 def pairs_from_files(images: Sequence[str | os.PathLike], labels: Sequence[str | os.PathLike],
