@@ -179,6 +179,56 @@ def test_a_killed_batch_resumes_with_no_half_written_file(cluster, tiny_file, us
         np.testing.assert_array_equal(got[name], expected[name])
 
 
+def test_batch_measure_writes_each_files_cells_and_all_cells(cluster, tiny_file, usiigaci, tmp_path, capsys):
+    import csv
+
+    from napari_cell_unet.measure import measure_cells
+
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    images = {}
+    for index, name in enumerate(("set20", "set21", "set22")):
+        images[f"f{index}"] = load_usiigaci_set(name)["image"][:96, :128]
+        tifffile.imwrite(inputs / f"f{index}.tif", images[f"f{index}"], imagej=True,
+                         resolution=(1 / 0.65, 1 / 0.65), metadata={"unit": "um"})
+    out = tmp_path / "out"
+    args = ["batch", str(inputs), "-o", str(out), "--model", str(tiny_file), *FAST, "--measure",
+            "--scheduler", cluster.scheduler.address]
+
+    def rows(path):
+        with open(path, newline="", encoding="utf-8") as handle:
+            return list(csv.DictReader(handle))
+
+    assert main(args) == 0
+    assert "3 segmented, 0 already complete, 0 failed" in capsys.readouterr().out
+    every = []
+    for stem, image in images.items():
+        labels = tifffile.imread(out / f"{stem}_labels.tif")
+        expected = measure_cells(labels, image, scale=(0.65, 0.65), image_name=f"{stem}.tif")
+        got = rows(out / f"{stem}_cells.csv")
+        assert len(got) == len(expected["label"]) == len(np.unique(labels[labels > 0])) > 0
+        assert list(got[0]) == ["image", "frame", *(c for c in expected if c != "image")]  # in µm: the pixel size
+        assert {r["image"] for r in got} == {f"{stem}.tif"} and {r["frame"] for r in got} == {"0"}
+        for column, values in expected.items():
+            if column != "image":
+                np.testing.assert_allclose([float(r[column]) for r in got], values, rtol=1e-5, atol=1e-9)
+        sidecar = json.loads((out / f"{stem}_labels.json").read_text())
+        assert sidecar["status"] == "complete" and sidecar["cells_csv"] == f"{stem}_cells.csv"
+        every += got
+    assert rows(out / "all_cells.csv") == every  # every file's rows, in input order
+    assert not list(out.glob(".*"))
+
+    # a rerun skips complete outputs and still combines their rows; a missing cells CSV is redone
+    (out / "f1_cells.csv").unlink()
+    (out / "all_cells.csv").unlink()
+    stamp = (out / "f0_labels.tif").stat().st_mtime_ns
+    assert main(args) == 0
+    assert "1 segmented, 2 already complete, 0 failed" in capsys.readouterr().out
+    assert (out / "f0_labels.tif").stat().st_mtime_ns == stamp
+    assert rows(out / "f1_cells.csv") == [r for r in every if r["image"] == "f1.tif"]
+    assert rows(out / "all_cells.csv") == every
+
+
 def test_default_model_on_a_real_crop_matches_segment(cluster, usiigaci, tmp_path, capsys):
     image = tmp_path / "in" / "phase.tif"
     image.parent.mkdir()

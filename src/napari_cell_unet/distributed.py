@@ -15,6 +15,12 @@ sidecar: an output left by a killed run is recognised as this batch's own and re
 `cell-unet batch` did not write (or wrote with other settings) is never replaced without `overwrite`.
 Temporary files of a killed run (`.<name>.*.tmp`) are removed when the next run starts.
 
+With `measure=True` each task also measures the labels it made (`measure.measure_labels_file`: against the
+image, in µm when it has a pixel size) into `<stem>_cells.csv` beside them, written atomically before the
+complete sidecar, which records it; a rerun with `measure` redoes (segments again) an input whose sidecar records
+no cells CSV or whose CSV is gone or changed. The client then writes `OUTPUT_DIR/all_cells.csv` (atomic) with
+every done or skipped input's rows, in input order. Huge images (`segment_huge`) are not measured.
+
 A task that fails on its input (unreadable, wrong dimensions) returns a failed record with a one-line reason;
 dask retries a task only when its worker dies (`retries`). No Qt, no napari.
 """
@@ -241,9 +247,14 @@ def remove_stale_temporaries(outputs: Iterable[Path]) -> list[Path]:
     these outputs and their sidecars; removed and returned."""
     import shutil
 
+    from .measure import cells_csv_path
+
     removed = []
     for output in outputs:
-        for name in (output.name, sidecar_path(output).name):
+        names = [output.name, sidecar_path(output).name]
+        if not output.name.endswith(ZARR_SUFFIX):
+            names.append(cells_csv_path(output).name)
+        for name in names:
             for stale in output.parent.glob(f".{glob.escape(name)}.*.tmp"):
                 stale.unlink(missing_ok=True)
                 removed.append(stale)
@@ -256,10 +267,11 @@ def remove_stale_temporaries(outputs: Iterable[Path]) -> list[Path]:
 
 
 def plan(files: Sequence[tuple[Path, str | None]], output_dir: Path, settings: dict[str, Any],
-         overwrite: bool = False, huge_pixels: int | None = None) -> tuple[list[_Job], list[BatchRecord]]:
+         overwrite: bool = False, huge_pixels: int | None = None,
+         measure: bool = False) -> tuple[list[_Job], list[BatchRecord]]:
     """Split inputs into jobs to run and records already known (skipped: complete; failed: missing input,
     or an output this batch may not replace). With `huge_pixels`, 2-D inputs above it become chunked jobs
-    writing `<stem>_labels.ome.zarr`."""
+    writing `<stem>_labels.ome.zarr`. With `measure`, a TIFF output is complete only with its cells CSV."""
     from .batch import output_paths
 
     outputs = output_paths([path for path, _ in files], output_dir)
@@ -277,6 +289,8 @@ def plan(files: Sequence[tuple[Path, str | None]], output_dir: Path, settings: d
         identity = input_identity(path)
         sidecar = read_sidecar(output)
         state = _output_state(output, sidecar, identity, settings)
+        if state == "complete" and measure and not _cells_csv_complete(output, sidecar):
+            state = "ours"  # labels without their measurements: segmented and measured again
         if state == "complete" and not overwrite:
             known.append(BatchRecord(str(path), str(output), SKIPPED, cells=sidecar.get("n_cells"),
                                      diameter=sidecar.get("diameter"), seconds=sidecar.get("seconds"),
@@ -299,6 +313,16 @@ def _is_huge(path: Path, huge_pixels: int | None) -> bool:
     except (CellUnetError, ValueError, OSError):
         return False  # the task reports it
     return len(shape) == 2 and shape[0] * shape[1] > huge_pixels
+
+
+def _cells_csv_complete(output: Path, sidecar: dict) -> bool:
+    from .measure import cells_csv_path
+
+    if output.name.endswith(ZARR_SUFFIX):
+        return True  # huge images are not measured
+    path = cells_csv_path(output)
+    return (sidecar.get("cells_csv") == path.name and path.is_file()
+            and path.stat().st_size == sidecar.get("cells_csv_size"))
 
 
 def _output_state(output: Path, sidecar: dict | None, identity: dict, settings: dict) -> str:
@@ -355,8 +379,9 @@ def worker_name() -> str:
 
 
 def segment_task(input_path: str, output: str, identity: dict, settings: dict, model_path: str,
-                 params: dict) -> BatchRecord:
-    """Segment one input exactly as `cell-unet segment` does and mark its output complete (runs on a worker)."""
+                 params: dict, measure: bool = False) -> BatchRecord:
+    """Segment one input exactly as `cell-unet segment` does (with `measure`, also write its `<stem>_cells.csv`
+    as `cell-unet segment --measure` does) and mark its output complete (runs on a worker)."""
     from .batch import LARGE_IMAGE_PIXELS, FileResult, _segment_file
 
     path, target = Path(input_path), Path(output)
@@ -375,11 +400,19 @@ def segment_task(input_path: str, output: str, identity: dict, settings: dict, m
             error = result.error if result is not None else f"{path}: segmentation returned no result"
             return BatchRecord(input_path, None, FAILED, seconds=time.perf_counter() - started, worker=name,
                                error=error)
+        cells_csv = {}
+        if measure:
+            from .measure import cells_csv_path, measure_labels_file
+
+            measure_labels_file(path, target, overwrite=True)  # atomic; the sidecar still says "running"
+            csv_path = cells_csv_path(target)
+            cells_csv = {"cells_csv": csv_path.name, "cells_csv_size": csv_path.stat().st_size}
         seconds = time.perf_counter() - started
         _write_json(sidecar_path(target), {
             "status": "complete", "input": identity, "settings": settings, "output": target.name,
-            "output_size": target.stat().st_size, "n_cells": result.n_cells, "diameter": result.diameter,
-            "seconds": round(seconds, 3), "worker": name, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+            "output_size": target.stat().st_size, **cells_csv, "n_cells": result.n_cells,
+            "diameter": result.diameter, "seconds": round(seconds, 3), "worker": name,
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
         return BatchRecord(input_path, output, DONE, cells=result.n_cells, diameter=result.diameter,
                            seconds=seconds, worker=name)
     except (CellUnetError, ValueError, OSError) as exc:
@@ -485,7 +518,7 @@ def _distributed():
 def iter_batch(inputs: Iterable[str | Path], output_dir: str | Path, client: Any, *, model: str | Path | None = None,
                diameter: float | str | None = "auto", overwrite: bool = False, retries: int = DEFAULT_RETRIES,
                threads: int | None = None, files: Sequence[tuple[Path, str | None]] | None = None,
-               huge_pixels: int | None = None, chunk: int = HUGE_CHUNK,
+               huge_pixels: int | None = None, chunk: int = HUGE_CHUNK, measure: bool = False,
                **params: Any) -> Iterator[Progress | BatchRecord | BatchReport]:
     """Segment every input on `client`'s workers into `output_dir`; yield `Progress(0, inputs, ...)` once
     planned, a `BatchRecord` per input (those known
@@ -498,6 +531,9 @@ def iter_batch(inputs: Iterable[str | Path], output_dir: str | Path, client: Any
     as `cell-unet segment` does. Other parameters as for `cell-unet segment` (device, thresholds, tile_size, ...).
     `retries`: reruns of a task that raised (a worker that dies is governed by the scheduler's
     `allowed-failures`; `local_client(retries=...)` sets it). Closing the generator cancels the remaining tasks.
+    `measure`: each TIFF output also gets `<stem>_cells.csv` (one row per cell) and the report's
+    `files["cells"]` is `output_dir/all_cells.csv` with the rows of every done or skipped input (huge images,
+    written as OME-Zarr, are not measured).
     """
     from distributed import as_completed
 
@@ -515,7 +551,7 @@ def iter_batch(inputs: Iterable[str | Path], output_dir: str | Path, client: Any
     if huge_pixels is not None:
         settings["chunked"] = {"above_pixels": int(huge_pixels), "chunk": int(chunk), "overlap": HUGE_OVERLAP}
     task_params = {**params, "diameter": diameter, **({"threads": threads} if threads else {})}
-    jobs, records = plan(files, output_dir, settings, overwrite, huge_pixels)
+    jobs, records = plan(files, output_dir, settings, overwrite, huge_pixels, measure)
     skipped = sum(r.status == SKIPPED for r in records)
     yield Progress(0, len(files), f"{len(jobs)} to segment, {skipped} already complete")
     yield from records
@@ -526,7 +562,7 @@ def iter_batch(inputs: Iterable[str | Path], output_dir: str | Path, client: Any
         if job.huge:
             continue
         future = client.submit(segment_task, str(job.input), str(job.output), job.identity, settings, str(path),
-                               task_params, retries=retries, pure=False,
+                               task_params, measure, retries=retries, pure=False,
                                key=f"cell-unet-segment-{number}-{job.input.name}-{time.time_ns()}")
         futures[future] = job
     try:
@@ -554,7 +590,24 @@ def iter_batch(inputs: Iterable[str | Path], output_dir: str | Path, client: Any
                          workers=len(client.scheduler_info().get("workers", {})) if started_client else 0,
                          dashboard=dashboard_link(client) if started_client else None)
     report.files = write_report(report, str(path))
+    if measure:
+        combined = write_all_cells(report)
+        if combined is not None:
+            report.files["cells"] = combined
     yield report
+
+
+def write_all_cells(report: BatchReport) -> Path | None:
+    """`all_cells.csv` in the output folder: the `<stem>_cells.csv` rows of every done or skipped TIFF output, in
+    input order (as `cell-unet segment --measure` writes it); None when there is none."""
+    from .measure import ALL_CELLS_CSV, cells_csv_path, read_cells_csv, write_combined
+
+    paths = [cells_csv_path(Path(r.output)) for r in report.records
+             if r.ok and r.output and not r.output.endswith(ZARR_SUFFIX)]
+    tables = [table for table in (read_cells_csv(p) for p in paths if p.is_file()) if table]
+    if not tables:
+        return None
+    return write_combined(tables, report.output_dir / ALL_CELLS_CSV)
 
 
 def write_report(report: BatchReport, model: str | None = None) -> dict[str, Path]:

@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from skimage.measure import regionprops_table
 
+ALL_CELLS_CSV = "all_cells.csv"  # `--measure` of cell-unet segment and batch: every image's rows in OUTPUT_DIR
 SHAPE_PROPERTIES = ("label", "area", "perimeter", "equivalent_diameter_area", "eccentricity", "solidity", "centroid")
 INTENSITY_PROPERTIES = ("intensity_mean", "intensity_min", "intensity_max")
 LENGTHS = ("perimeter", "equivalent_diameter")
@@ -33,6 +33,9 @@ def measure_cells(labels: np.ndarray, image: np.ndarray | None = None, scale: Se
     `scale`: (y, x) pixel size (the last two values are used); None = pixels. `frame` / `image_name` add
     constant columns "frame" / "image" in front.
     """
+    # imported when used: the CLI imports this module for its help
+    from skimage.measure import regionprops_table
+
     labels = np.asarray(labels)
     if labels.ndim != 2:
         raise ValueError(f"labels must be a 2-D plane, got shape {labels.shape}")
@@ -116,6 +119,60 @@ def write_cells_csv(table: dict[str, np.ndarray], path: str | Path, overwrite: b
             for i in range(n):
                 writer.writerow([_cell(table[c][i]) for c in columns])
     return path
+
+
+def read_cells_csv(path: str | Path) -> dict[str, np.ndarray]:
+    """A CSV written by `write_cells_csv` as a table of its text cells (column -> object array of str), so that
+    `write_combined` copies the values unchanged."""
+    with open(path, newline="", encoding="utf-8") as handle:
+        rows = list(csv.reader(handle))
+    if not rows:
+        return {}
+    columns = rows[0]
+    return {c: np.array([row[i] for row in rows[1:]], dtype=object) for i, c in enumerate(columns)}
+
+
+def cells_csv_path(labels_path: str | Path) -> Path:
+    """<dir>/<stem>_labels.tif -> <dir>/<stem>_cells.csv (beside the labels file)."""
+    labels_path = Path(labels_path)
+    name = labels_path.name
+    for suffix in (".ome.tiff", ".ome.tif", ".tiff", ".tif"):
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    return labels_path.with_name(f"{name.removesuffix('_labels')}_cells.csv")
+
+
+def write_combined(tables: Sequence[dict], path: str | Path) -> Path:
+    """One CSV with the rows of every image (columns: those of the first table; px and µm tables kept apart)."""
+    columns = list(tables[0])
+    same = [t for t in tables if list(t) == columns]
+    return write_cells_csv(concatenate(same), path, overwrite=True)  # a summary of this run: always replaced
+
+
+def measure_labels_file(image_path: str | Path, labels_path: str | Path, overwrite: bool = False) -> dict:
+    """Measure the cells of a labels file against the image it was segmented from (in µm when the image has a
+    pixel size) and write `cells_csv_path(labels_path)` atomically; returns the table (columns image, frame,
+    label, ...). Used by `cell-unet segment --measure` and, on the workers, `cell-unet batch --measure`."""
+    from .io import read_labels
+    from .io.images import open_image
+
+    image = open_image(image_path, lazy=False)
+    labels = np.asarray(read_labels(labels_path))
+    pixels = np.asarray(image.data)
+    channels = pixels.shape[-1] if image.rgb else 1
+    pixels = pixels.reshape(labels.shape + pixels.shape[-1:] * image.rgb) if pixels.size == labels.size * channels \
+        else None
+    scale = None
+    if image.scale is not None:
+        spatial = image.scale[:-1] if image.rgb else image.scale
+        scale = tuple(spatial[-2:]) if not np.allclose(spatial[-2:], 1.0) else None
+    table = measure_stack(labels, pixels, scale, image_name=Path(image_path).name, unit="um")
+    n = len(table["label"])
+    if "frame" not in table:
+        table = {"image": table.pop("image"), "frame": np.zeros(n, dtype=np.int64), **table}
+    write_cells_csv(table, cells_csv_path(labels_path), overwrite=overwrite)
+    return table
 
 
 def _cell(value):

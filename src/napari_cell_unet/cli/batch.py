@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..measure import ALL_CELLS_CSV
 from . import _checks as checks
 from ._diameter import add_diameter_argument
 
@@ -50,6 +51,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--retries", type=checks.int_range(0, 100), default=2,
                         help="times a file is rerun on another worker when its worker dies (default: 2; with "
                              "--scheduler, that cluster's distributed.scheduler.allowed-failures decides)")
+    parser.add_argument("--measure", action="store_true",
+                        help="also write <stem>_cells.csv beside each labels file (one row per cell, as cell-unet "
+                             f"segment --measure; in µm when the image has a pixel size) and OUTPUT_DIR/{ALL_CELLS_CSV} "
+                             "with every input's rows; an output without its cells CSV is segmented again. Not "
+                             "supported for --zarr-above images (they are not measured)")
     parser.add_argument("--overwrite", action="store_true",
                         help="redo every input and replace existing label files")
     parser.add_argument("--quiet", "-q", action="store_true", help="no line per image, only the summary")
@@ -69,6 +75,9 @@ def run(args: argparse.Namespace) -> int:
     files = dist.collect_inputs(args.inputs)
     if not files:
         raise dist.BatchInputError("no image files in the given inputs")
+    if args.measure and args.zarr_above is not None:
+        tqdm.write(f"cell-unet batch: note: --measure does not measure images above --zarr-above {args.zarr_above} "
+                   f"pixels (OME-Zarr outputs); their cells are not in {ALL_CELLS_CSV}", file=sys.stderr)
     threads = args.threads
     if not args.scheduler:
         cores = cpu_threads()
@@ -88,7 +97,8 @@ def run(args: argparse.Namespace) -> int:
     try:  # a given scheduler is reached first (a typo is one line at once); a local cluster starts when needed
         steps = dist.iter_batch(args.inputs, args.output_dir, start_client() if args.scheduler else start_client, model=args.model, files=files,
                                 diameter=args.diameter, overwrite=args.overwrite, retries=args.retries,
-                                threads=threads, huge_pixels=args.zarr_above, chunk=args.chunk, **_params(args))
+                                threads=threads, huge_pixels=args.zarr_above, chunk=args.chunk, measure=args.measure,
+                                **_params(args))
         with tqdm(total=len(files), unit="image", file=sys.stderr, dynamic_ncols=True) as bar:
             for item in steps:
                 if isinstance(item, dist.BatchReport):
@@ -106,10 +116,11 @@ def run(args: argparse.Namespace) -> int:
         for client in clients:
             dist.close_client(client)
     workers = f"{report.workers} worker{'s' * (report.workers != 1)}"
+    cells = f", cells: {report.files['cells'].name}" if "cells" in report.files else ""
     print(f"batch: {report.count(dist.DONE)} segmented, {report.count(dist.SKIPPED)} already complete, "
           f"{report.failed} failed: {sum(r.cells or 0 for r in report.records if r.ok)} cells in "
           f"{report.seconds:.1f} s on {workers} -> {args.output_dir} "
-          f"(report: {report.files['json'].name}, {report.files['csv'].name})")
+          f"(report: {report.files['json'].name}, {report.files['csv'].name}{cells})")
     return report.exit_code
 
 

@@ -13,10 +13,9 @@ import sys
 import time
 from pathlib import Path
 
+from ..measure import ALL_CELLS_CSV
 from . import _checks as checks
 from ._diameter import add_diameter_argument
-
-ALL_CELLS_CSV = "all_cells.csv"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -50,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import CellUnetError
     from ..inference import resolve_device
     from ..io._atomic import check_output_folder
+    from ..measure import measure_labels_file, write_combined
     from ..model import load_model
 
     files = expand_inputs(args.inputs)
@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
             bar.update(1)
             if item.ok and args.measure:
                 try:
-                    tables.append(write_measurements(item, overwrite=args.overwrite))
+                    tables.append(measure_labels_file(item.input, item.output, overwrite=args.overwrite))
                 except CellUnetError as exc:
                     item.error = f"{item.input}: labels written, measurements not: {exc}"
             if item.ok:
@@ -85,51 +85,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"segmented {done} image{'s' * (done != 1)}{failures}: {cells} cells in "
           f"{time.perf_counter() - started:.1f} s -> {args.output_dir}")
     return 1 if failed else 0
-
-
-def cells_csv_path(labels_path: Path) -> Path:
-    """<dir>/<stem>_labels.tif -> <dir>/<stem>_cells.csv (beside the labels file)."""
-    name = labels_path.name
-    for suffix in (".ome.tiff", ".ome.tif", ".tiff", ".tif"):
-        if name.lower().endswith(suffix):
-            name = name[: -len(suffix)]
-            break
-    return labels_path.with_name(f"{name.removesuffix('_labels')}_cells.csv")
-
-
-def write_combined(tables: list[dict], path: Path) -> Path:
-    """One CSV with the rows of every image (columns: those of the first table; px and µm tables kept apart)."""
-    from ..measure import concatenate, write_cells_csv
-
-    columns = list(tables[0])
-    same = [t for t in tables if list(t) == columns]
-    return write_cells_csv(concatenate(same), path, overwrite=True)  # a summary of this run: always replaced
-
-
-def write_measurements(item, overwrite: bool) -> dict:
-    """Measure the cells of one segmented file against its image and write the CSV beside its labels."""
-    import numpy as np
-
-    from ..io import read_labels
-    from ..io.images import open_image
-    from ..measure import measure_stack, write_cells_csv
-
-    image = open_image(item.input, lazy=False)
-    labels = np.asarray(read_labels(item.output))
-    pixels = np.asarray(image.data)
-    channels = pixels.shape[-1] if image.rgb else 1
-    pixels = pixels.reshape(labels.shape + pixels.shape[-1:] * image.rgb) if pixels.size == labels.size * channels \
-        else None
-    scale = None
-    if image.scale is not None:
-        spatial = image.scale[:-1] if image.rgb else image.scale
-        scale = tuple(spatial[-2:]) if not np.allclose(spatial[-2:], 1.0) else None
-    table = measure_stack(labels, pixels, scale, image_name=Path(item.input).name, unit="um")
-    n = len(table["label"])
-    if "frame" not in table:
-        table = {"image": table.pop("image"), "frame": np.zeros(n, dtype=np.int64), **table}
-    write_cells_csv(table, cells_csv_path(Path(item.output)), overwrite=overwrite)
-    return table
 
 
 def _image_line(item, auto: bool) -> str:
