@@ -8,7 +8,7 @@ what our inference does: the input's ``[low, high]`` percentiles become 0 and 1 
 channels ``cell`` and ``border`` are ``sigmoid``s of the network's logits. Thresholds, the cell diameter and the full
 metadata are in ``config.napari_cell_unet``, from which `from_bioimageio` restores the `CellModel`.
 
-``bioimageio.spec`` (validation) and ``bioimageio.core`` (`test_package`) are imported only when exporting or
+``bioimageio.spec`` (validation) and ``bioimageio.core`` (`run_bioimageio_test`) are imported only when exporting or
 testing; loading needs neither (plain YAML and ``torch.load(weights_only=True)``: nothing is unpickled).
 """
 
@@ -183,9 +183,13 @@ def export_bioimageio(model: CellModel, output: str | os.PathLike, image: np.nda
     return output
 
 
-def test_package(path: str | os.PathLike, weight_format: str | None = None, devices: list[str] | None = None):
+def run_bioimageio_test(path: str | os.PathLike, weight_format: str | None = None, devices: list[str] | None = None):
     """bioimageio.core's own test of a package (format + reproducing the test output); its ValidationSummary."""
-    from bioimageio.core import test_model
+    try:
+        from bioimageio.core import test_model
+    except ImportError:
+        raise BioimageioError("testing a bioimage.io package needs bioimageio.core: "
+                              "pip install 'napari-cell-unet[bioimageio]'") from None
 
     return test_model(str(path), weight_format=weight_format, devices=devices or ["cpu"])
 
@@ -428,5 +432,10 @@ def _validate(folder: Path) -> None:
     status = descr.validation_summary.status
     if status not in ("passed", "valid-format"):
         errors = descr.validation_summary.details[0].errors if descr.validation_summary.details else []
+        if any("index_key" in e.msg for e in errors):  # bioimageio.spec <= 0.5.12 under pydantic >= 2.14
+            import pydantic
+
+            raise BioimageioError(f"bioimageio.spec cannot validate under pydantic {pydantic.VERSION}: "
+                                  "pip install 'napari-cell-unet[bioimageio]' (pydantic<2.13)")
         first = "; ".join(f"{'.'.join(map(str, e.loc))}: {e.msg}" for e in errors[:3]) or status
         raise BioimageioError(f"the exported description is not valid bioimage.io: {first[:200]}")
