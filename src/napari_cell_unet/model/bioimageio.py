@@ -67,10 +67,17 @@ def from_bioimageio(path: str | os.PathLike) -> CellModel:
 
     Raises `BioimageioError` for anything else, including valid packages of other architectures.
     """
-    import torch
-
     path = Path(path)
     package = _Package(path)
+    try:
+        return _from_package(path, package)
+    finally:
+        package.close()
+
+
+def _from_package(path: Path, package: "_Package") -> CellModel:
+    import torch
+
     rdf = package.rdf()
     weights = rdf.get("weights") if isinstance(rdf, dict) else None
     state_entry = weights.get("pytorch_state_dict") if isinstance(weights, dict) else None
@@ -110,7 +117,7 @@ class _Package:
     def __init__(self, path: Path):
         self.path = path
         if not path.exists():
-            raise BioimageioError(f"{path}: no such file or folder")
+            raise BioimageioError(f"{path}: no such model file or package")
         if path.is_dir():
             names = [RDF_NAME] + sorted(p.name for p in path.glob("*bioimageio.yaml"))
             found = [n for n in names if (path / n).is_file()]
@@ -129,6 +136,10 @@ class _Package:
             self.root, self.rdf_name = None, found[0]
         else:
             self.root, self.rdf_name, self.zip = path.parent, path.name, None
+
+    def close(self) -> None:
+        if self.zip is not None:
+            self.zip.close()
 
     def read(self, name: str) -> bytes:
         if not name or "://" in name or name.startswith(("/", "\\")) or ".." in Path(name).parts:
@@ -242,7 +253,11 @@ def _write_package_files(model: CellModel, folder: Path, image: np.ndarray | Non
     _write_cover(folder / "cover.png", test_input, test_output)
     torch.save({k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}, folder / "weights.pt")
     if torchscript:
-        with torch.no_grad():
+        import warnings
+
+        with torch.no_grad(), warnings.catch_warnings():  # torch deprecates jit (FutureWarning); tools still need it
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
             traced = torch.jit.trace(network, torch.from_numpy(test_input), check_trace=False)
         traced.save(str(folder / "weights_torchscript.pt"))
     (folder / "README.md").write_text(documentation or _documentation(model), encoding="utf-8")
