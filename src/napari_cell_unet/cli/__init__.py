@@ -12,6 +12,7 @@ SUBCOMMANDS = {
     "train": "napari_cell_unet.cli.train",
     "evaluate": "napari_cell_unet.cli.evaluate",
     "batch": "napari_cell_unet.cli.batch",
+    "export-bioimageio": "napari_cell_unet.cli.export_bioimageio",
 }
 EXIT_ERROR = 2  # a documented error (bad file, argument or output): one line on stderr
 EXIT_BUG = 3  # anything else: a bug, reported in one line unless --debug

@@ -9,8 +9,10 @@ from .files import (
     save_model,
 )
 from .cell_model import CellModel
+from .bioimageio import BioimageioError, export_bioimageio, from_bioimageio
 
 __all__ = [
+    "BioimageioError",
     "CellModel",
     "DEFAULT_ARCHITECTURE",
     "DEFAULT_MODEL_PATH",
@@ -18,6 +20,8 @@ __all__ = [
     "OUTPUT_CLASSES",
     "build_network",
     "default_model_available",
+    "export_bioimageio",
+    "from_bioimageio",
     "load_model",
     "save_model",
 ]

@@ -62,7 +62,8 @@ def save_model(model: CellModel, path: str | os.PathLike, half: bool = False) ->
 def load_model(path: str | os.PathLike | None = None) -> CellModel:
     """Load a model on the CPU. `None` loads the bundled default model.
 
-    `.safetensors` files written by this package carry their own architecture. A plain
+    `.safetensors` files written by this package carry their own architecture, and so do bioimage.io packages
+    exported by it (a folder, .zip or rdf.yaml: `bioimageio.from_bioimageio`). A plain
     PyTorch state dict (`.pt`/`.pth`) is read with `torch.load(weights_only=True)` and must
     match the default architecture.
     """
@@ -71,6 +72,10 @@ def load_model(path: str | os.PathLike | None = None) -> CellModel:
             raise ModelFileError(f"{DEFAULT_MODEL_PATH}: the bundled default model is missing from this installation")
         path = DEFAULT_MODEL_PATH
     path = Path(path)
+    if path.suffix == ".zip" or path.is_dir() or path.name == "rdf.yaml" or path.name.endswith("bioimageio.yaml"):
+        from .bioimageio import from_bioimageio  # a bioimage.io package exported by `cell-unet export-bioimageio`
+
+        return from_bioimageio(path)
     if not path.is_file():
         raise ModelFileError(f"{path}: no such model file")
     if path.suffix == ".safetensors":
