@@ -337,7 +337,8 @@ class CorrectWidget(QWidget):
         pixels = np.argwhere(np.asarray(layer.data[plane] if plane else layer.data) == label)
         if pixels.size:
             center = layer.data_to_world(np.asarray(plane + tuple(pixels.mean(axis=0)), dtype=float))
-            self.viewer.camera.center = tuple(center[-2:])
+            camera = self.viewer.scene.camera if hasattr(self.viewer, "scene") else self.viewer.camera  # napari < 0.9
+            camera.center = tuple(center[-2:])
 
     def export_csv(self, path: str | None = None) -> str | None:
         """Write the layer's measurements (one row per cell, with image name and frame) to a CSV file."""
