@@ -164,6 +164,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int)
     parser.add_argument("--set", nargs="*", default=[], help="TrainConfig overrides, key=value (python literals)")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--split", choices=("test", "validation"), default="test",
+                        help="test: set29 corrected, set21 same experiment, set5/13/35/41 others (the numbers reported); "
+                             "validation: set27 corrected, set38/42/10 others (where settings are chosen)")
     args = parser.parse_args(argv)
     import ast
 
@@ -176,6 +179,9 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {k: ast.literal_eval(v) for k, v in (item.split("=", 1) for item in args.set)}
     if args.threads:
         overrides.setdefault("threads", args.threads)
+    if args.split == "validation":
+        global CORRECTED, SAME_EXPERIMENT, OTHER_EXPERIMENTS
+        CORRECTED, SAME_EXPERIMENT, OTHER_EXPERIMENTS = "set27", ["set38"], ["set10", "set42"]
     names = [CORRECTED] + [n for n in (args.images or SAME_EXPERIMENT + OTHER_EXPERIMENTS) if n != CORRECTED]
     images = {name: load(name) for name in names}
     base = cu.load_model()
