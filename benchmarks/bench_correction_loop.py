@@ -77,10 +77,18 @@ def score(labels: np.ndarray, truth: np.ndarray) -> dict[str, float]:
     return {"f1": round(float(scores["f1_50"]), 4), "iou": round(float(scores["pixel_iou"]), 4)}
 
 
+DIAMETER = "auto"  # or "true": each image segmented at its true median cell diameter (isolates what training did)
+
+
 def evaluate(model, images: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, dict[str, float]]:
     import napari_cell_unet as cu
+    from napari_cell_unet.inference import estimate_diameter
 
-    return {name: score(cu.segment(image, model), truth) for name, (image, truth) in images.items()}
+    def diameter(truth):
+        return estimate_diameter(truth) if DIAMETER == "true" else "auto"
+
+    return {name: score(cu.segment(image, model, diameter=diameter(truth)), truth)
+            for name, (image, truth) in images.items()}
 
 
 def run_route(route: str, base, images, steps: int, n_cells: int, overrides: dict) -> dict:
@@ -164,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int)
     parser.add_argument("--set", nargs="*", default=[], help="TrainConfig overrides, key=value (python literals)")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--diameter", choices=("auto", "true"), default="auto",
+                        help="segment the scored images with the automatic diameter (default) or their true one")
     parser.add_argument("--split", choices=("test", "validation"), default="test",
                         help="test: set29 corrected, set21 same experiment, set5/13/35/41 others (the numbers reported); "
                              "validation: set27 corrected, set38/42/10 others (where settings are chosen)")
@@ -179,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {k: ast.literal_eval(v) for k, v in (item.split("=", 1) for item in args.set)}
     if args.threads:
         overrides.setdefault("threads", args.threads)
+    global DIAMETER
+    DIAMETER = args.diameter
     if args.split == "validation":
         global CORRECTED, SAME_EXPERIMENT, OTHER_EXPERIMENTS
         CORRECTED, SAME_EXPERIMENT, OTHER_EXPERIMENTS = "set27", ["set38"], ["set10", "set42"]
