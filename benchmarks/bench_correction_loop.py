@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="segment the scored images with the automatic diameter (default) or their true one")
     parser.add_argument("--split", choices=("test", "validation"), default="test",
                         help="test: set29 corrected, set21 same experiment, set5/13/35/41 others (the numbers reported); "
-                             "validation: set27 corrected, set38/42/10 others (where settings are chosen)")
+                             "validation: set27 corrected, set38/10/42 others (where settings are chosen)")
     args = parser.parse_args(argv)
     import ast
 
@@ -193,7 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     DIAMETER = args.diameter
     if args.split == "validation":
         global CORRECTED, SAME_EXPERIMENT, OTHER_EXPERIMENTS
-        CORRECTED, SAME_EXPERIMENT, OTHER_EXPERIMENTS = "set27", ["set38"], ["set10", "set42"]
+        # set27 (sets 17-29) has no other validation set of its experiment
+        CORRECTED, SAME_EXPERIMENT, OTHER_EXPERIMENTS = "set27", [], ["set38", "set10", "set42"]
     names = [CORRECTED] + [n for n in (args.images or SAME_EXPERIMENT + OTHER_EXPERIMENTS) if n != CORRECTED]
     images = {name: load(name) for name in names}
     base = cu.load_model()
