@@ -16,6 +16,7 @@ import sys
 from ..measure import ALL_CELLS_CSV
 from . import _checks as checks
 from ._diameter import add_diameter_argument
+from ._segmentation_options import add_segmentation_options, segmentation_params
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,16 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scheduler", default=None, metavar="ADDRESS",
                         help="address of a running dask scheduler (tcp://host:8786) instead of a local cluster")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps, on each worker")
-    parser.add_argument("--tile-size", type=checks.tile_size, default=None,
-                        help=f"tile side in pixels, {checks.MIN_TILE_SIZE} or more (default: 1024)")
-    parser.add_argument("--min-size", type=checks.non_negative_int,
-                        help="smallest object kept, in pixels (default: the model's)")
-    parser.add_argument("--cell-threshold", type=checks.probability,
-                        help="cell probability threshold, between 0 and 1 (default: the model's)")
-    parser.add_argument("--border-threshold", type=checks.probability,
-                        help="border probability threshold, between 0 and 1 (default: the model's)")
-    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
-                        help="arithmetic precision (default: fp16 on CUDA, fp32 on the CPU)")
+    add_segmentation_options(parser)
     parser.add_argument("--zarr-above", type=checks.int_range(1), default=None, metavar="PIXELS",
                         help="2-D images with more pixels than this are split into chunks segmented across all "
                              "workers and written as <stem>_labels.ome.zarr (OME-Zarr pyramid); default: off, "
@@ -98,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
         steps = dist.iter_batch(args.inputs, args.output_dir, start_client() if args.scheduler else start_client, model=args.model, files=files,
                                 diameter=args.diameter, overwrite=args.overwrite, retries=args.retries,
                                 threads=threads, huge_pixels=args.zarr_above, chunk=args.chunk, measure=args.measure,
-                                **_params(args))
+                                **segmentation_params(args))
         with tqdm(total=len(files), unit="image", file=sys.stderr, dynamic_ncols=True) as bar:
             for item in steps:
                 if isinstance(item, dist.BatchReport):
@@ -131,7 +123,3 @@ def _line(item) -> str:
     return f"{item.input}: {item.cells} cells in {item.seconds:.1f} s (cell diameter: {diameter}; {item.worker})"
 
 
-def _params(args: argparse.Namespace) -> dict:
-    return {"device": args.device, "precision": args.precision, "tile_size": args.tile_size,
-            "min_size": args.min_size, "cell_threshold": args.cell_threshold,
-            "border_threshold": args.border_threshold}

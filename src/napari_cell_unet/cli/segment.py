@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 
 from ..measure import ALL_CELLS_CSV
-from . import _checks as checks
 from ._diameter import add_diameter_argument
+from ._segmentation_options import add_segmentation_options, segmentation_params
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,17 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output-dir", "-o", type=Path, required=True, help="folder for the *_labels.tif files")
     parser.add_argument("--model", default=None, help="model .safetensors file (default: the bundled model)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
-    parser.add_argument("--tile-size", type=checks.tile_size, default=None,
-                        help=f"tile side in pixels, {checks.MIN_TILE_SIZE} or more (default: 1024)")
-    parser.add_argument("--min-size", type=checks.non_negative_int,
-                        help="smallest object kept, in pixels (default: the model's)")
-    parser.add_argument("--cell-threshold", type=checks.probability,
-                        help="cell probability threshold, between 0 and 1 (default: the model's)")
-    parser.add_argument("--border-threshold", type=checks.probability,
-                        help="border probability threshold, between 0 and 1 (default: the model's)")
+    add_segmentation_options(parser)
     add_diameter_argument(parser)
-    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
-                        help="arithmetic precision (default: fp16 on CUDA, fp32 on the CPU)")
     parser.add_argument("--measure", action="store_true",
                         help="also write <stem>_cells.csv beside each labels file: one row per cell (area, "
                              "perimeter, shape, intensity; in µm when the image has a pixel size), and "
@@ -95,7 +86,5 @@ def _image_line(item, auto: bool) -> str:
 
 
 def _params(args: argparse.Namespace) -> dict:
-    params = {"device": args.device, "precision": args.precision, "tile_size": args.tile_size,
-              "min_size": args.min_size, "cell_threshold": args.cell_threshold,
-              "border_threshold": args.border_threshold}
+    params = segmentation_params(args)
     return {**{key: value for key, value in params.items() if value is not None}, "diameter": args.diameter}
