@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 
 from default_model_data import all_items  # noqa: E402
-from train_default_model import log  # noqa: E402  (same folder)
+from train_default_model import jsonable, log  # noqa: E402  (same folder)
 
 GRID = {"cell_threshold": [0.4, 0.5, 0.6, 0.7], "border_threshold": [0.1, 0.2, 0.35, 0.5], "min_size": [20, 60]}
 LIVECELL = REPO.parent / "shared" / "data" / "livecell_samples" / "A172_Phase_A7_1_00d00h00m_1.tif"
@@ -198,7 +198,7 @@ def main(argv=None):
         args.markdown.write_text(markdown(out))
     if args.report:
         args.report.parent.mkdir(parents=True, exist_ok=True)
-        args.report.write_text(json.dumps(out, indent=1, default=_plain))
+        args.report.write_text(json.dumps(out, indent=1, default=jsonable))
     log(start, "done")
     return 0
 
@@ -221,12 +221,6 @@ def markdown(out) -> str:
     if "tuning" in out:
         lines += ["", f"Thresholds chosen on the validation split: {out['tuning']['chosen']}"]
     return "\n".join(lines) + "\n"
-
-
-def _plain(value):
-    if isinstance(value, (np.floating, np.integer)):
-        return value.item()
-    return str(value)
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # train_default_model,
 
 import numpy as np  # noqa: E402
 
-from train_default_model import _write_json, find_sets, load_set, log  # noqa: E402  (same folder)
+from train_default_model import _write_json, find_sets, load_set, log, train_logged  # noqa: E402  (same folder)
 
 SAMPLE = REPO / "src" / "napari_cell_unet" / "sample_data"
 LIVECELL = REPO.parent / "shared" / "data" / "livecell_samples" / "A172_Phase_A7_1_00d00h00m_1.tif"
@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from napari_cell_unet.model import load_model, save_model
-    from napari_cell_unet.training import TrainConfig, TrainResult, TrainStep, iter_train, resolve_model
+    from napari_cell_unet.training import TrainConfig, iter_train, resolve_model
     from napari_cell_unet.training.loop import machine_description
     from napari_cell_unet.training.targets import as_instance_labels
 
@@ -216,14 +216,8 @@ def main(argv: list[str] | None = None) -> int:
         crop_size=args.crop_size, lr=args.lr, warmup_fraction=0.05, validations=0, val_fraction=0.0,
         threads=args.threads, freeze_encoder=args.freeze_encoder, seed=args.seed, device="cpu",
         name="napari-cell-unet default + nuclei (candidate)")
-    result, last_print = None, 0.0
     train_start = time.perf_counter()
-    for event in iter_train(pairs, base, train_config, val_pairs=[]):
-        if isinstance(event, TrainStep) and time.perf_counter() - last_print > 30:
-            last_print = time.perf_counter()
-            log(start, f"step {event.step} (~{event.total_steps})  loss {event.loss:.4f}  lr {event.lr:.2e}")
-        elif isinstance(event, TrainResult):
-            result = event
+    result = train_logged(iter_train(pairs, base, train_config, val_pairs=[]), start, every_s=30)
     train_seconds = time.perf_counter() - train_start
     model = result.model
     steps = model.metadata["training"]["steps"]

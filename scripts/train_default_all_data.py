@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 from default_model_data import REFERENCE_DIAMETER, all_items, at_reference_size  # noqa: E402
-from train_default_model import log  # noqa: E402  (same folder)
+from train_default_model import log, train_logged  # noqa: E402  (same folder)
 
 DOMAIN_SHARE = {"usiigaci": 0.45, "fluorescence": 0.35, "tissue": 0.20}
 VALIDATION_CROP = 384  # validation images are centre crops (whole-image passes on a CPU are slow)
@@ -88,7 +88,7 @@ def main(argv=None):
     args = parse_args(argv)
     start = time.perf_counter()
     from napari_cell_unet.model import load_model, save_model
-    from napari_cell_unet.training import TrainConfig, TrainResult, TrainStep, Validation, iter_train
+    from napari_cell_unet.training import TrainConfig, iter_train
 
     if args.output.exists() and not args.overwrite:
         raise SystemExit(f"error: {args.output} exists; pass --overwrite to replace it")
@@ -102,16 +102,7 @@ def main(argv=None):
                          freeze_encoder=False, freeze_batchnorm=False, scale_range=tuple(args.scale_range),
                          device=args.device,
                          name="napari-cell-unet default (phase contrast + nuclei)")
-    result, last_print = None, 0.0
-    for event in iter_train(train_pairs, args.base, config, val_pairs=val_pairs):
-        if isinstance(event, TrainStep) and time.perf_counter() - last_print > 60:
-            last_print = time.perf_counter()
-            log(start, f"step {event.step} (~{event.total_steps})  loss {event.loss:.4f}  lr {event.lr:.2e}")
-        elif isinstance(event, Validation):
-            log(start, f"validation at step {event.step}: loss {event.val_loss:.4f} Dice {event.dice:.3f} "
-                       f"F1@0.5 {event.f1:.3f}{'  (best)' if event.is_best else ''}")
-        elif isinstance(event, TrainResult):
-            result = event
+    result = train_logged(iter_train(train_pairs, args.base, config, val_pairs=val_pairs), start, every_s=60)
     model = result.model
     model.metadata["cell_diameter"] = REFERENCE_DIAMETER
     record = model.metadata["training"]

@@ -76,6 +76,25 @@ def log(start: float, message: str) -> None:
     print(f"[{time.perf_counter() - start:7.1f}s] {message}", flush=True)
 
 
+def train_logged(events, start: float, every_s: float):
+    """Run an `iter_train` generator to its `TrainResult`, logging a training step at most every `every_s` seconds
+    and every validation."""
+    from napari_cell_unet.training import TrainResult, TrainStep, Validation
+
+    result, last_print = None, 0.0
+    for event in events:
+        if isinstance(event, TrainStep) and time.perf_counter() - last_print > every_s:
+            last_print = time.perf_counter()
+            log(start, f"step {event.step} (~{event.total_steps})  epoch {event.epoch:.2f}  loss {event.loss:.4f}  "
+                       f"lr {event.lr:.2e}")
+        elif isinstance(event, Validation):
+            log(start, f"validation at step {event.step}: loss {event.val_loss:.4f}  Dice {event.dice:.3f}  "
+                       f"F1@0.5 {event.f1:.3f}{'  (best)' if event.is_best else ''}")
+        elif isinstance(event, TrainResult):
+            result = event
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     start = time.perf_counter()
@@ -83,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from napari_cell_unet.inference import resolve_device
     from napari_cell_unet.model import save_model, load_model
-    from napari_cell_unet.training import TrainConfig, TrainResult, TrainStep, Validation, iter_train
+    from napari_cell_unet.training import TrainConfig, iter_train
     from napari_cell_unet.training.loop import machine_description
     from napari_cell_unet.training.tune import predict_pairs, score_postprocessing, summarize, tune_postprocessing
     from napari_cell_unet.training.targets import as_instance_labels
@@ -121,17 +140,7 @@ def main(argv: list[str] | None = None) -> int:
                                name=config["name"], **train_settings)
     log(start, f"training for {train_minutes:.2f} min: {train_settings}")
 
-    result = None
-    last_print = 0.0
-    for event in iter_train(train_pairs, "scratch", train_config, val_pairs=val_pairs):
-        if isinstance(event, TrainStep) and time.perf_counter() - last_print > 10:
-            last_print = time.perf_counter()
-            log(start, f"step {event.step} (~{event.total_steps})  epoch {event.epoch:.2f}  loss {event.loss:.4f}  lr {event.lr:.2e}")
-        elif isinstance(event, Validation):
-            log(start, f"validation at step {event.step}: loss {event.val_loss:.4f}  dice {event.dice:.3f}  "
-                       f"F1@0.5 {event.f1:.3f}{'  (best)' if event.is_best else ''}")
-        elif isinstance(event, TrainResult):
-            result = event
+    result = train_logged(iter_train(train_pairs, "scratch", train_config, val_pairs=val_pairs), start, every_s=10)
     model = result.model
     steps = model.metadata["training"]["steps"]
     log(start, f"trained {steps} steps; best checkpoint at step {result.best_step}")
@@ -176,11 +185,12 @@ def _write_json(path: Path, data: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2, default=_jsonable)
+        json.dump(data, f, indent=2, default=jsonable)
     os.replace(tmp, path)
 
 
-def _jsonable(value):
+def jsonable(value):
+    """json.dump's `default`: numpy scalars as numbers, anything else as its string."""
     if isinstance(value, (np.integer, np.floating)):
         return value.item()
     return str(value)

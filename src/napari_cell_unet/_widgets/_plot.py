@@ -14,17 +14,25 @@ FOREGROUND = "#d6d0ce"
 REDRAW_INTERVAL_S = 0.25
 
 
-class LossPlot(FigureCanvasQTAgg):
+class _TwinAxesCanvas(FigureCanvasQTAgg):
+    """A dark-themed figure with one plot and a twin y axis on the right (`left`, `right`)."""
+
+    def __init__(self, parent, height_inches: float, minimum_height: int):
+        figure = Figure(figsize=(4, height_inches), dpi=90, facecolor=BACKGROUND, layout="constrained")
+        super().__init__(figure)
+        self.setParent(parent)
+        self.setMinimumHeight(minimum_height)
+        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
+        self.left = figure.add_subplot(1, 1, 1)
+        self.right = self.left.twinx()
+
+
+class LossPlot(_TwinAxesCanvas):
     """Loss (left axis, log scale) and Dice / F1 (right axis, 0-1) against the training step."""
 
     def __init__(self, parent=None):
-        figure = Figure(figsize=(4, 2.6), dpi=90, facecolor=BACKGROUND, layout="constrained")
-        super().__init__(figure)
-        self.setParent(parent)
-        self.setMinimumHeight(230)
-        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
-        self.loss_axes = figure.add_subplot(1, 1, 1)
-        self.metric_axes = self.loss_axes.twinx()
+        super().__init__(parent, 2.6, 230)
+        self.loss_axes, self.metric_axes = self.left, self.right
         self._last_draw = 0.0
         self._legend = None
         self.clear()
@@ -70,7 +78,7 @@ class LossPlot(FigureCanvasQTAgg):
             loss_ax.set_ylim(0, 1)
             loss_ax.text(50, 0.5, "training loss and validation scores\nappear here during training",
                          ha="center", va="center", color=FOREGROUND, fontsize=8, alpha=0.7)
-        _style(loss_ax, metric_ax)
+        _style(loss_ax, metric_ax, "step", ("loss", FOREGROUND), ("Dice / F1", FOREGROUND))
         if self._legend is None and self.train_loss[0]:
             handles = loss_ax.get_legend_handles_labels()[0] + metric_ax.get_legend_handles_labels()[0]
             self._legend = self.figure.legend(handles=handles, loc="outside upper center", ncols=4, fontsize=7,
@@ -85,31 +93,27 @@ def _append(series: tuple[list[int], list[float]], step: int, value: float) -> N
     series[1].append(float(value))
 
 
-def _style(loss_ax, metric_ax) -> None:
-    loss_ax.set_facecolor(BACKGROUND)
-    loss_ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    loss_ax.set_xlabel("step", color=FOREGROUND, fontsize=8)
-    loss_ax.set_ylabel("loss", color=FOREGROUND, fontsize=8)
-    metric_ax.yaxis.tick_right()  # clear() puts a twin axis's ticks and label back on the left
-    metric_ax.yaxis.set_label_position("right")
-    metric_ax.set_ylabel("Dice / F1", color=FOREGROUND, fontsize=8)
-    for ax in (loss_ax, metric_ax):
+def _style(left_ax, right_ax, x_label: str, left_label: tuple[str, str], right_label: tuple[str, str]) -> None:
+    """Theme a plot and its twin axis; `*_label` = (text, colour)."""
+    left_ax.set_facecolor(BACKGROUND)
+    left_ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    left_ax.set_xlabel(x_label, color=FOREGROUND, fontsize=8)
+    left_ax.set_ylabel(left_label[0], color=left_label[1], fontsize=8)
+    right_ax.yaxis.tick_right()  # clear() puts a twin axis's ticks and label back on the left
+    right_ax.yaxis.set_label_position("right")
+    right_ax.set_ylabel(right_label[0], color=right_label[1], fontsize=8)
+    for ax in (left_ax, right_ax):
         ax.tick_params(colors=FOREGROUND, labelsize=7)
         for spine in ax.spines.values():
             spine.set_color("#5a626c")
 
 
-class FramePlot(FigureCanvasQTAgg):
+class FramePlot(_TwinAxesCanvas):
     """Cells per frame (left axis) and median cell area per frame (right axis) of a stack's measurements."""
 
     def __init__(self, parent=None):
-        figure = Figure(figsize=(4, 2.2), dpi=90, facecolor=BACKGROUND, layout="constrained")
-        super().__init__(figure)
-        self.setParent(parent)
-        self.setMinimumHeight(180)
-        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
-        self.count_axes = figure.add_subplot(1, 1, 1)
-        self.area_axes = self.count_axes.twinx()
+        super().__init__(parent, 2.2, 180)
+        self.count_axes, self.area_axes = self.left, self.right
         self.frames: list[int] = []
         self.counts: list[int] = []
         self.areas: list[float] = []
@@ -123,15 +127,5 @@ class FramePlot(FigureCanvasQTAgg):
         area_ax.clear()
         count_ax.plot(self.frames, self.counts, "o-", color="#4fa3ff", ms=3, lw=1.2, label="cells")
         area_ax.plot(self.frames, self.areas, "s--", color="#ff9f40", ms=3, lw=1, label=area_label)
-        count_ax.set_facecolor(BACKGROUND)
-        count_ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        count_ax.set_xlabel("frame", color=FOREGROUND, fontsize=8)
-        count_ax.set_ylabel("cells", color="#4fa3ff", fontsize=8)
-        area_ax.yaxis.tick_right()
-        area_ax.yaxis.set_label_position("right")
-        area_ax.set_ylabel(area_label, color="#ff9f40", fontsize=8)
-        for ax in (count_ax, area_ax):
-            ax.tick_params(colors=FOREGROUND, labelsize=7)
-            for spine in ax.spines.values():
-                spine.set_color("#5a626c")
+        _style(count_ax, area_ax, "frame", ("cells", "#4fa3ff"), (area_label, "#ff9f40"))
         self.draw_idle()
