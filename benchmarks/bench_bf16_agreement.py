@@ -24,17 +24,15 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 import numpy as np  # noqa: E402
 
-from bench_finetune_new_domain import cpu_description  # noqa: E402
+from bench_finetune_new_domain import add_common_arguments, cpu_description  # noqa: E402
 from default_model_data import all_items  # noqa: E402
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
-    p.add_argument("--model", default=None, help="model file (default: the bundled model)")
+    add_common_arguments(p)
     p.add_argument("--crop", type=int, default=256)
     p.add_argument("--images", type=int, default=8, help="test images used (half Usiigaci, half DSB)")
-    p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
     import torch
 

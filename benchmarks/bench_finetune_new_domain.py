@@ -53,13 +53,18 @@ def score(model, items) -> dict:
             "pixel_iou": round(total["pixel_iou"], 3), "found": int(total["n_pred"]), "cells": int(total["n_true"])}
 
 
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    """--data, --model, --threads: shared with bench_bf16_agreement.py."""
+    parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
+    parser.add_argument("--model", default=None, help="model file (default: the bundled model)")
+    parser.add_argument("--threads", type=int, default=2)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
-    p.add_argument("--model", default=None, help="model file (default: the bundled model)")
+    add_common_arguments(p)
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--train", type=int, default=5, help="images to fine-tune on; the rest are the test")
-    p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
     import torch
 
