@@ -28,7 +28,7 @@ import numpy as np
 from .._progress import Progress
 from .devices import resolve_device
 from .diameter import estimate_cell_diameter
-from .instances import canonical_ids, instances_from_probabilities, relabel_consecutive
+from .instances import keyed_instances, relabel_consecutive
 from .normalize import apply_normalization, percentile_range
 from .predict import predict_probabilities
 from .rescale import diameter_scale, rescale_plane, resize_probabilities
@@ -161,13 +161,9 @@ def segment_dask(image: Any, model: Any, chunk: int = DEFAULT_CHUNK, overlap: in
                                               chunks=((2,), *chunks), meta=np.empty((0, 0, 0), np.float32))
 
     def label_block(block: np.ndarray, block_id=None) -> np.ndarray:
-        local = instances_from_probabilities(block[0], block[1], cell_threshold=params["cell_threshold"],
-                                             border_threshold=params["border_threshold"],
-                                             min_size=params["min_size"])
-        # the same pointwise test as the seeds of instances_from_probabilities
-        interior = (block[0] > params["cell_threshold"]) & (block[1] < params["border_threshold"])
-        keyed = canonical_ids(np.asarray(local), interior, _extended_origin(chunks, block_id, overlap), width,
-                               label_dtype)
+        keyed = keyed_instances(block[0], block[1], _extended_origin(chunks, block_id, overlap), width, label_dtype,
+                                cell_threshold=params["cell_threshold"], border_threshold=params["border_threshold"],
+                                min_size=params["min_size"])
         core = _crop_core(keyed, block_id, (1, *numblocks), overlap)
         if on_block is not None:
             on_block()
