@@ -17,8 +17,10 @@ CHUNK, OVERLAP = 128, 48
 
 
 class _FakeModel:
-    metadata = {"normalization": {"low": 0.0, "high": 100.0},
-                "postprocessing": {"cell_threshold": 0.5, "border_threshold": 0.5, "min_size": 0}}
+    """What chunked inference reads of a `CellModel`: metadata (no cell_diameter), normalisation, thresholds."""
+    metadata: dict = {}
+    normalization = {"method": "percentile", "low": 0.0, "high": 100.0}
+    postprocessing = {"cell_threshold": 0.5, "border_threshold": 0.5, "min_size": 0}
 
 
 def _pointwise_probabilities(image: np.ndarray) -> np.ndarray:
@@ -205,3 +207,21 @@ def test_dask_diameter_rescales_each_chunk(fake_network):
     n_objects = len(np.unique(plain)) - 1
     assert len(np.unique(zoomed)) - 1 == n_objects
     assert match_instances(zoomed, plain, iou_threshold=0.9).tp == n_objects
+
+
+def test_a_model_without_min_size_removes_objects_under_30_px(tiny_model, fake_network):
+    model = tiny_model.copy()
+    del model.metadata["postprocessing"]["min_size"]
+    model.metadata["normalization"] = dict(_FakeModel.normalization)
+    assert model.postprocessing == {"cell_threshold": 0.5, "border_threshold": 0.5, "min_size": 30}
+    image, _ = _disc_image()
+    image[300:304, 20:24] = 1.0  # a 16-px speck, far from the discs
+
+    def labelled(min_size=None):
+        return chunked.segment_dask(image, model, chunk=CHUNK, overlap=OVERLAP, predict=fake_network,
+                                    min_size=min_size).compute(scheduler="synchronous")
+
+    default = labelled()
+    assert default[301, 21] == 0
+    np.testing.assert_array_equal(default, labelled(min_size=30))
+    assert labelled(min_size=0)[301, 21] > 0  # the speck is an object when nothing is removed

@@ -28,7 +28,7 @@ import numpy as np
 from .._progress import Progress
 from .devices import resolve_device
 from .diameter import estimate_cell_diameter
-from .instances import keyed_instances, relabel_consecutive
+from .instances import instance_params, keyed_instances, relabel_consecutive
 from .normalize import apply_normalization, percentile_range
 from .predict import predict_probabilities
 from .rescale import diameter_scale, rescale_plane, resize_probabilities
@@ -40,15 +40,6 @@ SAMPLE_PIXELS = 4_000_000
 
 class ChunkedCancelled(Exception):
     """Raised inside dask tasks to stop a run that the consumer cancelled."""
-
-
-def _model_defaults(model: Any) -> dict[str, Any]:
-    meta = getattr(model, "metadata", {}) or {}
-    norm = meta.get("normalization", {}) or {}
-    post = meta.get("postprocessing", {}) or {}
-    return {"low": norm.get("low", 1.0), "high": norm.get("high", 99.8),
-            "cell_threshold": post.get("cell_threshold", 0.5), "border_threshold": post.get("border_threshold", 0.5),
-            "min_size": post.get("min_size", 0)}
 
 
 def global_percentiles(image: Any, low: float, high: float, max_pixels: int = SAMPLE_PIXELS) -> tuple[float, float]:
@@ -124,7 +115,7 @@ def segment_dask(image: Any, model: Any, chunk: int = DEFAULT_CHUNK, overlap: in
     probabilities (default: `model` through the tiled predictor). `diameter`: typical cell diameter (px); each
     chunk is zoomed to the model's cell size for prediction (see `inference.iter_segment`); "auto" estimates it
     on the image's central 2048 x 2048 pixels; `overlap` and `min_size` stay in original pixels. Other parameters
-    default to the model's metadata.
+    default to the model's (`normalization`, `postprocessing`).
     """
     import dask.array as da
 
@@ -134,11 +125,9 @@ def segment_dask(image: Any, model: Any, chunk: int = DEFAULT_CHUNK, overlap: in
     chunk, overlap = int(chunk), int(overlap)
     if chunk <= 2 * overlap:
         raise ValueError(f"chunk ({chunk}) must be larger than twice the overlap ({overlap})")
-    params = _model_defaults(model)
-    params.update({k: v for k, v in dict(low=low, high=high, cell_threshold=cell_threshold,
-                                         border_threshold=border_threshold, min_size=min_size).items()
-                   if v is not None})
-    lo, hi = global_percentiles(image, params["low"], params["high"])
+    params = instance_params(model, cell_threshold, border_threshold, min_size)
+    norm = model.normalization
+    lo, hi = global_percentiles(image, norm["low"] if low is None else low, norm["high"] if high is None else high)
     if predict is None:
         predict = model_predictor(model, resolve_device(device), tile_size)
     if diameter == "auto":
@@ -162,8 +151,7 @@ def segment_dask(image: Any, model: Any, chunk: int = DEFAULT_CHUNK, overlap: in
 
     def label_block(block: np.ndarray, block_id=None) -> np.ndarray:
         keyed = keyed_instances(block[0], block[1], _extended_origin(chunks, block_id, overlap), width, label_dtype,
-                                cell_threshold=params["cell_threshold"], border_threshold=params["border_threshold"],
-                                min_size=params["min_size"])
+                                **params)
         core = _crop_core(keyed, block_id, (1, *numblocks), overlap)
         if on_block is not None:
             on_block()

@@ -13,6 +13,15 @@ BAND_PIXELS = 16_000_000
 BAND_MARGIN = 128
 
 
+def instance_params(model: Any, cell_threshold: float | None = None, border_threshold: float | None = None,
+                    min_size: int | None = None) -> dict[str, Any]:
+    """The model's `postprocessing` with the given values in place of its own (None keeps the model's)."""
+    given = {"cell_threshold": cell_threshold, "border_threshold": border_threshold, "min_size": min_size}
+    params = {**model.postprocessing, **{key: value for key, value in given.items() if value is not None}}
+    params["min_size"] = int(params["min_size"])
+    return params
+
+
 def instances_from_probabilities(cell_prob: np.ndarray, border_prob: np.ndarray, cell_threshold: float = 0.5,
                                  border_threshold: float = 0.5, min_size: int = 30) -> np.ndarray:
     """Instance labels (uint32, 0 = background, ids 1..N consecutive) from 2-D probability maps.
