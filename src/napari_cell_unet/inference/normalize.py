@@ -21,14 +21,16 @@ class ImageError(CellUnetError, ValueError):
 
 def percentile_sample(image: Any) -> np.ndarray:
     """The pixels of `image` (numpy, memmap or dask), or for a larger image an evenly spaced grid of at most
-    `PERCENTILE_SAMPLE_PIXELS` of them (every n-th row and column); only the sample is read from a lazy image."""
+    `PERCENTILE_SAMPLE_PIXELS` of them (every n-th row, every m-th column); only the sample is read from a lazy
+    image. A grid, not every k-th pixel of the flattened image: that stride can fall in step with the rows."""
     size = int(np.prod(image.shape))
     if size <= PERCENTILE_SAMPLE_PIXELS:
         return np.asarray(image).reshape(-1)
     if len(image.shape) < 2:
         return np.asarray(image[:: -(-size // PERCENTILE_SAMPLE_PIXELS)])
-    step = int(np.ceil(np.sqrt(size / PERCENTILE_SAMPLE_PIXELS)))
-    return np.asarray(image[..., ::step, ::step]).reshape(-1)
+    row_step = int(np.ceil(np.sqrt(size / PERCENTILE_SAMPLE_PIXELS)))
+    column_step = -(-size // (PERCENTILE_SAMPLE_PIXELS * row_step))
+    return np.asarray(image[..., ::row_step, ::column_step]).reshape(-1)
 
 
 def percentile_range(image: Any, low: float = 1.0, high: float = 99.8) -> tuple[float, float]:
