@@ -203,10 +203,10 @@ def _load_lazily(content: bytes) -> Any:
     except msgspec.ValidationError:
         return _load_json(content)
     rows = np.array([(k.id, k.image_id, k.category_id) for k in keys], dtype=np.int64).reshape(-1, 3)
-    return {"images": coco.images, "annotations": RawAnnotations(entries, rows), "categories": coco.categories}
+    return {"images": coco.images, "annotations": _RawAnnotations(entries, rows), "categories": coco.categories}
 
 
-class RawAnnotations(NamedTuple):
+class _RawAnnotations(NamedTuple):
     """Annotations as their JSON text, with (id, image_id, category_id) rows in the same (file) order."""
 
     entries: list[msgspec.Raw]
@@ -241,7 +241,7 @@ def _validate(path: Path, data: Any) -> tuple[list[dict], dict[int, str], list[A
         raise CocoFormatError(path, f"not a COCO annotation file: needs 'images' and 'annotations' (found {keys})")
     images = _validate_images(path, data["images"])
     categories = _validate_categories(path, data.get("categories") or [])
-    if isinstance(data["annotations"], RawAnnotations):
+    if isinstance(data["annotations"], _RawAnnotations):
         entries, rows = data["annotations"]
         _check_rows(path, rows, np.array([image["id"] for image in images], dtype=np.int64))
         return images, categories, entries, rows
