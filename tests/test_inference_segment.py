@@ -209,8 +209,27 @@ def test_auto_precision_is_bf16_only_on_cpus_that_do_it_natively(monkeypatch):
     monkeypatch.setattr(devices, "native_bf16_cpu", lambda: True)
     assert devices.resolve_precision("auto", cpu) == "bf16" and devices.channels_last(cpu, "bf16")
     monkeypatch.setattr(devices, "native_bf16_cpu", lambda: False)
-    assert devices.resolve_precision("auto", cpu) == "fp32" and not devices.channels_last(cpu, "fp32")
+    assert devices.resolve_precision("auto", cpu) == "fp32" and devices.channels_last(cpu, "fp32")
     assert devices.resolve_precision("bf16", cpu) == "bf16"  # on request, whatever the CPU
+
+
+def test_cpu_fp32_prediction_goes_channels_last_and_matches_contiguous(tiny_model, crop, monkeypatch):
+    """Channels-last is ~1.2x faster in fp32 on an AVX2 CPU too; it must not change the probabilities."""
+    from napari_cell_unet.inference import TiledPredictor, predict, predict_probabilities
+
+    def goes_channels_last() -> bool:
+        predictor = TiledPredictor(tiny_model, **params)
+        predictor.close()
+        return predictor.channels_last
+
+    params = dict(device="cpu", tile_size=64, overlap=8, precision="fp32")
+    assert goes_channels_last()
+    fast = predict_probabilities(crop, tiny_model, **params)
+    monkeypatch.setattr(predict, "channels_last", lambda device, precision: False)
+    assert not goes_channels_last()
+    plain = predict_probabilities(crop, tiny_model, **params)
+    np.testing.assert_allclose(fast, plain, atol=1e-4)
+    assert next(tiny_model.network.parameters()).is_contiguous()  # memory format restored afterwards
 
 
 def test_bf16_channels_last_prediction_matches_fp32(tiny_model, crop):
