@@ -99,9 +99,11 @@ def scrolling_content(owner: QWidget) -> QVBoxLayout:
     return QVBoxLayout(content)
 
 
-def device_names(core) -> list[str]:
+def device_names() -> list[str]:
     """"auto" plus the devices present here (the engine decides what exists)."""
-    names = [str(name) for name in core.inference.available_devices()]
+    from ..inference import available_devices  # here, not above: the Correct widget imports this module without torch
+
+    names = [str(name) for name in available_devices()]
     return ["auto", *[name for name in names if name != "auto"]]
 
 

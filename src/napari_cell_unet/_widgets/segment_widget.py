@@ -13,16 +13,16 @@ from qtpy.QtWidgets import (QCheckBox, QComboBox, QFormLayout, QHBoxLayout, QLab
 from superqt import QCollapsible
 
 from .._progress import Progress
+from ..inference import iter_segment
+from ..model import OUTPUT_CLASSES
 from . import _features, _layers, _maps
 from ._common import (ModelComboBox, clear_stale_errors, device_names, double_spin, error_message, notify_error,
                       notify_info, scrolling_content, spin)
 from ._jobs import Job, run_sync_by_default
 from ._registry import registry_for
-from ._torch_guard import import_torch_safely
 
 CURRENT_SLICE, WHOLE_STACK = "current slice", "whole stack"
 REPLACE, NEW_LAYER, SKIP = "replace", "new layer", "skip"
-CLASSES = ("cell", "border")
 
 
 @dataclass
@@ -58,7 +58,6 @@ class SegmentWidget(QWidget):
     def __init__(self, napari_viewer, parent: QWidget | None = None):
         super().__init__(parent)
         self.viewer = napari_viewer
-        self.core = import_torch_safely()
         self.registry = registry_for(napari_viewer)
         self.confirm_replace: Callable[[Labels], str] = ask_replace  # tests replace this
         self.job: Job | None = None
@@ -76,7 +75,7 @@ class SegmentWidget(QWidget):
         self.image_combo.layer_changed.connect(self._update_stack_choice)
         self.model_combo = ModelComboBox(self.registry, self._show_error)
         self.device_combo = QComboBox()
-        self.device_combo.addItems(device_names(self.core))
+        self.device_combo.addItems(device_names())
         self.cell_threshold = double_spin(0.05, 0.95, 0.5, 0.05)
         self.border_threshold = double_spin(0.05, 0.95, 0.5, 0.05)
         self.min_size = spin(0, 100_000, 30, 5, " px")
@@ -276,7 +275,7 @@ class SegmentWidget(QWidget):
         for i, task in enumerate(tasks):
             image = _layers.pixels(task.layer, task.plane)
             task_params = dict(params, return_probabilities=params["return_probabilities"] or keeps_maps(task))
-            for event in self.core.inference.iter_segment(image, model, rgb=bool(task.layer.rgb), **task_params):
+            for event in iter_segment(image, model, rgb=bool(task.layer.rgb), **task_params):
                 if isinstance(event, Progress):
                     done = i * 1000 + round(1000 * event.fraction)
                     yield Progress(done, 1000 * len(tasks), f"{task.layer.name}: {event.message}".rstrip(": "))
@@ -332,7 +331,7 @@ class SegmentWidget(QWidget):
 
     def _write_probabilities(self, task: SegmentTask, probabilities: np.ndarray) -> None:
         shape = _layers.spatial_shape(task.layer)
-        for index, name in enumerate(CLASSES):
+        for index, name in enumerate(OUTPUT_CLASSES):
             plane_data = probabilities[..., index, :, :]
             layer_name = f"{task.layer.name} {name} probability"
             existing = self.viewer.layers[layer_name] if layer_name in self.viewer.layers else None

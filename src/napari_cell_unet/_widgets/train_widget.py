@@ -11,6 +11,8 @@ from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QHBo
                             QProgressBar, QPushButton, QWidget)
 
 from .._progress import Progress
+from ..model import save_model
+from ..training import TrainConfig, TrainingPair, TrainResult, TrainStep, Validation, iter_train
 from . import _layers
 from ._common import (clear_stale_errors, device_names, double_spin, error_message, notify_error, notify_info,
                       scrolling_content, spin)
@@ -18,7 +20,6 @@ from ._jobs import Job, run_sync_by_default
 from ._pairs import LayerPair, check_pair, training_pairs
 from ._plot import LossPlot
 from ._registry import registry_for
-from ._torch_guard import import_torch_safely
 
 FROM_CURRENT, FROM_DEFAULT, FROM_SCRATCH = "model selected in Segment cells", "bundled default", "scratch"
 STEPS, EPOCHS = "steps", "epochs"
@@ -33,7 +34,6 @@ class TrainWidget(QWidget):
     def __init__(self, napari_viewer, parent: QWidget | None = None):
         super().__init__(parent)
         self.viewer = napari_viewer
-        self.core = import_torch_safely()
         self.registry = registry_for(napari_viewer)
         self.job: Job | None = None
         self.result = None  # the last TrainResult
@@ -127,7 +127,7 @@ class TrainWidget(QWidget):
         self.length = spin(1, 1_000_000, 100, 10)
         self.length_unit = QComboBox()
         self.length_unit.addItems([STEPS, EPOCHS])
-        defaults = self.core.training.TrainConfig()  # the widget's defaults are the API's and the CLI's
+        defaults = TrainConfig()  # the widget's defaults are the API's and the CLI's
         self.lr = double_spin(0.0, 0.1, defaults.lr or 0.0, 0.0001, decimals=5)
         self.lr.setSpecialValueText(AUTO)  # 0 = the API's default: 1e-4 fine-tuning, 1e-3 from scratch
         self.crop_size = spin(0, 1024, 0, 32, " px")
@@ -139,7 +139,7 @@ class TrainWidget(QWidget):
                                      "image is painted.")
         self.margin = spin(0, 256, 16, 4, " px margin")
         self.device_combo = QComboBox()
-        self.device_combo.addItems(device_names(self.core))
+        self.device_combo.addItems(device_names())
         tips = {
             self.start_combo: "Which model to improve: the one selected in Segment cells (usual), the bundled "
                               "default, or a new empty model from scratch (needs many more painted cells and steps).",
@@ -255,8 +255,7 @@ class TrainWidget(QWidget):
         self.plot.clear()
         self.progress_bar.setValue(0)
         self.progress_bar.setFormat("%p%")
-        training = self.core.training
-        self.job = Job(lambda should_stop: training.iter_train(pairs, start, config, should_stop=should_stop),
+        self.job = Job(lambda should_stop: iter_train(pairs, start, config, should_stop=should_stop),
                        "Training", on_event=self._on_event, on_done=self._on_done, on_error=self._on_error,
                        cooperative=True)
         self._set_running(True)
@@ -270,11 +269,9 @@ class TrainWidget(QWidget):
             self.job.cancel()
             self.status.setText("Stopping after this step; the best model so far is kept...")
 
-    def _training_pairs(self) -> list:
+    def _training_pairs(self) -> list[TrainingPair]:
         chosen = self.pairs or [self.current_pair()]
-        training = self.core.training
-        return training_pairs(chosen, self.only_painted.isChecked(), self.margin.value(),
-                              make_pair=training.TrainingPair, painted_region=training.painted_region)
+        return training_pairs(chosen, self.only_painted.isChecked(), self.margin.value())
 
     def _start_model(self):
         choice = self.start_combo.currentText()
@@ -289,23 +286,22 @@ class TrainWidget(QWidget):
             raise ValueError("no model is selected in Segment cells: load one, or start from scratch")
         return self.registry.load(entry)
 
-    def _config(self):
+    def _config(self) -> TrainConfig:
         length = {self.length_unit.currentText(): self.length.value()}
-        return self.core.training.TrainConfig(
+        return TrainConfig(
             **length, lr=self.lr.value() or None, crop_size=self.crop_size.value() or None,
             val_fraction=self.val_fraction.value(), device=self.device_combo.currentText())
 
     def _on_event(self, event) -> None:
-        training = self.core.training
-        if isinstance(event, training.TrainStep):
+        if isinstance(event, TrainStep):
             self.plot.add_train_step(event.step, event.loss)
             self.progress_bar.setValue(int(1000 * event.step / max(1, event.total_steps)))
             self.progress_bar.setFormat(f"%p%  {eta_text(time.perf_counter() - self._started, event.step, event.total_steps)}")
-        elif isinstance(event, training.Validation):
+        elif isinstance(event, Validation):
             self.plot.add_validation(event.step, event.val_loss, event.dice, event.f1)
             self.status.setText(f"step {event.step}: val loss {event.val_loss:.3f}, Dice {event.dice:.3f}, "
                                 f"F1@0.5 {event.f1:.3f}{' (best)' if event.is_best else ''}")
-        elif isinstance(event, training.TrainResult):
+        elif isinstance(event, TrainResult):
             self.result = event
         elif isinstance(event, Progress) and event.message:
             self.status.setText(event.message)
@@ -374,7 +370,7 @@ class TrainWidget(QWidget):
         if path.suffix != ".safetensors":
             path = path.with_name(path.name + ".safetensors")
         try:
-            written = self.core.model.save_model(self.result.model, path)
+            written = save_model(self.result.model, path)
         except Exception as exc:
             self._show_error(f"Could not save the model: {error_message(exc)}")
             return None
