@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from . import _checks as checks
-from ._data_arguments import add_data_arguments, check_data_arguments, load_pairs
+from ._data_arguments import add_data_arguments, check_before_work, load_pairs
 
 
 # the API's defaults (training.TrainConfig), without importing torch to build the parser
@@ -60,14 +60,10 @@ def run(args: argparse.Namespace) -> int:
 def _check_arguments(args: argparse.Namespace) -> None:
     """Everything that can be checked before training, so that no work is lost to a typo."""
     from ..errors import CellUnetError
-    from ..inference import resolve_device
-    from ..io._atomic import check_output_file
 
-    check_data_arguments(args)
     if args.output.suffix != ".safetensors":
         raise CellUnetError(f"{args.output}: the output must be a .safetensors file")
-    check_output_file(args.output, args.overwrite)
-    resolve_device(args.device)
+    check_before_work(args)
     if args.init not in ("default", "scratch") and not Path(args.init).is_file():
         raise CellUnetError(f"--init {args.init}: no such model file (or use default or scratch)")
 
