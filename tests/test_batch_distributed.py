@@ -278,7 +278,7 @@ def test_a_huge_image_in_chunks_across_workers_matches_the_chunked_and_whole_ima
     from test_batch import CHUNK, OVERLAP, _disc_image, _FakeModel, assert_discs_across_chunk_borders_keep_one_id
     from test_batch import _pointwise_probabilities as _pointwise
 
-    from napari_cell_unet import batch
+    from napari_cell_unet.inference import chunked
     from napari_cell_unet.inference.instances import instances_from_probabilities
     from napari_cell_unet.metrics import match_instances
 
@@ -308,12 +308,12 @@ def test_a_huge_image_in_chunks_across_workers_matches_the_chunked_and_whole_ima
     assert [level.shape for level in data] == [(400, 460), (200, 230), (100, 115)]
     np.testing.assert_array_equal(np.asarray(data[0][:CHUNK + 10, :CHUNK + 10]), labels[:CHUNK + 10, :CHUNK + 10])
 
-    # identical to batch.iter_segment_dask in one process (same chunks, same renumbering) ...
-    *_, reference = batch.iter_segment_dask(image, _FakeModel(), chunk=CHUNK, overlap=OVERLAP, predict=_pointwise)
+    # identical to chunked.iter_segment_dask in one process (same chunks, same renumbering) ...
+    *_, reference = chunked.iter_segment_dask(image, _FakeModel(), chunk=CHUNK, overlap=OVERLAP, predict=_pointwise)
     np.testing.assert_array_equal(labels, reference)
     assert result.n_cells == int(labels.max()) == len(np.unique(labels)) - 1
     # ... and the same objects as the whole image segmented at once; discs across chunk borders keep one id
-    lo, hi = batch.global_percentiles(image, 0.0, 100.0)
+    lo, hi = chunked.global_percentiles(image, 0.0, 100.0)
     probs = _pointwise((image - lo) / (hi - lo))
     whole = instances_from_probabilities(probs[0], probs[1], cell_threshold=0.5, border_threshold=0.5, min_size=0)
     assert match_instances(labels, whole, iou_threshold=0.98).tp == len(np.unique(whole)) - 1 == result.n_cells
@@ -323,7 +323,7 @@ def test_a_huge_image_in_chunks_across_workers_matches_the_chunked_and_whole_ima
 def test_batch_sends_huge_images_through_chunks_into_ome_zarr(cluster, tiny_file, usiigaci, tmp_path, capsys):
     import zarr
 
-    from napari_cell_unet import batch
+    from napari_cell_unet.inference import chunked
     from napari_cell_unet.model import load_model
 
     inputs = tmp_path / "in"
@@ -338,8 +338,8 @@ def test_batch_sends_huge_images_through_chunks_into_ome_zarr(cluster, tiny_file
     assert "2 segmented" in capsys.readouterr().out
     assert (out / "small_labels.tif").is_file() and not (out / "slide_labels.tif").exists()
     labels = np.asarray(zarr.open_group(str(out / "slide_labels.ome.zarr"), mode="r")["0"])
-    *_, reference = batch.iter_segment_dask(slide, load_model(tiny_file), chunk=512, overlap=128, device="cpu",
-                                            diameter=40.0)
+    *_, reference = chunked.iter_segment_dask(slide, load_model(tiny_file), chunk=512, overlap=128, device="cpu",
+                                              diameter=40.0)
     np.testing.assert_array_equal(labels, reference)  # the same chunked result as in one process
     sidecar = json.loads((out / "slide_labels.json").read_text())
     assert sidecar["status"] == "complete" and sidecar["n_cells"] == int(labels.max())

@@ -695,11 +695,11 @@ class ChunkPredictor:
         self.model_path, self.sha256, self.device, self.tile_size = str(model_path), sha256, device, tile_size
 
     def __call__(self, normalized: np.ndarray) -> np.ndarray:
-        from .batch import _model_predictor
+        from .inference.chunked import model_predictor
         from .inference.devices import resolve_device
 
         model = worker_model(self.model_path, self.sha256)
-        return _model_predictor(model, resolve_device(self.device), self.tile_size)(normalized)
+        return model_predictor(model, resolve_device(self.device), self.tile_size)(normalized)
 
 
 @dataclass
@@ -720,8 +720,9 @@ def segment_huge(path: str | Path, output: str | Path, client: Any, *, model: st
     OME-Zarr (NGFF 0.4) labels pyramid at `output`: level 0 chunked `chunk` x `chunk`, then x2 downsampled
     levels (nearest) until the smallest fits one chunk (or `levels` levels).
 
-    Builds on `batch.segment_dask`: each chunk is predicted with `overlap` pixels of context and labelled on the
-    stitched probabilities around it, and named by a position key, so a cell crossing chunk borders keeps one id.
+    Builds on `inference.chunked.segment_dask`: each chunk is predicted with `overlap` pixels of context and
+    labelled on the stitched probabilities around it, and named by a position key, so a cell crossing chunk
+    borders keeps one id.
     Here each chunk is a task on any worker, which reads its region of the file and uses its own copy of the
     model (`ChunkPredictor`), and writes its labels straight into its zarr chunk; a second distributed pass
     renumbers the ids 1..N. Memory per worker is a few chunks; the client holds the sorted cell ids only. The
@@ -734,7 +735,7 @@ def segment_huge(path: str | Path, output: str | Path, client: Any, *, model: st
     import dask.array as da
     import zarr
 
-    from .batch import central_diameter, segment_dask
+    from .inference.chunked import central_diameter, segment_dask
     from .errors import OutputExistsError
     from .io._atomic import check_output_folder
     from .model import load_model

@@ -14,7 +14,7 @@ import numpy as np
 
 from .._progress import Progress
 from .diameter import DiameterEstimate, iter_estimate_diameter
-from .instances import BAND_MARGIN, instances_in_bands
+from .instances import BAND_MARGIN, instance_params, instances_in_bands
 from .normalize import ImageError, is_rgb
 from .predict import DEFAULT_BATCH_SIZE, DEFAULT_OVERLAP, DEFAULT_TILE_SIZE, TiledPredictor
 from .rescale import diameter_scale, rescale_plane, resize_probabilities, scaled_shape
@@ -65,10 +65,7 @@ def iter_segment(image: Any, model: Any = None, *, device: str = "auto", tile_si
     gets empty labels and a warning; a single blank image raises `ImageError`.
     """
     model = _resolve_model(model)
-    post = model.postprocessing
-    post_params = {"cell_threshold": post["cell_threshold"] if cell_threshold is None else cell_threshold,
-                   "border_threshold": post["border_threshold"] if border_threshold is None else border_threshold,
-                   "min_size": int(post["min_size"] if min_size is None else min_size)}
+    post_params = instance_params(model, cell_threshold, border_threshold, min_size)
     shape = tuple(np.shape(image))
     rgb = is_rgb(shape) if rgb is None else rgb
     plane_ndim = 3 if rgb else 2

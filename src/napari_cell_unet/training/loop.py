@@ -350,10 +350,8 @@ class _Run:
         """Pixels of the base model's cells that overlap no painted cell (less than a tenth of their area)."""
         from ..inference import instances_from_probabilities
 
-        params = {k: v for k, v in self.model.postprocessing.items()
-                  if k in ("cell_threshold", "border_threshold", "min_size")}
         probabilities = self._base_prediction(pair)
-        found = instances_from_probabilities(probabilities[0], probabilities[1], **params)
+        found = instances_from_probabilities(probabilities[0], probabilities[1], **self.model.postprocessing)
         area = np.bincount(found.ravel())
         overlap = np.bincount(found[painted > 0].ravel(), minlength=area.size)
         other = 10 * overlap < area

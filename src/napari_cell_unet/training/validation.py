@@ -115,14 +115,13 @@ def validate(model, val_data: list[dict[str, Any]], border_weight: float, device
     from ..metrics import annotated_scores
 
     losses, dices, f1s = [], [], []
-    params = {k: v for k, v in model.postprocessing.items() if k in ("cell_threshold", "border_threshold", "min_size")}
     for item in val_data:
         probabilities = predict_probabilities(item["image"], model, device=device, ranges=item["ranges"])
         target = item["target"]
         logits = torch.logit(torch.from_numpy(probabilities).clamp(1e-6, 1 - 1e-6))[None]
         losses.append(float(segmentation_loss(logits, target[None, :2].float(), target[None, 2:3].float(),
                                               border_weight)))
-        labels = instances_from_probabilities(probabilities[0], probabilities[1], **params)
+        labels = instances_from_probabilities(probabilities[0], probabilities[1], **model.postprocessing)
         scores = annotated_scores(labels, item["instances"], item["region"])
         dices.append(scores["dice"])
         f1s.append(scores["f1"])
