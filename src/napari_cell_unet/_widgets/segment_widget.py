@@ -12,7 +12,7 @@ from qtpy.QtWidgets import (QCheckBox, QComboBox, QFormLayout, QHBoxLayout, QLab
                             QPushButton, QWidget)
 from superqt import QCollapsible
 
-from .._progress import Progress
+from .._progress import Progress, relay
 from ..inference import iter_segment
 from ..model import OUTPUT_CLASSES
 from . import _features, _layers, _maps
@@ -37,6 +37,11 @@ class TaskDone:
     task: SegmentTask
     result: object  # SegmentationResult
     features: dict | None = None  # per-cell measurements (napari_cell_unet.measure), made in the worker
+
+
+def overall_progress(event: Progress, task: int, tasks: int, name: str) -> Progress:
+    """One task's progress on the scale of all of them (1000 steps each)."""
+    return Progress(task * 1000 + round(1000 * event.fraction), 1000 * tasks, f"{name}: {event.message}".rstrip(": "))
 
 
 def ask_replace(layer: Labels) -> str:
@@ -275,12 +280,9 @@ class SegmentWidget(QWidget):
         for i, task in enumerate(tasks):
             image = _layers.pixels(task.layer, task.plane)
             task_params = dict(params, return_probabilities=params["return_probabilities"] or keeps_maps(task))
-            for event in iter_segment(image, model, rgb=bool(task.layer.rgb), **task_params):
-                if isinstance(event, Progress):
-                    done = i * 1000 + round(1000 * event.fraction)
-                    yield Progress(done, 1000 * len(tasks), f"{task.layer.name}: {event.message}".rstrip(": "))
-                else:
-                    yield TaskDone(task, event, measure_result(task, image, event))
+            steps = iter_segment(image, model, rgb=bool(task.layer.rgb), **task_params)
+            result = yield from relay(steps, lambda event: overall_progress(event, i, len(tasks), task.layer.name))
+            yield TaskDone(task, result, measure_result(task, image, result))
 
     def _on_event(self, event) -> None:
         if isinstance(event, TaskDone):

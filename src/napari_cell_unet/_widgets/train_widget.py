@@ -257,7 +257,7 @@ class TrainWidget(QWidget):
         self.progress_bar.setFormat("%p%")
         self.job = Job(lambda should_stop: iter_train(pairs, start, config, should_stop=should_stop),
                        "Training", on_event=self._on_event, on_done=self._on_done, on_error=self._on_error,
-                       cooperative=True)
+                       cooperative=True, on_result=self._take_result)
         self._set_running(True)
         self.status.setStyleSheet("")
         self.status.setText(f"Training on {len(pairs)} image(s)...")
@@ -301,10 +301,11 @@ class TrainWidget(QWidget):
             self.plot.add_validation(event.step, event.val_loss, event.dice, event.f1)
             self.status.setText(f"step {event.step}: val loss {event.val_loss:.3f}, Dice {event.dice:.3f}, "
                                 f"F1@0.5 {event.f1:.3f}{' (best)' if event.is_best else ''}")
-        elif isinstance(event, TrainResult):
-            self.result = event
         elif isinstance(event, Progress) and event.message:
             self.status.setText(event.message)
+
+    def _take_result(self, result: TrainResult) -> None:
+        self.result = result
 
     def _on_done(self, cancelled: bool) -> None:
         self._set_running(False)

@@ -71,7 +71,8 @@ def _check_arguments(args: argparse.Namespace) -> None:
 def _train(pairs, args: argparse.Namespace):
     from tqdm import tqdm
 
-    from ..training import TrainConfig, TrainResult, TrainStep, Validation, iter_train
+    from .._progress import result_of
+    from ..training import TrainConfig, TrainStep, Validation, iter_train
 
     config = TrainConfig(steps=args.steps, epochs=args.epochs, minutes=args.minutes, batch_size=args.batch_size,
                          crop_size=args.crop_size, lr=args.lr, val_fraction=args.val_fraction,
@@ -82,20 +83,22 @@ def _train(pairs, args: argparse.Namespace):
     interrupted = []
     previous = signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))
     bar = None
+
+    def show(event) -> None:
+        nonlocal bar
+        if isinstance(event, TrainStep):
+            if bar is None:
+                bar = tqdm(total=event.total_steps, unit="step", dynamic_ncols=True, file=sys.stderr)
+            bar.total = event.total_steps
+            bar.update(event.step - bar.n)
+            bar.set_postfix(loss=f"{event.loss:.4f}", refresh=False)
+        elif isinstance(event, Validation):
+            line = (f"epoch {event.epoch:.2f} step {event.step}: val loss {event.val_loss:.4f}  "
+                    f"Dice {event.dice:.3f}  F1@0.5 {event.f1:.3f}{'  (best)' if event.is_best else ''}")
+            tqdm.write(line, file=sys.stderr) if bar is not None else print(line, file=sys.stderr)
+
     try:
-        for event in iter_train(pairs, init, config, should_stop=lambda: bool(interrupted)):
-            if isinstance(event, TrainStep):
-                if bar is None:
-                    bar = tqdm(total=event.total_steps, unit="step", dynamic_ncols=True, file=sys.stderr)
-                bar.total = event.total_steps
-                bar.update(event.step - bar.n)
-                bar.set_postfix(loss=f"{event.loss:.4f}", refresh=False)
-            elif isinstance(event, Validation):
-                line = (f"epoch {event.epoch:.2f} step {event.step}: val loss {event.val_loss:.4f}  "
-                        f"Dice {event.dice:.3f}  F1@0.5 {event.f1:.3f}{'  (best)' if event.is_best else ''}")
-                tqdm.write(line, file=sys.stderr) if bar is not None else print(line, file=sys.stderr)
-            elif isinstance(event, TrainResult):
-                result = event
+        result = result_of(iter_train(pairs, init, config, should_stop=lambda: bool(interrupted)), on_event=show)
     finally:
         signal.signal(signal.SIGINT, previous)
         if bar is not None:

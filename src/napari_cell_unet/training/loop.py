@@ -1,10 +1,10 @@
 """The training loop: fine-tuning or training from scratch, as a generator of progress events.
 
-    for event in iter_train(pairs, model="default", config=TrainConfig(steps=100)):
-        ...  # Progress, TrainStep, Validation; the last event is a TrainResult
+    result = yield from iter_train(pairs, model="default", config=TrainConfig(steps=100))
+    # yields Progress, TrainStep, Validation; returns the TrainResult (`train(...)` is the blocking form)
 
 Cancelling keeps the best model so far: pass `should_stop` (checked every step) and the
-generator ends with a TrainResult(cancelled=True); or use a `Trainer` and read
+generator returns a TrainResult(cancelled=True); or use a `Trainer` and read
 `trainer.result` after closing its generator.
 """
 
@@ -15,12 +15,12 @@ import os
 import platform
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Iterator, Sequence, Union
+from typing import Any, Callable, Generator, Iterator, Sequence, Union
 
 import numpy as np
 import torch
 
-from .._progress import Progress
+from .._progress import Progress, result_of
 from ..model import CellModel
 from .augment import AugmentConfig, CropSampler
 from .losses import distillation_loss, segmentation_loss
@@ -117,13 +117,13 @@ class TrainResult:
     held_out_cells: int = 0  # annotated cells in the validation data; below MIN_HELD_OUT_CELLS improved is None
 
 
-TrainEvent = Union[Progress, TrainStep, Validation, TrainResult]
+TrainEvent = Union[Progress, TrainStep, Validation]
 
 
 def iter_train(pairs: Sequence[TrainingPair], model: ModelSpec = "default", config: TrainConfig | None = None,
                val_pairs: Sequence[TrainingPair] | None = None,
-               should_stop: Callable[[], bool] | None = None) -> Iterator[TrainEvent]:
-    """Train and yield Progress / TrainStep / Validation events, then one TrainResult.
+               should_stop: Callable[[], bool] | None = None) -> Generator[TrainEvent, None, TrainResult]:
+    """Train, yielding Progress / TrainStep / Validation events; returns the TrainResult.
 
     model: "default" (the bundled model), "scratch" (new network of `config.architecture`),
     a CellModel (copied, never modified) or the path of a model file.
@@ -140,16 +140,13 @@ def train(pairs: Sequence[TrainingPair], model: ModelSpec = "default", config: T
           should_stop: Callable[[], bool] | None = None,
           on_event: Callable[[TrainEvent], None] | None = None) -> TrainResult:
     """Blocking wrapper of `iter_train`; returns the TrainResult (the best model)."""
-    result = None
-    for event in iter_train(pairs, model, config, val_pairs, should_stop):
-        if isinstance(event, TrainResult):
-            result = event
-        elif on_event is not None:
+    def deliver(event: TrainEvent) -> None:
+        if on_event is not None:
             on_event(event)
         if progress is not None and isinstance(event, Progress):
             progress(event)
-    assert result is not None
-    return result
+
+    return result_of(iter_train(pairs, model, config, val_pairs, should_stop), on_event=deliver)
 
 
 def resolve_model(model: ModelSpec, architecture: dict[str, Any] | None = None) -> CellModel:
@@ -195,14 +192,14 @@ class Trainer:
     def stopping(self) -> bool:
         return self._stop_requested or (self._should_stop is not None and bool(self._should_stop()))
 
-    def events(self) -> Iterator[TrainEvent]:
+    def events(self) -> Generator[TrainEvent, None, TrainResult]:
         run = self._run = _Run(self)
         try:
             yield from run.execute()
         finally:
             self.result = run.finish() if run.model is not None else None
             run.release()
-        yield self.result
+        return self.result
 
 
 class _Run:
