@@ -7,6 +7,7 @@ Convention: long work is a generator that yields events (`Progress`, training's 
 from __future__ import annotations
 
 from collections.abc import Callable, Generator
+from contextlib import closing
 from typing import Any, NamedTuple, TypeVar
 
 Result = TypeVar("Result")
@@ -28,18 +29,16 @@ def result_of(steps: Generator[Any, None, Result], on_event: Callable[[Any], Non
 
     None when `should_stop()` says stop after an event (cancelled); the generator is then closed, so its
     `finally` runs here."""
-    try:
-        while True:
-            try:
-                event = next(steps)
-            except StopIteration as done:
-                return done.value
+    returned = []
+
+    def keeping_the_result() -> Generator[Any, None, None]:
+        returned.append((yield from relay(steps, should_stop=should_stop)))
+
+    with closing(keeping_the_result()) as events:
+        for event in events:
             if on_event is not None:
                 on_event(event)
-            if should_stop is not None and should_stop():
-                return None
-    finally:
-        steps.close()
+    return returned[0]
 
 
 def relay(steps: Generator[Any, None, Result], convert: Callable[[Any], Any] | None = None,
