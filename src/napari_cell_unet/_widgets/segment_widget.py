@@ -9,15 +9,15 @@ from dataclasses import dataclass
 import numpy as np
 from napari.layers import Image, Labels
 from qtpy.QtWidgets import (QCheckBox, QComboBox, QFormLayout, QHBoxLayout, QLabel, QMessageBox,
-                            QPushButton, QWidget)
+                            QWidget)
 from superqt import QCollapsible
 
 from .._progress import Progress, relay
 from ..inference import iter_segment
 from ..model import OUTPUT_CLASSES
 from . import _features, _layers, _maps
-from ._common import (ModelComboBox, clear_stale_errors, device_names, double_spin, error_message, notify_error,
-                      notify_info, scrolling_content, spin)
+from ._common import (ModelComboBox, button, clear_stale_errors, device_names, double_spin, error_message, notify_error,
+                      notify_info, scrolling_content, set_tooltips, spin)
 from ._jobs import Job, run_sync_by_default
 from ._registry import registry_for
 
@@ -97,7 +97,7 @@ class SegmentWidget(QWidget):
         self.tile_size = spin(0, 8192, 0, 64)
         self.tile_size.setSpecialValueText("auto")
 
-        tips = {
+        set_tooltips({
             self.image_combo: "The image to segment. Follows the layer you select in the layer list.",
             self.model_combo: "The network that finds the cells: the bundled default (phase contrast and fluorescent "
                               "nuclei), a model you trained in Train / fine-tune, or a model file.",
@@ -117,9 +117,7 @@ class SegmentWidget(QWidget):
                                       "as image layers: useful to see why cells were missed or merged.",
             self.tile_size: "Large images are processed in square pieces of this many pixels. 'auto' picks a size "
                             "for your device; a smaller number uses less memory but takes longer.",
-        }
-        for control, text in tips.items():
-            control.setToolTip(text)
+        })
 
         form = QFormLayout()
         form.addRow("Image", self.image_combo)
@@ -137,21 +135,18 @@ class SegmentWidget(QWidget):
         advanced_form.addRow("Tile size", self.tile_size)
         advanced.addWidget(advanced_body)
 
-        self.segment_button = QPushButton("Segment")
-        self.segment_button.clicked.connect(lambda: self.segment())
-        self.all_button = QPushButton("Apply to all open images")
-        self.all_button.clicked.connect(lambda: self.segment_all())
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.clicked.connect(self.cancel)
-        self.cancel_button.setEnabled(False)
-        self.segment_button.setToolTip("Find the cells in the chosen image; they appear as a labels layer "
-                                       "'<image> labels' (running again replaces it; Ctrl+Z in that layer undoes).")
-        self.all_button.setToolTip("Segment every open image, whole stacks, each into its own labels layer.")
-        self.cancel_button.setToolTip("Stop after the current image; images already finished keep their labels.")
+        self.segment_button = button("Segment", lambda: self.segment(),
+                                     "Find the cells in the chosen image; they appear as a labels layer '<image> "
+                                     "labels' (running again replaces it; Ctrl+Z in that layer undoes).")
+        self.all_button = button("Apply to all open images", lambda: self.segment_all(),
+                                 "Segment every open image, whole stacks, each into its own labels layer.")
+        self.cancel_button = button("Cancel", self.cancel,
+                                    "Stop after the current image; images already finished keep their labels.",
+                                    enabled=False)
         advanced.setToolTip("Settings you rarely need to change.")
         buttons = QHBoxLayout()
-        for button in (self.segment_button, self.all_button, self.cancel_button):
-            buttons.addWidget(button)
+        for each in (self.segment_button, self.all_button, self.cancel_button):
+            buttons.addWidget(each)
         self.status = QLabel("")
         self.status.setWordWrap(True)
         clear_stale_errors(self.status, self.viewer, [self.image_combo])

@@ -14,12 +14,12 @@ from .._progress import Progress
 from ..model import save_model
 from ..training import TrainConfig, TrainingPair, TrainResult, TrainStep, Validation, iter_train
 from . import _layers
-from ._common import (clear_stale_errors, device_names, double_spin, error_message, notify_error, notify_info,
-                      scrolling_content, spin)
+from ._common import (button, clear_stale_errors, device_names, double_spin, error_message, notify_error, notify_info,
+                      scrolling_content, set_tooltips, spin)
 from ._jobs import Job, run_sync_by_default
 from ._pairs import LayerPair, check_pair, training_pairs
 from ._plot import LossPlot
-from ._registry import registry_for
+from ._registry import ModelEntry, registry_for
 
 FROM_CURRENT, FROM_DEFAULT, FROM_SCRATCH = "model selected in Segment cells", "bundled default", "scratch"
 STEPS, EPOCHS = "steps", "epochs"
@@ -50,11 +50,11 @@ class TrainWidget(QWidget):
         layout = scrolling_content(self)
         layout.addLayout(self._pair_form())
         layout.addLayout(self._settings_form())
-        self.train_button = QPushButton("Train")
-        self.train_button.clicked.connect(lambda: self.train())
-        self.cancel_button = QPushButton("Cancel (keep best model)")
-        self.cancel_button.clicked.connect(self.cancel)
-        self.cancel_button.setEnabled(False)
+        self.train_button = button("Train", lambda: self.train(),
+                                   "Improve the model on your painted cells. The result is used in Segment cells "
+                                   "only if it scores better on the held-back cells.")
+        self.cancel_button = button("Cancel (keep best model)", self.cancel,
+                                    "Stop training; the best model so far is kept.", enabled=False)
         layout.addLayout(_row(self.train_button, self.cancel_button))
         self.progress_bar = QProgressBar()
         self.progress_bar.setRange(0, 1000)
@@ -63,21 +63,14 @@ class TrainWidget(QWidget):
         layout.addWidget(self.progress_bar)
         self.plot = LossPlot(self)
         layout.addWidget(self.plot, stretch=1)
-        self.save_button = QPushButton("Save model...")
-        self.save_button.clicked.connect(lambda: self.save_model())
-        self.save_button.setEnabled(False)
-        self.revert_button = QPushButton("Revert to previous model")
-        self.revert_button.clicked.connect(self.revert)
-        self.revert_button.setEnabled(False)
-        self.use_new_button = QPushButton("Use the new model anyway")
-        self.use_new_button.clicked.connect(self.use_new_model)
-        self.use_new_button.setEnabled(False)
-        self.train_button.setToolTip("Improve the model on your painted cells. The result is used in Segment "
-                                     "cells only if it scores better on the held-back cells.")
-        self.cancel_button.setToolTip("Stop training; the best model so far is kept.")
-        self.save_button.setToolTip("Save the trained model as a .safetensors file, to load it later or share it.")
-        self.revert_button.setToolTip("Go back to the model that was selected before this training.")
-        self.use_new_button.setToolTip("Use the new model in Segment cells even though it did not score better.")
+        self.save_button = button("Save model...", lambda: self.save_model(),
+                                  "Save the trained model as a .safetensors file, to load it later or share it.",
+                                  enabled=False)
+        self.revert_button = button("Revert to previous model", self.revert,
+                                    "Go back to the model that was selected before this training.", enabled=False)
+        self.use_new_button = button("Use the new model anyway", self.use_new_model,
+                                     "Use the new model in Segment cells even though it did not score better.",
+                                     enabled=False)
         self.progress_bar.setToolTip("Training progress and the estimated time left.")
         layout.addLayout(_row(self.revert_button, self.use_new_button))
         layout.addWidget(self.save_button)
@@ -140,7 +133,7 @@ class TrainWidget(QWidget):
         self.margin = spin(0, 256, 16, 4, " px margin")
         self.device_combo = QComboBox()
         self.device_combo.addItems(device_names())
-        tips = {
+        set_tooltips({
             self.start_combo: "Which model to improve: the one selected in Segment cells (usual), the bundled "
                               "default, or a new empty model from scratch (needs many more painted cells and steps).",
             self.length: "How long to train. More: the model learns your cells better but takes longer (about 0.5 s "
@@ -161,9 +154,7 @@ class TrainWidget(QWidget):
                          "being taught as background. Smaller: safer when neighbours are unpainted.",
             self.device_combo: "Where training runs. 'auto' uses a graphics card (GPU) when there is one, else "
                                "the processor (CPU), which is much slower.",
-        }
-        for control, text in tips.items():
-            control.setToolTip(text)
+        })
         form = QFormLayout()
         form.addRow("Start from", self.start_combo)
         form.addRow("Length", _row(self.length, self.length_unit))
@@ -337,18 +328,19 @@ class TrainWidget(QWidget):
     def revert(self) -> None:
         """Select the model that was selected before the last training."""
         if self.previous_entry is not None:
-            self.registry.select(self.previous_entry)
-            self.revert_button.setEnabled(False)
-            self.use_new_button.setEnabled(self.new_entry is not None)
-            notify_info(self.status, f"Reverted: '{self.previous_entry.label}' is selected in Segment cells.")
+            self._select(self.previous_entry, f"Reverted: '{self.previous_entry.label}' is selected in Segment cells.")
 
     def use_new_model(self) -> None:
         """Select the last trained model, also when it scored worse than its start."""
         if self.new_entry is not None:
-            self.registry.select(self.new_entry)
-            self.use_new_button.setEnabled(False)
-            self.revert_button.setEnabled(self.previous_entry is not None)
-            notify_info(self.status, f"'{self.new_entry.label}' is selected in Segment cells.")
+            self._select(self.new_entry, f"'{self.new_entry.label}' is selected in Segment cells.")
+
+    def _select(self, entry: ModelEntry, message: str) -> None:
+        """Select `entry` in Segment cells; Revert / Use the new model stay clickable for the other one."""
+        self.registry.select(entry)
+        self.revert_button.setEnabled(self.previous_entry not in (None, entry))
+        self.use_new_button.setEnabled(self.new_entry not in (None, entry))
+        notify_info(self.status, message)
 
     def _on_error(self, exc: BaseException) -> None:
         self._set_running(False)
