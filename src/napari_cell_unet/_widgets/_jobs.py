@@ -42,7 +42,7 @@ def guarded(events: Generator, stop: threading.Event, cooperative: bool = False)
     Exceptions travel as values because napari's worker treats a RuntimeError (what torch
     raises for most device failures) as "the worker was deleted" and drops it. `cooperative`:
     the generator watches the stop flag itself and ends with its own last words (training's
-    best model), so keep reading. The generator is closed in this thread so that its
+    best model), so keep reading. The generator is closed in this thread (by `relay`) so that its
     `finally` frees memory here.
     """
     try:
@@ -52,10 +52,6 @@ def guarded(events: Generator, stop: threading.Event, cooperative: bool = False)
     except Exception as exc:  # reported to the user by Job._finish
         log.exception("napari-cell-unet job failed")
         yield JobFailed(exc)
-    finally:
-        close = getattr(events, "close", None)
-        if close is not None:
-            close()
     yield JobEnded()
 
 
