@@ -39,7 +39,7 @@ def evaluate_model(model: Any, pairs: Iterable[Any], *, names: Sequence[str] | N
         if with_ap and pred.ndim == 2:
             preds.append(pred)
             gts.append(labels)
-            probs.append(prob[0] if prob.ndim == 3 else None)
+            probs.append(prob[0] if prob is not None and prob.ndim == 3 else None)
     if progress is not None:
         progress(Progress(len(pairs), len(pairs), "done"))
     report: dict[str, Any] = {"images": per_image, "mean": aggregate(per_image) if per_image else {},
@@ -58,6 +58,6 @@ def _pair_arrays(pair: Any) -> tuple[np.ndarray, np.ndarray, str]:
     return np.asarray(image), np.asarray(labels), ""
 
 
-def _segment_labels(image: np.ndarray, model: Any, params: dict) -> tuple[np.ndarray, np.ndarray]:
+def _segment_labels(image: np.ndarray, model: Any, params: dict) -> tuple[np.ndarray, np.ndarray | None]:
     labels, probabilities = segment(image, model, return_probabilities=True, **params)
-    return np.asarray(labels), np.asarray(probabilities)
+    return np.asarray(labels), None if probabilities is None else np.asarray(probabilities)
