@@ -10,6 +10,7 @@ from skimage.segmentation import find_boundaries
 from napari_cell_unet import batch
 from napari_cell_unet.inference import chunked
 from napari_cell_unet.inference.instances import instances_from_probabilities
+from napari_cell_unet.inference.normalize import percentile_range
 from napari_cell_unet._progress import Progress, result_of
 from napari_cell_unet.metrics import match_instances
 
@@ -78,7 +79,7 @@ def test_dask_segmentation_equals_whole_image(fake_network):
     assert labels.numblocks == (3, 4) and labels.dtype == np.uint32  # 400 rows: the 16-row rest joins a chunk
     by_chunks = labels.compute(scheduler="synchronous")
 
-    lo, hi = chunked.global_percentiles(image, 0.0, 100.0)
+    lo, hi = percentile_range(image, 0.0, 100.0)
     probs = _pointwise_probabilities((image - lo) / (hi - lo))
     whole = instances_from_probabilities(probs[0], probs[1], cell_threshold=0.5, border_threshold=0.5, min_size=0)
     # the same objects: one-to-one, each nearly pixel-identical (chunks may break a watershed tie on an edge

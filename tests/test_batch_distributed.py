@@ -281,6 +281,7 @@ def test_a_huge_image_in_chunks_across_workers_matches_the_chunked_and_whole_ima
 
     from napari_cell_unet.inference import chunked
     from napari_cell_unet.inference.instances import instances_from_probabilities
+    from napari_cell_unet.inference.normalize import percentile_range
     from napari_cell_unet.metrics import match_instances
 
     cloudpickle.register_pickle_by_value(sys.modules[_pointwise.__module__])  # the workers cannot import test modules
@@ -314,7 +315,7 @@ def test_a_huge_image_in_chunks_across_workers_matches_the_chunked_and_whole_ima
     np.testing.assert_array_equal(labels, reference)
     assert result.n_cells == int(labels.max()) == len(np.unique(labels)) - 1
     # ... and the same objects as the whole image segmented at once; discs across chunk borders keep one id
-    lo, hi = chunked.global_percentiles(image, 0.0, 100.0)
+    lo, hi = percentile_range(image, 0.0, 100.0)
     probs = _pointwise((image - lo) / (hi - lo))
     whole = instances_from_probabilities(probs[0], probs[1], cell_threshold=0.5, border_threshold=0.5, min_size=0)
     assert match_instances(labels, whole, iou_threshold=0.98).tp == len(np.unique(whole)) - 1 == result.n_cells

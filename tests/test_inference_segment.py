@@ -38,6 +38,28 @@ def test_normalize_ignores_nan_and_inf():
     assert out[50, 50] == pytest.approx(0.505, abs=0.01)
 
 
+def test_percentiles_of_a_huge_lazy_image_read_only_a_sample(usiigaci):
+    from napari_cell_unet.inference.normalize import PERCENTILE_SAMPLE_PIXELS, percentile_range
+
+    class ReadCounter:  # a lazy image that counts the pixels read from it
+        def __init__(self, array):
+            self.array, self.shape, self.dtype, self.read = array, array.shape, array.dtype, 0
+
+        def __getitem__(self, key):
+            part = self.array[key]
+            self.read += part.size
+            return part
+
+    image = np.tile(load_usiigaci_set("set21")["image"], (3, 3))  # > PERCENTILE_SAMPLE_PIXELS
+    assert image.size > PERCENTILE_SAMPLE_PIXELS
+    lazy = ReadCounter(image)
+    lo, hi = percentile_range(lazy, 1.0, 99.8)
+    assert 0 < lazy.read <= PERCENTILE_SAMPLE_PIXELS
+    assert (lo, hi) == percentile_range(image, 1.0, 99.8)  # in memory: the same sample
+    exact_lo, exact_hi = np.percentile(image, [1.0, 99.8])
+    assert abs(lo - exact_lo) < 0.01 * (exact_hi - exact_lo) and abs(hi - exact_hi) < 0.01 * (exact_hi - exact_lo)
+
+
 @pytest.mark.parametrize("image, message", [
     (np.full((30, 30), 7, np.uint16), "constant"),
     (np.full((30, 30), np.nan, np.float32), "finite"),

@@ -142,9 +142,10 @@ def _segment_large(image: Any, target: Path, model: Any, params: dict, index: in
     import tifffile
 
     from .inference.chunked import central_diameter, iter_segment_dask
+    from .inference.instances import keyed_label_dtype
     from .io._atomic import atomic_path
 
-    dtype = np.uint32 if image.shape[0] * image.shape[1] < 2**32 - 1 else np.uint64
+    dtype = keyed_label_dtype(*image.shape)
     dask_params = _dask_params(params)
     if dask_params.get("diameter", "auto") == "auto":
         yield Progress(index, total, f"{name}: estimating cell size")

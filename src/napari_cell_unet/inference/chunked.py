@@ -1,6 +1,7 @@
 """Huge 2D images (numpy, memmap, dask) segmented chunk by chunk through dask (`segment_dask`).
 
-1. Normalisation uses percentiles of a strided subsample of the *whole* image, so every chunk is scaled alike.
+1. Normalisation uses percentiles of the *whole* image (`normalize.percentile_range`: only its strided sample
+   is read), so every chunk is scaled alike.
 2. Probabilities: each chunk is predicted on the chunk plus `overlap` pixels of image context on every side
    (none at the image edge) and cropped back to the chunk, so each pixel's probability is computed once.
 3. Instances: each chunk runs `instances_from_probabilities` on the stitched probabilities of the chunk plus
@@ -28,27 +29,17 @@ import numpy as np
 from .._progress import Progress
 from .devices import resolve_device
 from .diameter import estimate_cell_diameter
-from .instances import instance_params, keyed_instances, relabel_consecutive
+from .instances import instance_params, keyed_instances, keyed_label_dtype, relabel_consecutive
 from .normalize import apply_normalization, percentile_range
 from .predict import predict_probabilities
 from .rescale import diameter_scale, rescale_plane, resize_probabilities
 
 DEFAULT_CHUNK = 2048
 DEFAULT_OVERLAP = 128
-SAMPLE_PIXELS = 4_000_000
 
 
 class ChunkedCancelled(Exception):
     """Raised inside dask tasks to stop a run that the consumer cancelled."""
-
-
-def global_percentiles(image: Any, low: float, high: float, max_pixels: int = SAMPLE_PIXELS) -> tuple[float, float]:
-    """Percentiles of a regular 2D subsample of a (dask or numpy) image, as inference computes them.
-
-    Only the subsample is read, so a lazy image is not loaded whole.
-    """
-    step = max(1, int(np.ceil(np.sqrt(image.shape[0] * image.shape[1] / max_pixels))))
-    return percentile_range(np.asarray(image[::step, ::step]), low, high)
 
 
 def _chunks_for(length: int, chunk: int, overlap: int) -> tuple[int, ...]:
@@ -127,7 +118,7 @@ def segment_dask(image: Any, model: Any, chunk: int = DEFAULT_CHUNK, overlap: in
         raise ValueError(f"chunk ({chunk}) must be larger than twice the overlap ({overlap})")
     params = instance_params(model, cell_threshold, border_threshold, min_size)
     norm = model.normalization
-    lo, hi = global_percentiles(image, norm["low"] if low is None else low, norm["high"] if high is None else high)
+    lo, hi = percentile_range(image, norm["low"] if low is None else low, norm["high"] if high is None else high)
     if predict is None:
         predict = model_predictor(model, resolve_device(device), tile_size)
     if diameter == "auto":
@@ -135,7 +126,7 @@ def segment_dask(image: Any, model: Any, chunk: int = DEFAULT_CHUNK, overlap: in
     scale = diameter_scale(model, diameter)
     if scale != 1.0:
         predict = _rescaled_predictor(predict, scale)
-    label_dtype = np.dtype(np.uint32 if height * width < 2**32 - 1 else np.uint64)
+    label_dtype = keyed_label_dtype(height, width)
 
     chunks = (_chunks_for(height, chunk, overlap), _chunks_for(width, chunk, overlap))
     source = da.asarray(image).rechunk(chunks)

@@ -66,7 +66,7 @@ def instances_in_bands(cell_prob: np.ndarray, border_prob: np.ndarray, cell_thre
     params = {"cell_threshold": cell_threshold, "border_threshold": border_threshold, "min_size": min_size}
     if height <= band_rows + margin:
         return instances_from_probabilities(cell_prob, border_prob, **params)
-    dtype = np.dtype(np.uint32 if height * width < 2**32 - 1 else np.uint64)
+    dtype = keyed_label_dtype(height, width)
     labels = np.zeros((height, width), dtype)
     for start in range(0, height, band_rows):
         stop = min(height, start + band_rows)
@@ -105,6 +105,12 @@ def remove_small_instances(labels: np.ndarray, min_size: int) -> np.ndarray:
             labels = np.where(too_small[labels], 0, labels)
     relabelled, _, _ = relabel_sequential(labels)
     return relabelled.astype(np.uint32, copy=False)
+
+
+def keyed_label_dtype(height: int, width: int) -> np.dtype:
+    """The label type of position-keyed ids (`canonical_ids`) in an image of `height` x `width` pixels: the ids go
+    up to height * width, so uint32 (uint64 from 2**32 pixels)."""
+    return np.dtype(np.uint32 if height * width < 2**32 - 1 else np.uint64)
 
 
 def canonical_ids(local: np.ndarray, interior: np.ndarray, origin: tuple[int, int], width: int,

@@ -547,24 +547,22 @@ def _excluded(pair: TrainingPair) -> np.ndarray:
 
 def _intensity_ranges(image: np.ndarray, model: CellModel) -> list[tuple[float, float]]:
     """Per-channel (low, high) percentiles of `image`, as inference computes them."""
-    from ..inference.normalize import is_rgb, percentile_range, to_model_channels
+    from ..inference.normalize import channel_ranges, is_rgb, to_model_channels
 
-    norm = model.normalization
     try:
         channels = to_model_channels(np.asarray(image), model.in_channels, is_rgb(np.shape(image)))
-        return [percentile_range(c, norm["low"], norm["high"]) for c in channels]
+        return channel_ranges(channels, model.normalization)
     except ValueError as exc:
         raise TrainingDataError(str(exc)) from None
 
 
 def _normalized(image: np.ndarray, model: CellModel) -> np.ndarray:
     """(C, H, W) float32 image, normalised exactly as inference does (per-channel percentiles)."""
-    from ..inference.normalize import apply_normalization, is_rgb, percentile_range, to_model_channels
+    from ..inference.normalize import channel_ranges, is_rgb, normalize_channels, to_model_channels
 
-    norm = model.normalization
     try:
         channels = to_model_channels(np.asarray(image), model.in_channels, is_rgb(np.shape(image)))
-        return np.stack([apply_normalization(c, *percentile_range(c, norm["low"], norm["high"])) for c in channels])
+        return normalize_channels(channels, channel_ranges(channels, model.normalization))
     except ValueError as exc:  # inference's ImageError: constant image, wrong channel count
         raise TrainingDataError(str(exc)) from None
 
