@@ -109,7 +109,7 @@ def test_painted_region_surrounds_painted_cells():
 
 def test_single_image_validation_holds_out_a_strip():
     from napari_cell_unet.training import TrainingPair
-    from napari_cell_unet.training.loop import split_validation
+    from napari_cell_unet.training.validation import split_validation
 
     pair = TrainingPair(np.random.rand(120, 300), np.ones((120, 300), np.uint8), name="one")
     train, val = split_validation([pair], None, 0.2, seed=0)
