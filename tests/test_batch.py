@@ -11,7 +11,7 @@ from napari_cell_unet import batch
 from napari_cell_unet.inference import chunked
 from napari_cell_unet.inference.instances import instances_from_probabilities
 from napari_cell_unet.inference.normalize import percentile_range
-from napari_cell_unet._progress import Progress
+from napari_cell_unet._progress import Progress, result_of
 from napari_cell_unet.metrics import match_instances
 
 CHUNK, OVERLAP = 128, 48
@@ -94,8 +94,9 @@ def test_dask_segmentation_equals_whole_image(fake_network):
 
 def test_iter_segment_dask_renumbers_and_reports_progress(fake_network):
     image, truth = _disc_image(seed=1)
-    items = list(chunked.iter_segment_dask(image, _FakeModel(), chunk=CHUNK, overlap=OVERLAP, predict=fake_network))
-    progress, result = items[:-1], items[-1]
+    progress = []
+    result = result_of(chunked.iter_segment_dask(image, _FakeModel(), chunk=CHUNK, overlap=OVERLAP,
+                                                 predict=fake_network), on_event=progress.append)
     assert all(isinstance(p, Progress) for p in progress)
     assert [p.done for p in progress if p.message.startswith("chunk")] == list(range(1, 13))
     ids = np.unique(result)
@@ -163,8 +164,9 @@ def test_segment_dask_runs_the_real_model_chunk_by_chunk(tiny_model):
     from conftest import load_small_set
 
     image = load_small_set("set18")["image"][:300, :360]
-    items = list(chunked.iter_segment_dask(image, tiny_model, chunk=160, overlap=32, device="cpu", tile_size=192))
-    labels = items[-1]
+    items = []
+    labels = result_of(chunked.iter_segment_dask(image, tiny_model, chunk=160, overlap=32, device="cpu",
+                                                 tile_size=192), on_event=items.append)
     assert labels.shape == image.shape and labels.dtype == np.uint32
     assert sum(isinstance(p, Progress) and p.message.startswith("chunk") for p in items) == 6  # 2 x 3 chunks
     ids = np.unique(labels)

@@ -19,6 +19,7 @@ import tifffile
 
 from conftest import REPO, TINY_ARCHITECTURE, load_usiigaci_set
 from napari_cell_unet import distributed as dist
+from napari_cell_unet._progress import result_of
 from napari_cell_unet.cli import main
 
 pytestmark = pytest.mark.slow
@@ -365,9 +366,8 @@ def test_a_worker_that_dies_is_replaced_and_its_file_rerun(cluster, tiny_file, u
     paths = _crops(tmp_path / "in", sets=("set28", "set29"), size=(64, 80))
     pids = cluster.run(os.getpid)
     cluster.run(_die_on_the_next_file)  # on both workers
-    items = list(dist.iter_batch([str(p) for p in paths], tmp_path / "out", cluster, model=tiny_file,
-                                 diameter=None, device="cpu"))
-    report = items[-1]
+    report = result_of(dist.iter_batch([str(p) for p in paths], tmp_path / "out", cluster, model=tiny_file,
+                                       diameter=None, device="cpu"))
     assert [r.status for r in report.records] == ["done", "done"], report.records
     assert set(cluster.run(os.getpid).values()).isdisjoint(pids.values())  # both workers were replaced
     assert sorted(p.name for p in (tmp_path / "out").glob("*_labels.tif")) == ["set28_raw_labels.tif",

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import load_small_set, load_usiigaci_set
-from napari_cell_unet._progress import Progress
+from napari_cell_unet._progress import Progress, result_of
 from napari_cell_unet.inference import (DeviceError, ImageError, SegmentationResult, available_devices, iter_segment,
                                         normalize_image, resolve_device, segment)
 
@@ -102,15 +102,14 @@ def crop():
 
 def test_stack_is_segmented_slice_by_slice(tiny_model, crop):
     stack = np.stack([crop, crop[::-1], crop[:, ::-1]])
-    items = list(iter_segment(stack, tiny_model, device="cpu", tile_size=64, overlap=16, min_size=0,
-                              return_probabilities=True, diameter=None))
-    result = items[-1]
+    progress = []
+    result = result_of(iter_segment(stack, tiny_model, device="cpu", tile_size=64, overlap=16, min_size=0,
+                                    return_probabilities=True, diameter=None), on_event=progress.append)
     assert isinstance(result, SegmentationResult)
     assert result.labels.shape == stack.shape and result.labels.dtype == np.uint32
     assert result.probabilities.shape == (3, 2, 96, 128) and result.probabilities.dtype == np.float32
     assert result.device == "cpu" and result.seconds > 0
     assert result.n_cells == sum(int(result.labels[i].max()) for i in range(3))
-    progress = [p for p in items[:-1]]
     assert all(isinstance(p, Progress) for p in progress)
     assert [p.done for p in progress] == sorted(p.done for p in progress)
     assert progress[-1].done == progress[-1].total and "slice 3/3" in progress[-1].message

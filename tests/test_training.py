@@ -109,7 +109,7 @@ def test_painted_region_surrounds_painted_cells():
 
 def test_single_image_validation_holds_out_a_strip():
     from napari_cell_unet.training import TrainingPair
-    from napari_cell_unet.training.loop import split_validation
+    from napari_cell_unet.training.validation import split_validation
 
     pair = TrainingPair(np.random.rand(120, 300), np.ones((120, 300), np.uint8), name="one")
     train, val = split_validation([pair], None, 0.2, seed=0)
@@ -252,15 +252,17 @@ def test_cancel_keeps_the_best_model():
 
 
 def test_should_stop_ends_with_a_result():
+    from napari_cell_unet._progress import result_of
     from napari_cell_unet.training import TrainingPair, TrainResult, TrainStep, iter_train
 
     image, labels, borders = _real_crop(128)
     events = []
-    for event in iter_train([TrainingPair(image, labels, borders)], _tiny(), _fast_config(steps=500),
-                            should_stop=lambda: sum(isinstance(e, TrainStep) for e in events) >= 3):
-        events.append(event)
-    assert isinstance(events[-1], TrainResult) and events[-1].cancelled
-    assert sum(isinstance(e, TrainStep) for e in events) == 3 and events[-1].model.metadata["training"]["steps"] == 3
+    result = result_of(iter_train([TrainingPair(image, labels, borders)], _tiny(), _fast_config(steps=500),
+                                  should_stop=lambda: sum(isinstance(e, TrainStep) for e in events) >= 3),
+                       on_event=events.append)
+    assert isinstance(result, TrainResult) and result.cancelled
+    assert not any(isinstance(e, TrainResult) for e in events)
+    assert sum(isinstance(e, TrainStep) for e in events) == 3 and result.model.metadata["training"]["steps"] == 3
 
 
 def test_partially_annotated_cells_are_not_learned_as_background():

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from ._progress import Progress
+from ._progress import Progress, relay
 
 LARGE_IMAGE_PIXELS = 8192 * 8192  # above this, files go through inference.chunked
 
@@ -131,14 +131,8 @@ def _segment_in_memory(image: np.ndarray, target: Path, model: Any, params: dict
     from .inference import iter_segment
     from .io import write_labels_tiff
 
-    result = None
-    for item in iter_segment(image, model, **params):
-        if isinstance(item, Progress):
-            yield Progress(index, total, f"{name}: {item.message or f'{item.done}/{item.total}'}")
-        else:
-            result = item
-    if result is None:
-        raise ValueError(f"{name}: segmentation returned no result")
+    result = yield from relay(iter_segment(image, model, **params),
+                              lambda item: Progress(index, total, f"{name}: {item.message or f'{item.done}/{item.total}'}"))
     write_labels_tiff(target, result.labels, overwrite=overwrite, pixel_size=pixel_size)
     return int(result.n_cells), result.diameter
 
@@ -158,9 +152,8 @@ def _segment_large(image: Any, target: Path, model: Any, params: dict, index: in
         dask_params["diameter"] = central_diameter(image, model, params.get("device", "auto"))
     with atomic_path(target, overwrite=True) as tmp:
         out = tifffile.memmap(tmp, shape=tuple(image.shape), dtype=dtype, photometric="minisblack")
-        for item in iter_segment_dask(image, model, out, **dask_params):
-            if isinstance(item, Progress):
-                yield Progress(index, total, f"{name}: {item.message}")
+        yield from relay(iter_segment_dask(image, model, out, **dask_params),
+                         lambda item: Progress(index, total, f"{name}: {item.message}"))
         out.flush()
         n_cells = int(out.max()) if out.size else 0
         del out

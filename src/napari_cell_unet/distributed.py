@@ -36,7 +36,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -519,10 +519,10 @@ def iter_batch(inputs: Iterable[str | Path], output_dir: str | Path, client: Any
                diameter: float | str | None = "auto", overwrite: bool = False, retries: int = DEFAULT_RETRIES,
                threads: int | None = None, files: Sequence[tuple[Path, str | None]] | None = None,
                huge_pixels: int | None = None, chunk: int = HUGE_CHUNK, measure: bool = False,
-               **params: Any) -> Iterator[Progress | BatchRecord | BatchReport]:
+               **params: Any) -> Generator[Progress | BatchRecord, None, BatchReport]:
     """Segment every input on `client`'s workers into `output_dir`; yield `Progress(0, inputs, ...)` once
-    planned, a `BatchRecord` per input (those known
-    before any work first, then as tasks complete) and finally the `BatchReport`, also written as
+    planned and a `BatchRecord` per input (those known
+    before any work first, then as tasks complete); returns the `BatchReport`, also written as
     `batch_report.json` and `.csv` in `output_dir`. `threads`: torch threads per task (None: the worker's
     cores). `client`: a `distributed.Client`, or a function returning one, called only when some input needs
     work (a rerun with every output complete starts no cluster). `files`: `collect_inputs(inputs)` when already
@@ -594,7 +594,7 @@ def iter_batch(inputs: Iterable[str | Path], output_dir: str | Path, client: Any
         combined = write_all_cells(report)
         if combined is not None:
             report.files["cells"] = combined
-    yield report
+    return report
 
 
 def write_all_cells(report: BatchReport) -> Path | None:

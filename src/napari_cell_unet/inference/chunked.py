@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from typing import Any
 
 import numpy as np
@@ -154,9 +154,9 @@ def segment_dask(image: Any, model: Any, chunk: int = DEFAULT_CHUNK, overlap: in
 
 
 def iter_segment_dask(image: Any, model: Any, out: Any | None = None, *, consecutive: bool = True,
-                      **params: Any) -> Iterator[Progress | Any]:
+                      **params: Any) -> Generator[Progress, None, Any]:
     """Segment a huge 2D image into `out` (a numpy array, np.memmap or zarr array of its shape; allocated in
-    memory when None), yielding `Progress` per chunk and finally `out`. Stop iterating (or `.close()`) to cancel.
+    memory when None), yielding `Progress` per chunk; returns `out`. Stop iterating (or `.close()`) to cancel.
     """
     stop = threading.Event()
     events: queue.Queue = queue.Queue()
@@ -191,7 +191,7 @@ def iter_segment_dask(image: Any, model: Any, out: Any | None = None, *, consecu
         if consecutive:
             yield Progress(total, total, "renumbering cells")
             relabel_consecutive(out)
-        yield out
+        return out
     finally:
         stop.set()
         worker.join()
