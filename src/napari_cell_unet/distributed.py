@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from distributed import WorkerPlugin
 
 from ._progress import Progress
 from .errors import CellUnetError
@@ -76,6 +77,7 @@ class BatchRecord:
     diameter: float | None = None  # cell diameter used (px); None = the model's own size
     seconds: float | None = None
     worker: str | None = None
+    device: str | None = None  # the torch device the worker used (e.g. cpu, cuda:1)
     error: str | None = None
 
     @property
@@ -294,7 +296,7 @@ def plan(files: Sequence[tuple[Path, str | None]], output_dir: Path, settings: d
         if state == "complete" and not overwrite:
             known.append(BatchRecord(str(path), str(output), SKIPPED, cells=sidecar.get("n_cells"),
                                      diameter=sidecar.get("diameter"), seconds=sidecar.get("seconds"),
-                                     worker=sidecar.get("worker")))
+                                     worker=sidecar.get("worker"), device=sidecar.get("device")))
         elif state in ("absent", "complete", "ours") or overwrite:
             jobs.append(_Job(path, output, identity, huge=output.name.endswith(ZARR_SUFFIX)))
         else:
@@ -368,6 +370,42 @@ def model_loads() -> int:
     return _MODEL_LOADS[0]
 
 
+GPU_PER_WORKER_PLUGIN = "cell-unet-gpu-per-worker"
+
+
+def local_worker_device(device: str, index: int, gpu_count: int) -> str:
+    """The device worker `index` of a local cluster uses on a machine with `gpu_count` GPUs: "auto" becomes
+    GPU (index mod gpu_count), so the workers share the GPUs out instead of all using the first; "auto" stays
+    "auto" (the CPU, or Apple MPS) without GPUs; any other device is kept (`--device` overrides)."""
+    if str(device).strip().lower() != "auto" or gpu_count < 1:
+        return device
+    return f"cuda:{index % gpu_count}"
+
+
+class GpuPerWorker(WorkerPlugin):
+    """Marks the workers of a cluster started by `local_client` (a dask worker plugin, kept by replaced workers):
+    their tasks spread "auto" over the GPUs by worker index (`local_worker_device`). Workers of an existing
+    cluster have no mark and use their own visible GPU (their deployment sets CUDA_VISIBLE_DEVICES)."""
+
+    name = GPU_PER_WORKER_PLUGIN
+    idempotent = True
+
+
+def task_device(device: str) -> str:
+    """The device a task uses on this worker (see `GpuPerWorker`); `device` itself off a worker."""
+    try:
+        from distributed import get_worker
+
+        worker = get_worker()
+    except (ImportError, ValueError):
+        return device
+    if GPU_PER_WORKER_PLUGIN not in worker.plugins or not isinstance(worker.name, int):
+        return device
+    import torch
+
+    return local_worker_device(device, worker.name, torch.cuda.device_count())
+
+
 def worker_name() -> str:
     try:
         from distributed import get_worker
@@ -384,10 +422,15 @@ def segment_task(input_path: str, output: str, identity: dict, settings: dict, m
     as `cell-unet segment --measure` does) and mark its output complete (runs on a worker)."""
     from .batch import LARGE_IMAGE_PIXELS, FileResult, _segment_file
 
+    from .inference.devices import resolve_device
+
     path, target = Path(input_path), Path(output)
     name = worker_name()
     started = time.perf_counter()
+    device = None
     try:
+        device = str(resolve_device(task_device(params.get("device", "auto"))))
+        params = {**params, "device": device}
         model = worker_model(model_path, settings["model_sha256"])
         _write_json(sidecar_path(target), {"status": "running", "input": identity, "settings": settings,
                                            "worker": name})
@@ -399,7 +442,7 @@ def segment_task(input_path: str, output: str, identity: dict, settings: dict, m
             sidecar_path(target).unlink(missing_ok=True)
             error = result.error if result is not None else f"{path}: segmentation returned no result"
             return BatchRecord(input_path, None, FAILED, seconds=time.perf_counter() - started, worker=name,
-                               error=error)
+                               device=device, error=error)
         cells_csv = {}
         if measure:
             from .measure import cells_csv_path, measure_labels_file
@@ -411,16 +454,16 @@ def segment_task(input_path: str, output: str, identity: dict, settings: dict, m
         _write_json(sidecar_path(target), {
             "status": "complete", "input": identity, "settings": settings, "output": target.name,
             "output_size": target.stat().st_size, **cells_csv, "n_cells": result.n_cells,
-            "diameter": result.diameter, "seconds": round(seconds, 3), "worker": name,
+            "diameter": result.diameter, "seconds": round(seconds, 3), "worker": name, "device": device,
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
         return BatchRecord(input_path, output, DONE, cells=result.n_cells, diameter=result.diameter,
-                           seconds=seconds, worker=name)
+                           seconds=seconds, worker=name, device=device)
     except (CellUnetError, ValueError, OSError) as exc:
         return BatchRecord(input_path, None, FAILED, seconds=time.perf_counter() - started, worker=name,
-                           error=_one_line(exc, path))
+                           device=device, error=_one_line(exc, path))
     except Exception as exc:  # a bug: reported for this input, the batch goes on
         return BatchRecord(input_path, None, FAILED, seconds=time.perf_counter() - started, worker=name,
-                           error=f"{path}: unexpected error (please report it): {type(exc).__name__}: "
+                           device=device, error=f"{path}: unexpected error (please report it): {type(exc).__name__}: "
                                  f"{_one_line(exc, None)}")
 
 
@@ -459,7 +502,8 @@ def local_client(workers: int, threads_per_worker: int = 1, processes: bool = Tr
                  retries: int = DEFAULT_RETRIES, **cluster_options: Any):
     """A `distributed.Client` on a new `LocalCluster` of `workers` workers (processes unless `processes=False`);
     the dashboard on a free port. A worker that dies is replaced by its nanny and its task rerun elsewhere, up to
-    `retries` times (the scheduler's `allowed-failures`). Closing the client closes the cluster."""
+    `retries` times (the scheduler's `allowed-failures`). With device "auto", worker i uses GPU (i mod GPUs)
+    (`GpuPerWorker`). Closing the client closes the cluster."""
     import logging
 
     import dask
@@ -475,6 +519,7 @@ def local_client(workers: int, threads_per_worker: int = 1, processes: bool = Tr
                            f"({type(exc).__name__}: {_one_line(exc, None)})") from None
     client = Client(cluster)
     client._cell_unet_cluster = cluster  # closed with the client (see close_client)
+    client.register_plugin(GpuPerWorker())
     return client
 
 
@@ -699,7 +744,7 @@ class ChunkPredictor:
         from .inference.devices import resolve_device
 
         model = worker_model(self.model_path, self.sha256)
-        return _model_predictor(model, resolve_device(self.device), self.tile_size)(normalized)
+        return _model_predictor(model, resolve_device(task_device(self.device)), self.tile_size)(normalized)
 
 
 @dataclass
