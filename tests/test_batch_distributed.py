@@ -365,6 +365,31 @@ def test_a_huge_image_in_chunks_across_workers_matches_the_chunked_and_whole_ima
     assert_discs_across_chunk_borders_keep_one_id(labels, truth)
 
 
+@pytest.mark.gui
+def test_the_ome_zarr_output_opens_in_a_napari_viewer_through_the_plugin(make_napari_viewer, tmp_path):
+    import zarr
+    from test_batch import CHUNK, OVERLAP, _disc_image, _FakeModel
+    from test_batch import _pointwise_probabilities as _pointwise
+
+    image, _ = _disc_image(shape=(400, 460))
+    path = tmp_path / "slide.tif"
+    tifffile.imwrite(path, image, tile=(64, 64))
+    client = dist.local_client(1, processes=False)  # threads: the test module's predictor travels unpickled
+    try:
+        result = dist.segment_huge(path, tmp_path / "slide_labels.ome.zarr", client, model=_FakeModel(),
+                                   chunk=CHUNK, overlap=OVERLAP, predict=_pointwise)
+    finally:
+        dist.close_client(client)
+    viewer = make_napari_viewer()
+    viewer.open(str(result.output), plugin="napari-cell-unet")
+    [layer] = viewer.layers
+    assert type(layer).__name__ == "Labels" and layer.multiscale and len(layer.data) == result.levels == 3
+    assert not isinstance(layer.data[0], np.ndarray)  # lazy: read chunk by chunk as the canvas needs it
+    written = np.asarray(zarr.open_group(str(result.output), mode="r")["0"])
+    np.testing.assert_array_equal(np.asarray(layer.data[0]), written)
+    assert len(np.unique(written)) - 1 == result.n_cells > 0
+
+
 def test_batch_sends_huge_images_through_chunks_into_ome_zarr(cluster, tiny_file, usiigaci, tmp_path, capsys):
     import zarr
 
