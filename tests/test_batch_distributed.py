@@ -276,6 +276,22 @@ def test_each_local_worker_takes_its_own_gpu_and_other_clusters_keep_theirs(monk
         assert set(_device_of_each_worker(other).values()) == {"auto"}
 
 
+def test_chunk_tasks_use_the_given_torch_threads(tiny_file):
+    import torch
+
+    sha = dist.file_sha256(tiny_file)
+    seen = []
+    hook = dist.worker_model(str(tiny_file), sha).network.register_forward_hook(
+        lambda *_: seen.append(torch.get_num_threads()))
+    try:
+        for threads in (1, 3):  # --threads reaches the chunks of --zarr-above images too
+            probs = dist.ChunkPredictor(str(tiny_file), sha, "cpu", threads=threads)(np.zeros((64, 80), np.float32))
+            assert probs.shape == (2, 64, 80) and set(seen) == {threads}
+            seen.clear()
+    finally:
+        hook.remove()
+
+
 def _auto_device() -> str:
     from napari_cell_unet.inference.devices import resolve_device
 

@@ -471,8 +471,8 @@ def _huge_job(job: _Job, client: Any, settings: dict, model_path: Path, diameter
               params: dict) -> BatchRecord:
     started = time.perf_counter()
     name = f"{len(client.scheduler_info().get('workers', {}))} workers (chunks)"
-    options = {key: params[key] for key in ("device", "tile_size", "min_size", "cell_threshold", "border_threshold")
-               if params.get(key) is not None}
+    options = {key: params[key] for key in ("device", "tile_size", "threads", "min_size", "cell_threshold",
+                                            "border_threshold") if params.get(key) is not None}
     try:
         _write_json(sidecar_path(job.output), {"status": "running", "input": job.identity, "settings": settings})
         result = segment_huge(job.input, job.output, client, model=model_path, chunk=chunk, diameter=diameter,
@@ -736,15 +736,18 @@ class ChunkPredictor:
     """Globally normalised chunk -> (2, h, w) probabilities with the model that `worker_model` keeps on each
     worker (read once per process); picklable, so the task graph carries a file name instead of the weights."""
 
-    def __init__(self, model_path: str, sha256: str, device: str = "auto", tile_size: int | None = None):
+    def __init__(self, model_path: str, sha256: str, device: str = "auto", tile_size: int | None = None,
+                 threads: int | None = None):
         self.model_path, self.sha256, self.device, self.tile_size = str(model_path), sha256, device, tile_size
+        self.threads = threads
 
     def __call__(self, normalized: np.ndarray) -> np.ndarray:
         from .batch import _model_predictor
         from .inference.devices import resolve_device
 
         model = worker_model(self.model_path, self.sha256)
-        return _model_predictor(model, resolve_device(task_device(self.device)), self.tile_size)(normalized)
+        device = resolve_device(task_device(self.device))
+        return _model_predictor(model, device, self.tile_size, self.threads)(normalized)
 
 
 @dataclass
@@ -759,8 +762,8 @@ class HugeResult:
 
 def segment_huge(path: str | Path, output: str | Path, client: Any, *, model: str | Path | None = None,
                  chunk: int = HUGE_CHUNK, overlap: int = HUGE_OVERLAP, diameter: float | str | None = None,
-                 device: str = "auto", tile_size: int | None = None, overwrite: bool = False,
-                 levels: int | None = None, predict: Any = None, **params: Any) -> HugeResult:
+                 device: str = "auto", tile_size: int | None = None, threads: int | None = None,
+                 overwrite: bool = False, levels: int | None = None, predict: Any = None, **params: Any) -> HugeResult:
     """Segment one huge 2-D image (TIFF/OME-TIFF read tile by tile, or OME-Zarr) on `client`'s workers into an
     OME-Zarr (NGFF 0.4) labels pyramid at `output`: level 0 chunked `chunk` x `chunk`, then x2 downsampled
     levels (nearest) until the smallest fits one chunk (or `levels` levels).
@@ -771,7 +774,8 @@ def segment_huge(path: str | Path, output: str | Path, client: Any, *, model: st
     model (`ChunkPredictor`), and writes its labels straight into its zarr chunk; a second distributed pass
     renumbers the ids 1..N. Memory per worker is a few chunks; the client holds the sorted cell ids only. The
     result is written next to `output` and renamed into place when complete. `predict`: a picklable stand-in
-    for the model (tests). Other parameters as for `segment_dask`.
+    for the model (tests). `threads`: torch threads per chunk task (None: the worker's cores, as `--threads`).
+    Other parameters as for `segment_dask`.
     """
     import shutil
 
@@ -800,7 +804,7 @@ def segment_huge(path: str | Path, output: str | Path, client: Any, *, model: st
         model_path = model_file(model)
         model_object = load_model(model_path)  # its metadata: thresholds, cell size
         if predict is None:
-            predict = ChunkPredictor(str(model_path), file_sha256(model_path), device, tile_size)
+            predict = ChunkPredictor(str(model_path), file_sha256(model_path), device, tile_size, threads)
     partial, raw = output.with_name(f".{output.name}.partial"), output.with_name(f".{output.name}.raw")
     for stale in (partial, raw):
         shutil.rmtree(stale, ignore_errors=True)
