@@ -127,10 +127,12 @@ def huge(sides: list[int], chunk: int, workers: int, model: str | None, diameter
          stand_in: bool = False) -> None:
     sys.path.insert(0, str(SRC))
     from napari_cell_unet import distributed as dist
+    from napari_cell_unet.inference.devices import cpu_threads
 
+    threads = max(1, cpu_threads() // workers)  # as cell-unet batch divides the cores
     diameter_value = None if diameter == "model" else (diameter if diameter == "auto" else float(diameter))
     frames = usiigaci_frames()
-    print(f"CPU: {cpu_model()}; --chunk {chunk}, {workers} worker processes (1 torch thread each), --diameter "
+    print(f"CPU: {cpu_model()}; --chunk {chunk}, {workers} worker processes ({threads} torch thread{'s' * (threads > 1)} each), --diameter "
           f"{diameter}, {model or 'bundled model'}{' (thresholds only: --stand-in predicts)' if stand_in else ''}; mosaic of {len(frames)} Usiigaci frames; load average at start "
           f"(1/5/15 min) {', '.join(f'{n:.1f}' for n in os.getloadavg())}\n")
     print("| image | seconds | MP/s | cells | peak RSS per worker (MB) | client peak RSS (MB) | pyramid levels | "
@@ -144,7 +146,7 @@ def huge(sides: list[int], chunk: int, workers: int, model: str | None, diameter
             try:
                 client.run(_peak_rss_mb)  # workers started
                 result = dist.segment_huge(path, Path(tmp) / f"mosaic{side}_labels.ome.zarr", client, model=model,
-                                           chunk=chunk, diameter=diameter_value, device="cpu",
+                                           chunk=chunk, diameter=diameter_value, device="cpu", threads=threads,
                                            predict=TextureStandIn() if stand_in else None)
                 peaks = sorted(client.run(_peak_rss_mb).values())
             finally:
