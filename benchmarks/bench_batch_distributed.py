@@ -157,6 +157,45 @@ def huge(sides: list[int], chunk: int, workers: int, model: str | None, diameter
                   f"{result.levels} | {os.getloadavg()[1]:.1f} |", flush=True)
 
 
+def seams(sets: list[str], chunk: int, model: str | None) -> None:
+    """The measured difference at chunk seams: each real frame segmented whole (`segment`) and in chunks of
+    `chunk` px with the huge-image path's 128-px context (`batch.iter_segment_dask`, which `segment_huge` equals),
+    the bundled model at its own cell size on the CPU."""
+    import tifffile
+
+    sys.path.insert(0, str(SRC))
+    from napari_cell_unet import batch, segment
+    from napari_cell_unet.distributed import HUGE_OVERLAP
+    from napari_cell_unet.inference.devices import cpu_threads
+    from napari_cell_unet.metrics import match_instances
+    from napari_cell_unet.model import load_model
+    from napari_cell_unet.model.files import DEFAULT_MODEL_PATH
+
+    network = load_model(model or DEFAULT_MODEL_PATH)
+    print(f"CPU: {cpu_model()}; chunks of {chunk} px with {HUGE_OVERLAP} px of context vs the whole frame, "
+          f"{model or 'bundled model'} at its own cell size, {cpu_threads()} threads; load average at start "
+          f"{os.getloadavg()[1]:.1f}\n")
+    print("| frame | cells whole | cells chunked | F1@0.5 | F1@0.9 | mean IoU of matches | fg/bg pixels differing | "
+          "of them within 32 px of a seam |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|", flush=True)
+    for name in sets:
+        image = tifffile.imread(DATA / "usiigaci_phase" / name / "raw.tif")
+        whole = segment(image, network, device="cpu", diameter=None)
+        *_, chunked = batch.iter_segment_dask(image, network, chunk=chunk, overlap=HUGE_OVERLAP, device="cpu",
+                                              diameter=None)
+        loose, strict = match_instances(chunked, whole, 0.5), match_instances(chunked, whole, 0.9)
+        differ = (chunked > 0) != (whole > 0)
+        lines = np.zeros(image.shape, bool)
+        for axis in (0, 1):
+            for seam in range(chunk, image.shape[axis], chunk):
+                index = [slice(None), slice(None)]
+                index[axis] = slice(max(0, seam - 32), seam + 32)
+                lines[tuple(index)] = True
+        print(f"| {name} | {whole.max()} | {chunked.max()} | {loose.f1:.3f} | {strict.f1:.3f} | "
+              f"{loose.matched_ious.mean():.3f} | {differ.mean():.3%} | "
+              f"{(differ & lines).sum() / max(1, differ.sum()):.0%} |", flush=True)
+
+
 def main() -> None:
     import tifffile
 
@@ -170,8 +209,12 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--stand-in", action="store_true",
                         help="--huge: predict with a cheap texture stand-in instead of the network (see TextureStandIn)")
+    parser.add_argument("--seams", default=None,
+                        help="comma-separated Usiigaci sets: segmented whole vs in --chunk chunks (seam difference)")
     parser.add_argument("--tmp", default=None, help="folder for the --huge mosaics and outputs (default: the system's)")
     args = parser.parse_args()
+    if args.seams:
+        return seams(args.seams.split(","), args.chunk, args.model)
     if args.huge:
         return huge([int(side) for side in args.huge.split(",")], args.chunk, args.workers, args.model,
                     args.diameter, args.tmp, args.stand_in)
