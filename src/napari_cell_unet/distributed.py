@@ -421,7 +421,6 @@ def segment_task(input_path: str, output: str, identity: dict, settings: dict, m
     """Segment one input exactly as `cell-unet segment` does (with `measure`, also write its `<stem>_cells.csv`
     as `cell-unet segment --measure` does) and mark its output complete (runs on a worker)."""
     from .batch import LARGE_IMAGE_PIXELS, FileResult, _segment_file
-
     from .inference.devices import resolve_device
 
     path, target = Path(input_path), Path(output)
