@@ -32,7 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "with --scheduler, each worker's cores)")
     parser.add_argument("--scheduler", default=None, metavar="ADDRESS",
                         help="address of a running dask scheduler (tcp://host:8786) instead of a local cluster")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps, on each worker")
+    parser.add_argument("--device", default="auto",
+                        help="auto, cpu, cuda, cuda:N or mps, on each worker (auto: on the local cluster worker i "
+                             "uses GPU i mod GPUs; with --scheduler each worker its own visible GPU; else the CPU)")
     add_segmentation_options(parser)
     parser.add_argument("--zarr-above", type=checks.int_range(1), default=None, metavar="PIXELS",
                         help="2-D images with more pixels than this are split into chunks segmented across all "

@@ -65,12 +65,13 @@ def _extended_origin(chunks: tuple[tuple[int, ...], ...], block_id: tuple[int, .
     return y0 - (depth if i > 0 else 0), x0 - (depth if j > 0 else 0)
 
 
-def model_predictor(model: Any, device: Any, tile_size: int | None) -> Callable[[np.ndarray], np.ndarray]:
+def model_predictor(model: Any, device: Any, tile_size: int | None, threads: int | None = None
+                    ) -> Callable[[np.ndarray], np.ndarray]:
     """Chunk -> (2, h, w) probabilities with the model, for chunks already normalised with global percentiles."""
     def predict(normalized: np.ndarray) -> np.ndarray:
         # identity ranges: by default each chunk would be normalised by its own percentiles
         return predict_probabilities(normalized, model, device=device, rgb=False,
-                                     ranges=[(0.0, 1.0)] * model.in_channels,
+                                     ranges=[(0.0, 1.0)] * model.in_channels, threads=threads,
                                      **({"tile_size": tile_size} if tile_size else {}))
 
     return predict
