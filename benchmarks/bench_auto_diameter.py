@@ -19,6 +19,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
 
+MIN_OBJECTS = 5  # an image with fewer labelled cells has no meaningful "true median diameter"
+
+
 class PixelCounter:
     """Counts the network input pixels of every `TiledPredictor` forward while active."""
 
@@ -120,6 +123,7 @@ def main(argv=None) -> int:
             started = time.perf_counter()
             estimate = estimate_cell_diameter(image_z, model, device="cpu")
             row = {"name": item.name, "domain": item.domain, "group": item.group, "zoom": zoom,
+                   "objects": int(len(np.unique(labels)) - 1),
                    "shape": list(image_z.shape[:2]), "true": round(true, 2), "estimate": estimate.diameter,
                    "error": None if estimate.diameter is None else round(estimate.diameter / true - 1, 3),
                    "estimate_seconds": round(time.perf_counter() - started, 2), "estimate_pixels": counter.take(),
@@ -144,6 +148,10 @@ def main(argv=None) -> int:
 
 
 def summarize(rows):
+    ill_posed = [r for r in rows if r.get("objects", MIN_OBJECTS) < MIN_OBJECTS]
+    if ill_posed:
+        print(f"not counted (fewer than {MIN_OBJECTS} labelled objects): {sorted({r['name'] for r in ill_posed})}")
+    rows = [r for r in rows if r not in ill_posed]
     errors = [r["error"] for r in rows]
     within = sum(e is not None and abs(e) <= 0.15 for e in errors)
     print(f"within 15 %: {within}/{len(rows)}")
