@@ -4,9 +4,8 @@ The network is shown small probes of the image zoomed as if the cells were a few
 apart (12 to 135 px). At the candidate nearest the truth it sees cells of the size it was trained
 on and outlines them; far from it, it finds nothing, or fragments much smaller than the candidate.
 The median diameter of the cells found whole inside the probe (not cut by its edge) is the
-estimate, corrected for big cells touching the probe's edge more often; fragments far smaller than
-the model's cell size are not counted. The most convincing candidate is refined by a larger probe
-zoomed to its estimate (the runner-up too when its vote comes close); the more convincing refinement
+estimate, corrected for big cells touching the probe's edge more often. The most convincing
+candidate is refined by a larger probe zoomed to its estimate (the runner-up too when its vote comes close); the more convincing refinement
 wins, and its estimate is averaged (in log space) with the one it was zoomed to. Cost: four probes of
 256 and one or two of 320 model pixels a side, whatever the image size (less for small images).
 
@@ -37,7 +36,6 @@ RUNNER_UP = 0.5  # the second coarse probe is refined too when its vote is at le
 MIN_CELLS = 2  # whole cells a probe must find for its estimate to count
 CONSISTENT = (0.4, 2.5)  # estimate / candidate ratios of a probe that saw real cells, not fragments
 AGREEMENT = 0.35  # spread (natural log) of the estimate / candidate ratio weighting a probe's vote
-FRAGMENT = 0.25  # instances narrower than this fraction of the model's cell size (zoomed px) are not cells
 WHOLE_IMAGE_PIXELS = 512 * 512  # a refinement covers the whole image when the zoomed image is at most this
 REUSE_TOLERANCE = 0.1  # |log(estimate / size zoomed to)| under which a whole-image refinement is the answer
 
@@ -146,7 +144,7 @@ def _probe(context: dict[str, Any], candidate: float, side: int, whole_image: bo
     predictor = context["predictor"]
     probabilities = result_of(predictor.iter_predict(rescale_plane(crop, zoom, rgb), rgb=rgb, ranges=ranges))
     labels = instances_from_probabilities(probabilities[0], probabilities[1], **context["thresholds"])
-    diameters = _whole_cell_diameters(labels, FRAGMENT * reference)
+    diameters = _whole_cell_diameters(labels)
     estimate = _edge_corrected_median(diameters, labels.shape) / zoom if diameters.size else float("nan")
     probe = {"candidate": round(float(candidate), 1), "cells": int(diameters.size), "estimate": estimate,
              "confidence": float(probabilities[0][labels > 0].mean()) if labels.any() else 0.0, "whole_image": whole}
@@ -173,9 +171,9 @@ def _consistent(probe: dict[str, Any]) -> bool:
     return CONSISTENT[0] <= ratio <= CONSISTENT[1]
 
 
-def _whole_cell_diameters(labels: np.ndarray, min_diameter: float) -> np.ndarray:
-    """Equivalent diameters (px) of the instances that do not touch the probe's edge, fragments (narrower than
-    `min_diameter` px) left out: they would pull the median of a probe that did find the cells far down."""
+def _whole_cell_diameters(labels: np.ndarray) -> np.ndarray:
+    """Equivalent diameters (px) of the instances that do not touch the probe's edge. Small fragments count: a
+    probe whose median they pull far below its candidate saw the image at the wrong zoom (see `_consistent`)."""
     if not labels.any():
         return np.empty(0)
     edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
@@ -183,8 +181,8 @@ def _whole_cell_diameters(labels: np.ndarray, min_diameter: float) -> np.ndarray
     keep = np.ones(areas.size, bool)
     keep[0] = False
     keep[edge] = False
-    diameters = 2.0 * np.sqrt(areas[keep] / np.pi)
-    return diameters[diameters >= max(min_diameter, 2 * np.sqrt(10 / np.pi))]
+    areas = areas[keep & (areas >= 10)]
+    return 2.0 * np.sqrt(areas / np.pi)
 
 
 def _edge_corrected_median(diameters: np.ndarray, shape: tuple[int, int]) -> float:
