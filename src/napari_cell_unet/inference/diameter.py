@@ -5,8 +5,9 @@ apart (12 to 135 px). At the candidate nearest the truth it sees cells of the si
 on and outlines them; far from it, it finds nothing, or fragments much smaller than the candidate.
 The median diameter of the cells found whole inside the probe (not cut by its edge) is the
 estimate, corrected for big cells touching the probe's edge more often. The most convincing
-candidate is refined by a larger probe zoomed to its estimate (the runner-up too when its vote comes close); the more convincing refinement
-wins, and its estimate is averaged (in log space) with the one it was zoomed to. Cost: four probes of
+candidate is refined by a larger probe zoomed to its estimate (the runner-up too when its vote comes
+close); the more convincing refinement wins, and its estimate is averaged (in log space) with the one
+it was zoomed to. Cost: four probes of
 256 and one or two of 320 model pixels a side, whatever the image size (less for small images).
 
 When the image zoomed to a refinement fits in `WHOLE_IMAGE_PIXELS`, that refinement is the whole
