@@ -127,7 +127,7 @@ def main(argv=None) -> int:
                    "shape": list(image_z.shape[:2]), "true": round(true, 2), "estimate": estimate.diameter,
                    "error": None if estimate.diameter is None else round(estimate.diameter / true - 1, 3),
                    "estimate_seconds": round(time.perf_counter() - started, 2), "estimate_pixels": counter.take(),
-                   "reused": estimate.prediction is not None, "probes": estimate.probes}
+                   "probes": estimate.probes}
             if estimate.diameter is not None:
                 row["segment_pixels"] = segment_pixels(model, image_z.shape[:2], estimate.diameter)
             if item.name in timing and estimate.diameter is not None:
@@ -160,9 +160,7 @@ def summarize(rows):
             part = [r for r in rows if r["domain"] == domain and r["zoom"] == zoom]
             print(f"  {domain} x{zoom}: {sum(r['error'] is not None and abs(r['error']) <= 0.15 for r in part)}"
                   f"/{len(part)}")
-    # a reused prediction (the estimate's last probe was the whole image at the final diameter) costs no segment
-    ratios = [(r["estimate_pixels"] + (0 if r.get("reused") else r["segment_pixels"])) / r["segment_pixels"]
-              for r in rows if r.get("segment_pixels")]
+    ratios = [1 + r["estimate_pixels"] / r["segment_pixels"] for r in rows if r.get("segment_pixels")]
     print(f"pixel cost ratio (auto / given): median {np.median(ratios):.2f}, max {np.max(ratios):.2f}")
     timed = [r["time_ratio"] for r in rows if "time_ratio" in r]
     if timed:

@@ -78,27 +78,3 @@ def test_stack_uses_one_estimate_from_its_middle_slice():
     result = list(iter_segment(stack, pointwise_model(cell_diameter=30.0), device="cpu"))[-1]
     assert result.diameter == pytest.approx(12.0, rel=0.15)  # the middle slice's discs
     assert result.labels.shape == stack.shape
-
-
-def test_a_whole_image_refinement_is_reused_as_the_segmentation():
-    image, labels = disc_field(16)  # zoomed to the model's 30 px, the image fits in one whole-image refinement
-    model = pointwise_model(cell_diameter=30.0)
-    estimate = estimate_cell_diameter(image, model, device="cpu")
-    assert estimate.prediction is not None and estimate.probes[-1]["whole_image"], estimate.probes
-    fresh_labels, fresh = segment(image, model, device="cpu", diameter=estimate.diameter, return_probabilities=True)
-    np.testing.assert_array_equal(estimate.prediction, fresh)
-    events = list(iter_segment(image, model, device="cpu"))
-    result = events[-1]
-    assert not any("tile" in event.message for event in events[:-1])  # the image was not predicted again
-    assert result.diameter == estimate.diameter and result.diameter_estimate.prediction is None
-    np.testing.assert_array_equal(result.labels, fresh_labels)
-    assert result.n_cells == labels.max()
-
-
-def test_test_time_augmentation_is_not_served_a_probe_without_it():
-    image, _ = disc_field(16)
-    model = pointwise_model(cell_diameter=30.0)
-    events = list(iter_segment(image, model, device="cpu", tta=True))
-    assert any("tile" in event.message for event in events[:-1])
-    np.testing.assert_array_equal(events[-1].labels, segment(image, model, device="cpu", tta=True,
-                                                             diameter=events[-1].diameter))

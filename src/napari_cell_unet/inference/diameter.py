@@ -4,16 +4,9 @@ The network is shown small probes of the image zoomed as if the cells were a few
 apart (12 to 135 px). At the candidate nearest the truth it sees cells of the size it was trained
 on and outlines them; far from it, it finds nothing, or fragments much smaller than the candidate.
 The median diameter of the cells found whole inside the probe (not cut by its edge) is the
-estimate, corrected for big cells touching the probe's edge more often. The most convincing
-candidate is refined by a larger probe zoomed to its estimate (the runner-up too when its vote comes
-close); the more convincing refinement wins, and its estimate is averaged (in log space) with the one
-it was zoomed to. Cost: four probes of
-256 and one or two of 320 model pixels a side, whatever the image size (less for small images).
-
-When the image zoomed to a refinement fits in `WHOLE_IMAGE_PIXELS`, that refinement is the whole
-image, exactly as `segment` would predict it; if it measures the cells within `REUSE_TOLERANCE` of the
-size it was zoomed to, the estimate is that size and its prediction is kept (`DiameterEstimate.prediction`)
-for `segment` to use instead of predicting the image again.
+estimate, corrected for big cells touching the probe's edge more often. The two most convincing
+candidates are refined by a larger probe zoomed to their estimate; the more convincing refinement
+wins, and its estimate is averaged (in log space) with the one it was zoomed to. Cost: four probes of 256 and two of 320 model pixels a side, whatever the image size.
 """
 
 from __future__ import annotations
@@ -28,30 +21,25 @@ from scipy import ndimage
 from .._progress import Progress, result_of
 from .instances import instances_from_probabilities
 from .normalize import to_model_channels
-from .rescale import model_diameter, rescale_plane, resize_probabilities, scaled_shape
+from .rescale import model_diameter, rescale_plane
 
 CANDIDATE_DIAMETERS = (12.0, 27.0, 60.0, 135.0)  # px; neighbours 2.2x apart
 COARSE_PROBE = 256  # side of a coarse probe, in the model's (zoomed) pixels
 FINE_PROBE = 320
-RUNNER_UP = 0.5  # the second coarse probe is refined too when its vote is at least this fraction of the first's
+REFINED = 2  # the two most convincing coarse probes are refined; the more convincing refinement wins
 MIN_CELLS = 2  # whole cells a probe must find for its estimate to count
 CONSISTENT = (0.4, 2.5)  # estimate / candidate ratios of a probe that saw real cells, not fragments
 AGREEMENT = 0.35  # spread (natural log) of the estimate / candidate ratio weighting a probe's vote
-WHOLE_IMAGE_PIXELS = 512 * 512  # a refinement covers the whole image when the zoomed image is at most this
-REUSE_TOLERANCE = 0.1  # |log(estimate / size zoomed to)| under which a whole-image refinement is the answer
 
 
 @dataclass
 class DiameterEstimate:
     """diameter: median cell diameter in the image (px), None when no probe found cells.
-    cells: whole cells the final probe measured. probes: one dict per probe (candidate, cells, estimate).
-    prediction: the whole image's (classes, H, W) probabilities at `diameter`, when the final probe was the whole
-    image (what `segment` would predict at that diameter), else None."""
+    cells: whole cells the final probe measured. probes: one dict per probe (candidate, cells, estimate)."""
 
     diameter: float | None
     cells: int = 0
     probes: list[dict[str, Any]] = field(default_factory=list)
-    prediction: np.ndarray | None = field(default=None, repr=False, compare=False)
 
 
 def iter_estimate_diameter(predictor: Any, plane: np.ndarray, rgb: bool = False
@@ -62,10 +50,7 @@ def iter_estimate_diameter(predictor: Any, plane: np.ndarray, rgb: bool = False
     """
     tta, predictor.tta = getattr(predictor, "tta", False), False  # probes need no test-time augmentation
     try:
-        estimate = yield from _iter_estimate(predictor, plane, rgb)
-        if tta:
-            estimate.prediction = None  # predicted without the flips the caller asked for
-        return estimate
+        return (yield from _iter_estimate(predictor, plane, rgb))
     finally:
         predictor.tta = tta
 
@@ -73,15 +58,16 @@ def iter_estimate_diameter(predictor: Any, plane: np.ndarray, rgb: bool = False
 def _iter_estimate(predictor: Any, plane: np.ndarray, rgb: bool) -> Generator[Progress, None, DiameterEstimate]:
     model = predictor.model
     channels = to_model_channels(plane, model.in_channels, rgb)
-    context = {"predictor": predictor, "plane": plane, "rgb": rgb, "ranges": predictor.normalization_ranges(channels),
-               "activity": _activity(channels), "reference": model_diameter(model),
-               "thresholds": _instance_thresholds(model)}
-    total = len(CANDIDATE_DIAMETERS) + 2
+    ranges = predictor.normalization_ranges(channels)
+    activity = _activity(channels)
+    thresholds = _instance_thresholds(model)
+    reference = model_diameter(model)
+    total = len(CANDIDATE_DIAMETERS) + REFINED
     probes = []
     for number, candidate in enumerate(CANDIDATE_DIAMETERS):
         yield Progress(number, total, f"estimating cell size: trying {candidate:.0f} px")
-        probes.append(_probe(context, candidate, COARSE_PROBE))
-    leaders = _leaders(probes)
+        probes.append(_probe(predictor, plane, rgb, ranges, activity, candidate, reference, COARSE_PROBE, thresholds))
+    leaders = _ranked(probes)[:REFINED]
     if not leaders:
         yield Progress(total, total, "estimating cell size: no cells found")
         return DiameterEstimate(None, 0, probes)
@@ -89,28 +75,14 @@ def _iter_estimate(predictor: Any, plane: np.ndarray, rgb: bool) -> Generator[Pr
     for number, leader in enumerate(leaders):
         yield Progress(len(CANDIDATE_DIAMETERS) + number, total,
                        f"estimating cell size: refining around {leader['estimate']:.0f} px")
-        refined.append(_probe(context, round(leader["estimate"], 1), FINE_PROBE, whole_image=True))
+        refined.append(_probe(predictor, plane, rgb, ranges, activity, leader["estimate"], reference, FINE_PROBE,
+                              thresholds))
     probes += refined
     best = (_ranked(refined) or leaders)[0]
-    prediction = best.pop("prediction", None)
-    for probe in refined:
-        probe.pop("prediction", None)
-    if prediction is not None and abs(np.log(best["estimate"] / best["candidate"])) <= REUSE_TOLERANCE:
-        diameter = best["candidate"]  # measured on every cell of the image: the prediction at this size is kept
-    else:
-        prediction = None
-        # two measurements of the same cells at two zooms (the leader's, and the refinement's): their mean in log space
-        diameter = round(float(np.sqrt(best["candidate"] * best["estimate"])), 1)
+    # two measurements of the same cells at two zooms (the leader's, and the refinement's): their mean in log space
+    diameter = float(np.sqrt(best["candidate"] * best["estimate"]))
     yield Progress(total, total, f"estimated cell diameter: {diameter:.0f} px")
-    return DiameterEstimate(diameter, int(best["cells"]), probes, prediction)
-
-
-def _leaders(probes: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The most convincing coarse probe, and the runner-up when its vote comes close."""
-    ranked = _ranked(probes)
-    if len(ranked) > 1 and _vote(ranked[1]) >= RUNNER_UP * _vote(ranked[0]):
-        return ranked[:2]
-    return ranked[:1]
+    return DiameterEstimate(round(diameter, 1), int(best["cells"]), probes)
 
 
 def estimate_cell_diameter(plane: np.ndarray, model: Any = None, *, device: str = "auto", rgb: bool | None = None,
@@ -128,30 +100,18 @@ def estimate_cell_diameter(plane: np.ndarray, model: Any = None, *, device: str 
         predictor.close()
 
 
-def _probe(context: dict[str, Any], candidate: float, side: int, whole_image: bool = False) -> dict[str, Any]:
-    """Zoom a window of the plane so cells of `candidate` px would look `reference` px; measure what is found.
-
-    whole_image: when the zoomed plane fits in `WHOLE_IMAGE_PIXELS`, predict all of it exactly as `segment` does
-    (its own normalisation) and keep the prediction, resized back to the plane, under "prediction"."""
-    plane, rgb, reference = context["plane"], context["rgb"], context["reference"]
+def _probe(predictor, plane, rgb, ranges, activity, candidate, reference, side, thresholds) -> dict[str, Any]:
+    """Zoom a window of the plane so cells of `candidate` px would look `reference` px; measure what is found."""
     zoom = reference / candidate
-    whole = whole_image and np.prod(scaled_shape(plane.shape[:2], zoom)) <= WHOLE_IMAGE_PIXELS
-    if whole:
-        crop, ranges = plane, None
-    else:
-        window = min(plane.shape[0], plane.shape[1], max(8, int(round(side / zoom))))
-        top, left = _busiest_window(context["activity"], plane.shape[:2], window)
-        crop, ranges = plane[top:top + window, left:left + window], context["ranges"]
-    predictor = context["predictor"]
+    window = min(plane.shape[0], plane.shape[1], max(8, int(round(side / zoom))))
+    top, left = _busiest_window(activity, plane.shape[:2], window)
+    crop = plane[top:top + window, left:left + window]
     probabilities = result_of(predictor.iter_predict(rescale_plane(crop, zoom, rgb), rgb=rgb, ranges=ranges))
-    labels = instances_from_probabilities(probabilities[0], probabilities[1], **context["thresholds"])
+    labels = instances_from_probabilities(probabilities[0], probabilities[1], **thresholds)
     diameters = _whole_cell_diameters(labels)
     estimate = _edge_corrected_median(diameters, labels.shape) / zoom if diameters.size else float("nan")
-    probe = {"candidate": round(float(candidate), 1), "cells": int(diameters.size), "estimate": estimate,
-             "confidence": float(probabilities[0][labels > 0].mean()) if labels.any() else 0.0, "whole_image": whole}
-    if whole:
-        probe["prediction"] = resize_probabilities(probabilities, plane.shape[:2])
-    return probe
+    return {"candidate": round(float(candidate), 1), "cells": int(diameters.size), "estimate": estimate,
+            "confidence": float(probabilities[0][labels > 0].mean()) if labels.any() else 0.0}
 
 
 def _ranked(probes: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -159,12 +119,12 @@ def _ranked(probes: list[dict[str, Any]]) -> list[dict[str, Any]]:
     the network outlines cells of the size it was trained on, at a wrong one it finds fragments of another size.
     Vote: cells x confidence x agreement of the measured size with the candidate (a Gaussian in log ratio)."""
     usable = [p for p in probes if p["cells"] >= MIN_CELLS and _consistent(p)]
-    return sorted(usable, key=_vote, reverse=True)
 
+    def vote(probe: dict[str, Any]) -> float:
+        agreement = np.exp(-(np.log(probe["estimate"] / probe["candidate"]) / AGREEMENT) ** 2)
+        return probe["cells"] * probe["confidence"] * agreement
 
-def _vote(probe: dict[str, Any]) -> float:
-    agreement = np.exp(-(np.log(probe["estimate"] / probe["candidate"]) / AGREEMENT) ** 2)
-    return probe["cells"] * probe["confidence"] * agreement
+    return sorted(usable, key=vote, reverse=True)
 
 
 def _consistent(probe: dict[str, Any]) -> bool:
@@ -173,8 +133,7 @@ def _consistent(probe: dict[str, Any]) -> bool:
 
 
 def _whole_cell_diameters(labels: np.ndarray) -> np.ndarray:
-    """Equivalent diameters (px) of the instances that do not touch the probe's edge. Small fragments count: a
-    probe whose median they pull far below its candidate saw the image at the wrong zoom (see `_consistent`)."""
+    """Equivalent diameters (px) of the instances that do not touch the probe's edge."""
     if not labels.any():
         return np.empty(0)
     edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))

@@ -99,11 +99,8 @@ def iter_segment(image: Any, model: Any = None, *, device: str = "auto", tile_si
         for number, index in enumerate(slices):
             prefix = f"slice {number + 1}/{len(slices)}: " if leading else ""
             try:
-                if estimate is not None and estimate.prediction is not None and not leading:
-                    probs, estimate.prediction = estimate.prediction, None  # the estimate's last probe: this image
-                else:
-                    probs = yield from _iter_slice(predictor, np.asarray(image[index]), rgb, scale, number * steps,
-                                                   steps, len(slices) * steps, prefix)
+                probs = yield from _iter_slice(predictor, np.asarray(image[index]), rgb, scale, number * steps,
+                                               steps, len(slices) * steps, prefix)
             except ImageError as exc:
                 if not leading or len(slices) == 1:
                     raise
