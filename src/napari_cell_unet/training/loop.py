@@ -22,6 +22,7 @@ import torch
 
 from .._progress import Progress
 from ..model import CellModel
+from ..model.files import BUNDLED_PROBES, descends_from_bundled
 from .augment import AugmentConfig, CropSampler
 from .losses import distillation_loss, segmentation_loss
 from .pairs import TrainingPair, require_cells, zoom_to_diameter
@@ -237,6 +238,7 @@ class _Run:
         np.random.seed(cfg.seed % 2**32)
         yield Progress(0, 0, "loading the model")
         self.model = resolve_model(self.trainer.model_spec, cfg.architecture)
+        self.from_bundled = not self._scratch and descends_from_bundled(self.model)
         network = self.model.network.to(self.device)
         if self.device.type == "cuda":
             network.to(memory_format=torch.channels_last)
@@ -514,6 +516,8 @@ class _Run:
         meta["training"] = record
         if self.trainer.model_spec == "scratch":
             meta["cell_diameter"] = _training_cell_diameter(self.trainer.pairs)
+        if getattr(self, "from_bundled", False):
+            meta["diameter_model"] = BUNDLED_PROBES  # see inference.segment._probe_model
         meta["name"] = cfg.name or (f"{self.model.name} (fine-tuned)" if self.trainer.model_spec != "scratch" else "trained from scratch")
 
     def release(self) -> None:
