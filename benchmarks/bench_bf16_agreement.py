@@ -36,6 +36,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     import torch
 
+    from napari_cell_unet._progress import result_of
     from napari_cell_unet.inference import iter_segment
     from napari_cell_unet.metrics import match_instances, pixel_iou
     from napari_cell_unet.model import load_model
@@ -54,8 +55,8 @@ def main(argv=None) -> int:
         results, seconds = {}, {}
         for precision in ("fp32", "bf16"):
             started = time.perf_counter()
-            results[precision] = list(iter_segment(crop, model, device="cpu", precision=precision, diameter=None,
-                                                   return_probabilities=True))[-1]
+            results[precision] = result_of(iter_segment(crop, model, device="cpu", precision=precision, diameter=None,
+                                                        return_probabilities=True))
             seconds[precision] = round(time.perf_counter() - started, 2)
         a, b = results["fp32"], results["bf16"]
         rows.append({"image": f"{item.domain}/{item.name}", "cells_fp32": a.n_cells, "cells_bf16": b.n_cells,

@@ -84,7 +84,8 @@ def load(model_path: str | None):
 def run_case(case: str, mode: str, device: str, threads: int, model_path: str | None, forward_tiles: int) -> dict:
     import torch
 
-    from napari_cell_unet.inference import DEFAULT_TILE_SIZE, SegmentationResult, iter_segment
+    from napari_cell_unet._progress import result_of
+    from napari_cell_unet.inference import DEFAULT_TILE_SIZE, iter_segment
     from napari_cell_unet.inference.devices import resolve_device
 
     torch.set_num_threads(threads)
@@ -101,9 +102,7 @@ def run_case(case: str, mode: str, device: str, threads: int, model_path: str | 
         # Small cases run twice and report the second (first-call set-up excluded, as for the forward pass).
         for _ in range(2 if pixels < 10_000_000 else 1):
             start = time.perf_counter()
-            for item in iter_segment(image, model, device=device, threads=threads):
-                if isinstance(item, SegmentationResult):
-                    extra = {"cells": item.n_cells}
+            extra = {"cells": result_of(iter_segment(image, model, device=device, threads=threads)).n_cells}
             seconds, measured = time.perf_counter() - start, pixels
     result = {"case": case, "mode": mode, "pixels": pixels, "seconds": seconds, "mps": measured / seconds / 1e6,
               "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, **extra}

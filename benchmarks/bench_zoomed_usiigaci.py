@@ -51,11 +51,10 @@ def main(argv=None) -> int:
 
 
 def segment_with_diameter(image, model, diameter):
+    from napari_cell_unet._progress import result_of
     from napari_cell_unet.inference import iter_segment
 
-    result = None
-    for result in iter_segment(image, model, device="cpu", diameter=diameter):
-        pass
+    result = result_of(iter_segment(image, model, device="cpu", diameter=diameter))
     return np.asarray(result.labels), float(result.diameter)
 
 

@@ -52,12 +52,11 @@ DIAMETER = "auto"
 
 
 def segment_item(model, image, diameter=None, **params):
+    from napari_cell_unet._progress import result_of
     from napari_cell_unet.inference import iter_segment
 
     diameter = DIAMETER if diameter is None else diameter
-    for event in iter_segment(image, model, device="cpu", diameter=diameter, return_probabilities=True, **params):
-        result = event
-    return result
+    return result_of(iter_segment(image, model, device="cpu", diameter=diameter, return_probabilities=True, **params))
 
 
 def tune(model, items, start):

@@ -79,10 +79,13 @@ def log(start: float, message: str) -> None:
 def train_logged(events, start: float, every_s: float):
     """Run an `iter_train` generator to its `TrainResult`, logging a training step at most every `every_s` seconds
     and every validation."""
-    from napari_cell_unet.training import TrainResult, TrainStep, Validation
+    from napari_cell_unet._progress import result_of
+    from napari_cell_unet.training import TrainStep, Validation
 
-    result, last_print = None, 0.0
-    for event in events:
+    last_print = 0.0
+
+    def show(event) -> None:
+        nonlocal last_print
         if isinstance(event, TrainStep) and time.perf_counter() - last_print > every_s:
             last_print = time.perf_counter()
             log(start, f"step {event.step} (~{event.total_steps})  epoch {event.epoch:.2f}  loss {event.loss:.4f}  "
@@ -90,9 +93,8 @@ def train_logged(events, start: float, every_s: float):
         elif isinstance(event, Validation):
             log(start, f"validation at step {event.step}: loss {event.val_loss:.4f}  Dice {event.dice:.3f}  "
                        f"F1@0.5 {event.f1:.3f}{'  (best)' if event.is_best else ''}")
-        elif isinstance(event, TrainResult):
-            result = event
-    return result
+
+    return result_of(events, on_event=show)
 
 
 def main(argv: list[str] | None = None) -> int:

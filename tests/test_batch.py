@@ -8,21 +8,25 @@ import tifffile
 from skimage.segmentation import find_boundaries
 
 from napari_cell_unet import batch
+from napari_cell_unet.inference import chunked
 from napari_cell_unet.inference.instances import instances_from_probabilities
-from napari_cell_unet._progress import Progress
+from napari_cell_unet.inference.normalize import percentile_range
+from napari_cell_unet._progress import Progress, result_of
 from napari_cell_unet.metrics import match_instances
 
 CHUNK, OVERLAP = 128, 48
 
 
 class _FakeModel:
-    metadata = {"normalization": {"low": 0.0, "high": 100.0},
-                "postprocessing": {"cell_threshold": 0.5, "border_threshold": 0.5, "min_size": 0}}
+    """What chunked inference reads of a `CellModel`: metadata (no cell_diameter), normalisation, thresholds."""
+    metadata: dict = {}
+    normalization = {"method": "percentile", "low": 0.0, "high": 100.0}
+    postprocessing = {"cell_threshold": 0.5, "border_threshold": 0.5, "min_size": 0}
 
 
 def _pointwise_probabilities(image: np.ndarray) -> np.ndarray:
     """Stand-in for the network: normalised value 1 = cell interior, 0.6 = border, 0 = background.
-    Pointwise, so any tiling gives the same probabilities and differences can only come from batch.py."""
+    Pointwise, so any tiling gives the same probabilities and differences can only come from the chunking."""
     image = np.asarray(image, np.float32)
     cell = (image > 0.3).astype(np.float32)
     border = ((image > 0.3) & (image < 0.8)).astype(np.float32)
@@ -71,27 +75,28 @@ def fake_network():
 
 def test_dask_segmentation_equals_whole_image(fake_network):
     image, truth = _disc_image()
-    labels = batch.segment_dask(image, _FakeModel(), chunk=CHUNK, overlap=OVERLAP, predict=fake_network)
+    labels = chunked.segment_dask(image, _FakeModel(), chunk=CHUNK, overlap=OVERLAP, predict=fake_network)
     assert labels.numblocks == (3, 4) and labels.dtype == np.uint32  # 400 rows: the 16-row rest joins a chunk
-    chunked = labels.compute(scheduler="synchronous")
+    by_chunks = labels.compute(scheduler="synchronous")
 
-    lo, hi = batch.global_percentiles(image, 0.0, 100.0)
+    lo, hi = percentile_range(image, 0.0, 100.0)
     probs = _pointwise_probabilities((image - lo) / (hi - lo))
     whole = instances_from_probabilities(probs[0], probs[1], cell_threshold=0.5, border_threshold=0.5, min_size=0)
     # the same objects: one-to-one, each nearly pixel-identical (chunks may break a watershed tie on an edge
     # pixel differently from the whole image), and the same foreground
     n_objects = len(np.unique(whole)) - 1
-    assert len(np.unique(chunked)) - 1 == n_objects
-    assert match_instances(chunked, whole, iou_threshold=0.98).tp == n_objects
-    assert np.array_equal(chunked > 0, whole > 0)
-    assert_discs_across_chunk_borders_keep_one_id(chunked, truth)
-    assert match_instances(chunked, truth, 0.5).f1 > 0.95
+    assert len(np.unique(by_chunks)) - 1 == n_objects
+    assert match_instances(by_chunks, whole, iou_threshold=0.98).tp == n_objects
+    assert np.array_equal(by_chunks > 0, whole > 0)
+    assert_discs_across_chunk_borders_keep_one_id(by_chunks, truth)
+    assert match_instances(by_chunks, truth, 0.5).f1 > 0.95
 
 
 def test_iter_segment_dask_renumbers_and_reports_progress(fake_network):
     image, truth = _disc_image(seed=1)
-    items = list(batch.iter_segment_dask(image, _FakeModel(), chunk=CHUNK, overlap=OVERLAP, predict=fake_network))
-    progress, result = items[:-1], items[-1]
+    progress = []
+    result = result_of(chunked.iter_segment_dask(image, _FakeModel(), chunk=CHUNK, overlap=OVERLAP,
+                                                 predict=fake_network), on_event=progress.append)
     assert all(isinstance(p, Progress) for p in progress)
     assert [p.done for p in progress if p.message.startswith("chunk")] == list(range(1, 13))
     ids = np.unique(result)
@@ -101,7 +106,7 @@ def test_iter_segment_dask_renumbers_and_reports_progress(fake_network):
 
 def test_cancel_stops_the_chunked_run(fake_network):
     image, _ = _disc_image(shape=(640, 640))
-    run = batch.iter_segment_dask(image, _FakeModel(), chunk=CHUNK, overlap=OVERLAP, predict=fake_network)
+    run = chunked.iter_segment_dask(image, _FakeModel(), chunk=CHUNK, overlap=OVERLAP, predict=fake_network)
     first = next(run)
     assert isinstance(first, Progress) and first.total == 25
     run.close()
@@ -116,15 +121,15 @@ def test_normalisation_uses_global_percentiles():
         return probs
 
     ramp = np.tile(np.linspace(0, 1000, 512, dtype=np.float32), (256, 1))
-    labels = batch.segment_dask(ramp, _FakeModel(), chunk=CHUNK, overlap=OVERLAP, predict=no_border)
+    labels = chunked.segment_dask(ramp, _FakeModel(), chunk=CHUNK, overlap=OVERLAP, predict=no_border)
     assert np.array_equal(labels.compute(scheduler="synchronous") > 0, ramp > 0.3 * 1000)
 
 
 def test_segment_dask_rejects_bad_shapes():
     with pytest.raises(ValueError, match="2D"):
-        batch.segment_dask(np.zeros((2, 64, 64)), _FakeModel())
+        chunked.segment_dask(np.zeros((2, 64, 64)), _FakeModel())
     with pytest.raises(ValueError, match="overlap"):
-        batch.segment_dask(np.zeros((64, 64)), _FakeModel(), chunk=64, overlap=32)
+        chunked.segment_dask(np.zeros((64, 64)), _FakeModel(), chunk=64, overlap=32)
 
 
 def test_segment_folder_writes_labels_and_reports_a_bad_file(tmp_path, tiny_model):
@@ -159,8 +164,9 @@ def test_segment_dask_runs_the_real_model_chunk_by_chunk(tiny_model):
     from conftest import load_small_set
 
     image = load_small_set("set18")["image"][:300, :360]
-    items = list(batch.iter_segment_dask(image, tiny_model, chunk=160, overlap=32, device="cpu", tile_size=192))
-    labels = items[-1]
+    items = []
+    labels = result_of(chunked.iter_segment_dask(image, tiny_model, chunk=160, overlap=32, device="cpu",
+                                                 tile_size=192), on_event=items.append)
     assert labels.shape == image.shape and labels.dtype == np.uint32
     assert sum(isinstance(p, Progress) and p.message.startswith("chunk") for p in items) == 6  # 2 x 3 chunks
     ids = np.unique(labels)
@@ -192,15 +198,33 @@ def test_segment_folder_names_same_stem_inputs_by_their_folder(tmp_path, tiny_mo
 
 def test_dask_diameter_rescales_each_chunk(fake_network):
     image, truth = _disc_image()
-    plain = batch.segment_dask(image, _FakeModel(), chunk=CHUNK, overlap=OVERLAP, predict=fake_network)
+    plain = chunked.segment_dask(image, _FakeModel(), chunk=CHUNK, overlap=OVERLAP, predict=fake_network)
     plain = plain.compute(scheduler="synchronous")
     native_shapes = list(fake_network.calls)
     fake_network.calls.clear()
     # _FakeModel has no cell_diameter: the 50-px fallback applies, so diameter 25 zooms every chunk 2x
-    zoomed = batch.segment_dask(image, _FakeModel(), chunk=CHUNK, overlap=OVERLAP, predict=fake_network,
+    zoomed = chunked.segment_dask(image, _FakeModel(), chunk=CHUNK, overlap=OVERLAP, predict=fake_network,
                                 diameter=25.0).compute(scheduler="synchronous")
     assert sorted((h * 2, w * 2) for h, w in native_shapes) == sorted(fake_network.calls)
     assert zoomed.shape == image.shape
     n_objects = len(np.unique(plain)) - 1
     assert len(np.unique(zoomed)) - 1 == n_objects
     assert match_instances(zoomed, plain, iou_threshold=0.9).tp == n_objects
+
+
+def test_a_model_without_min_size_removes_objects_under_30_px(tiny_model, fake_network):
+    model = tiny_model.copy()
+    del model.metadata["postprocessing"]["min_size"]
+    model.metadata["normalization"] = dict(_FakeModel.normalization)
+    assert model.postprocessing == {"cell_threshold": 0.5, "border_threshold": 0.5, "min_size": 30}
+    image, _ = _disc_image()
+    image[300:304, 20:24] = 1.0  # a 16-px speck, far from the discs
+
+    def labelled(min_size=None):
+        return chunked.segment_dask(image, model, chunk=CHUNK, overlap=OVERLAP, predict=fake_network,
+                                    min_size=min_size).compute(scheduler="synchronous")
+
+    default = labelled()
+    assert default[301, 21] == 0
+    np.testing.assert_array_equal(default, labelled(min_size=30))
+    assert labelled(min_size=0)[301, 21] > 0  # the speck is an object when nothing is removed

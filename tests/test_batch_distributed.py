@@ -19,6 +19,7 @@ import tifffile
 
 from conftest import REPO, TINY_ARCHITECTURE, load_usiigaci_set
 from napari_cell_unet import distributed as dist
+from napari_cell_unet._progress import result_of
 from napari_cell_unet.cli import main
 
 pytestmark = pytest.mark.slow
@@ -86,6 +87,7 @@ def test_batch_on_two_worker_processes_matches_segment_exactly(cluster, tiny_fil
     assert all(entry["status"] == "done" and entry["cells"] == int(got[Path(entry["output"]).name].max())
                and entry["diameter"] == 40 and entry["seconds"] > 0 for entry in report["files"])
     assert workers <= {"0", "1"}
+    assert {entry["device"] for entry in report["files"]} == {"cpu"}  # --device cpu
     # each worker process read the model file at most once, whatever the number of files it segmented
     assert all(loads <= 1 for loads in cluster.run(dist.model_loads).values())
     assert sum(cluster.run(dist.model_loads).values()) >= 1
@@ -111,7 +113,7 @@ def test_corrupt_input_is_reported_and_a_rerun_skips_finished_outputs(cluster, t
     assert "broken.tif" in entries["broken.tif"]["error"] and entries["broken.tif"]["output"] is None
     assert entries["frame0.tif"]["status"] == entries["frame1.tif"]["status"] == "done"
     rows = (out / "batch_report.csv").read_text().splitlines()
-    assert rows[0] == "input,output,status,cells,diameter,seconds,worker,error" and len(rows) == 4
+    assert rows[0] == "input,output,status,cells,diameter,seconds,worker,device,error" and len(rows) == 4
     assert not (out / "broken_labels.tif").exists() and not (out / "broken_labels.json").exists()
     sidecar = json.loads((out / "frame0_labels.json").read_text())
     assert sidecar["status"] == "complete" and sidecar["input"]["path"] == str((inputs / "frame0.tif").resolve())
@@ -243,6 +245,66 @@ def test_default_model_on_a_real_crop_matches_segment(cluster, usiigaci, tmp_pat
     assert entry["cells"] == int(expected.max()) and 20 < entry["diameter"] < 80  # estimated (40 px)
 
 
+def test_local_workers_share_the_gpus_out_and_a_given_device_overrides():
+    assert [dist.local_worker_device("auto", index, 2) for index in range(5)] == \
+        ["cuda:0", "cuda:1", "cuda:0", "cuda:1", "cuda:0"]
+    assert dist.local_worker_device("auto", 7, 3) == "cuda:1"
+    assert dist.local_worker_device("auto", 1, 0) == "auto"  # no GPU: the CPU (or MPS)
+    assert dist.local_worker_device("cpu", 1, 2) == "cpu"
+    assert dist.local_worker_device("cuda:0", 1, 2) == "cuda:0"
+
+
+def _device_of_each_worker(client, device: str = "auto") -> dict:
+    """{worker name: the device a task given `device` uses there}, asked of every worker."""
+    workers = client.scheduler_info()["workers"]
+    return {info["name"]: client.submit(dist.task_device, device, workers=[address], pure=False).result()
+            for address, info in workers.items()}
+
+
+def test_each_local_worker_takes_its_own_gpu_and_other_clusters_keep_theirs(monkeypatch):
+    import torch
+    from distributed import Client, LocalCluster
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)  # threads: the workers see the patched count
+    client = dist.local_client(3, processes=False)
+    try:
+        assert _device_of_each_worker(client) == {0: "cuda:0", 1: "cuda:1", 2: "cuda:0"}
+        assert _device_of_each_worker(client, "cpu") == {0: "cpu", 1: "cpu", 2: "cpu"}
+    finally:
+        dist.close_client(client)
+    # a cluster cell-unet did not start (--scheduler): each worker uses its own visible GPU
+    with LocalCluster(n_workers=2, processes=False, dashboard_address=":0") as cluster, Client(cluster) as other:
+        assert set(_device_of_each_worker(other).values()) == {"auto"}
+
+
+def test_chunk_tasks_use_the_given_torch_threads(tiny_file):
+    import torch
+
+    sha = dist.file_sha256(tiny_file)
+    seen = []
+    hook = dist.worker_model(str(tiny_file), sha).network.register_forward_hook(
+        lambda *_: seen.append(torch.get_num_threads()))
+    try:
+        for threads in (1, 3):  # --threads reaches the chunks of --zarr-above images too
+            probs = dist.ChunkPredictor(str(tiny_file), sha, "cpu", threads=threads)(np.zeros((64, 80), np.float32))
+            assert probs.shape == (2, 64, 80) and set(seen) == {threads}
+            seen.clear()
+    finally:
+        hook.remove()
+
+
+def _auto_device() -> str:
+    from napari_cell_unet.inference.devices import resolve_device
+
+    return str(resolve_device(dist.task_device("auto")))
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks workers on a machine without a GPU")
+def test_worker_processes_without_a_gpu_use_the_cpu(cluster):
+    workers = cluster.scheduler_info()["workers"]
+    assert {cluster.submit(_auto_device, workers=[address], pure=False).result() for address in workers} == {"cpu"}
+
+
 def test_inputs_from_globs_lists_and_coco_files(tmp_path, usiigaci):
     from napari_cell_unet.io import write_labels_coco
 
@@ -278,8 +340,9 @@ def test_a_huge_image_in_chunks_across_workers_matches_the_chunked_and_whole_ima
     from test_batch import CHUNK, OVERLAP, _disc_image, _FakeModel, assert_discs_across_chunk_borders_keep_one_id
     from test_batch import _pointwise_probabilities as _pointwise
 
-    from napari_cell_unet import batch
+    from napari_cell_unet.inference import chunked
     from napari_cell_unet.inference.instances import instances_from_probabilities
+    from napari_cell_unet.inference.normalize import percentile_range
     from napari_cell_unet.metrics import match_instances
 
     cloudpickle.register_pickle_by_value(sys.modules[_pointwise.__module__])  # the workers cannot import test modules
@@ -308,22 +371,47 @@ def test_a_huge_image_in_chunks_across_workers_matches_the_chunked_and_whole_ima
     assert [level.shape for level in data] == [(400, 460), (200, 230), (100, 115)]
     np.testing.assert_array_equal(np.asarray(data[0][:CHUNK + 10, :CHUNK + 10]), labels[:CHUNK + 10, :CHUNK + 10])
 
-    # identical to batch.iter_segment_dask in one process (same chunks, same renumbering) ...
-    *_, reference = batch.iter_segment_dask(image, _FakeModel(), chunk=CHUNK, overlap=OVERLAP, predict=_pointwise)
+    # identical to chunked.iter_segment_dask in one process (same chunks, same renumbering) ...
+    *_, reference = chunked.iter_segment_dask(image, _FakeModel(), chunk=CHUNK, overlap=OVERLAP, predict=_pointwise)
     np.testing.assert_array_equal(labels, reference)
     assert result.n_cells == int(labels.max()) == len(np.unique(labels)) - 1
     # ... and the same objects as the whole image segmented at once; discs across chunk borders keep one id
-    lo, hi = batch.global_percentiles(image, 0.0, 100.0)
+    lo, hi = percentile_range(image, 0.0, 100.0)
     probs = _pointwise((image - lo) / (hi - lo))
     whole = instances_from_probabilities(probs[0], probs[1], cell_threshold=0.5, border_threshold=0.5, min_size=0)
     assert match_instances(labels, whole, iou_threshold=0.98).tp == len(np.unique(whole)) - 1 == result.n_cells
     assert_discs_across_chunk_borders_keep_one_id(labels, truth)
 
 
+@pytest.mark.gui
+def test_the_ome_zarr_output_opens_in_a_napari_viewer_through_the_plugin(make_napari_viewer, tmp_path):
+    import zarr
+    from test_batch import CHUNK, OVERLAP, _disc_image, _FakeModel
+    from test_batch import _pointwise_probabilities as _pointwise
+
+    image, _ = _disc_image(shape=(400, 460))
+    path = tmp_path / "slide.tif"
+    tifffile.imwrite(path, image, tile=(64, 64))
+    client = dist.local_client(1, processes=False)  # threads: the test module's predictor travels unpickled
+    try:
+        result = dist.segment_huge(path, tmp_path / "slide_labels.ome.zarr", client, model=_FakeModel(),
+                                   chunk=CHUNK, overlap=OVERLAP, predict=_pointwise)
+    finally:
+        dist.close_client(client)
+    viewer = make_napari_viewer()
+    viewer.open(str(result.output), plugin="napari-cell-unet")
+    [layer] = viewer.layers
+    assert type(layer).__name__ == "Labels" and layer.multiscale and len(layer.data) == result.levels == 3
+    assert not isinstance(layer.data[0], np.ndarray)  # lazy: read chunk by chunk as the canvas needs it
+    written = np.asarray(zarr.open_group(str(result.output), mode="r")["0"])
+    np.testing.assert_array_equal(np.asarray(layer.data[0]), written)
+    assert len(np.unique(written)) - 1 == result.n_cells > 0
+
+
 def test_batch_sends_huge_images_through_chunks_into_ome_zarr(cluster, tiny_file, usiigaci, tmp_path, capsys):
     import zarr
 
-    from napari_cell_unet import batch
+    from napari_cell_unet.inference import chunked
     from napari_cell_unet.model import load_model
 
     inputs = tmp_path / "in"
@@ -338,8 +426,8 @@ def test_batch_sends_huge_images_through_chunks_into_ome_zarr(cluster, tiny_file
     assert "2 segmented" in capsys.readouterr().out
     assert (out / "small_labels.tif").is_file() and not (out / "slide_labels.tif").exists()
     labels = np.asarray(zarr.open_group(str(out / "slide_labels.ome.zarr"), mode="r")["0"])
-    *_, reference = batch.iter_segment_dask(slide, load_model(tiny_file), chunk=512, overlap=128, device="cpu",
-                                            diameter=40.0)
+    *_, reference = chunked.iter_segment_dask(slide, load_model(tiny_file), chunk=512, overlap=128, device="cpu",
+                                              diameter=40.0)
     np.testing.assert_array_equal(labels, reference)  # the same chunked result as in one process
     sidecar = json.loads((out / "slide_labels.json").read_text())
     assert sidecar["status"] == "complete" and sidecar["n_cells"] == int(labels.max())
@@ -364,9 +452,8 @@ def test_a_worker_that_dies_is_replaced_and_its_file_rerun(cluster, tiny_file, u
     paths = _crops(tmp_path / "in", sets=("set28", "set29"), size=(64, 80))
     pids = cluster.run(os.getpid)
     cluster.run(_die_on_the_next_file)  # on both workers
-    items = list(dist.iter_batch([str(p) for p in paths], tmp_path / "out", cluster, model=tiny_file,
-                                 diameter=None, device="cpu"))
-    report = items[-1]
+    report = result_of(dist.iter_batch([str(p) for p in paths], tmp_path / "out", cluster, model=tiny_file,
+                                       diameter=None, device="cpu"))
     assert [r.status for r in report.records] == ["done", "done"], report.records
     assert set(cluster.run(os.getpid).values()).isdisjoint(pids.values())  # both workers were replaced
     assert sorted(p.name for p in (tmp_path / "out").glob("*_labels.tif")) == ["set28_raw_labels.tif",

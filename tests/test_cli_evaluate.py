@@ -16,7 +16,7 @@ import tifffile
 from PIL import Image
 from scipy import ndimage
 
-from napari_cell_unet import inference
+from napari_cell_unet import evaluation
 from napari_cell_unet.cli import main
 from napari_cell_unet.metrics import instance_scores
 
@@ -40,11 +40,12 @@ def crops(tmp_path):
 
 @pytest.fixture
 def fake_segment(monkeypatch, crops):
-    def segment(image, model=None, **params):
+    def segment(image, model=None, return_probabilities=False, **params):
+        assert return_probabilities
         key = hashlib.sha1(np.ascontiguousarray(image).tobytes()).hexdigest()
-        return SimpleNamespace(labels=crops.answers[key], probabilities=None, n_cells=0, seconds=0.0, device="cpu")
+        return crops.answers[key], None  # (labels, probabilities), as segment(return_probabilities=True) gives
 
-    monkeypatch.setattr(inference, "segment", segment, raising=False)
+    monkeypatch.setattr(evaluation, "segment", segment)
 
 
 @pytest.fixture

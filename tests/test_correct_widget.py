@@ -77,7 +77,6 @@ def supported(truth, labels):
 def test_every_tool_by_mouse_against_the_truth_then_undo_restores_exactly(make_napari_viewer, cells, tmp_path):
     from napari_cell_unet._widgets import _maps, correct_widget
     from napari_cell_unet._widgets._pairs import LayerPair, training_pairs
-    from napari_cell_unet.training import TrainingPair, painted_region
 
     viewer, widget, layer = segmented_viewer(make_napari_viewer, cells["image"])
     truth = cells["truth"]
@@ -140,7 +139,7 @@ def test_every_tool_by_mouse_against_the_truth_then_undo_restores_exactly(make_n
     # corrected pixels count as painted for "train only where painted": the deleted-and-readded cell's area is in
     corrected = _maps.corrected_mask(layer, ())
     assert corrected is not None and corrected[centroid]
-    training = training_pairs([LayerPair(viewer.layers["cells"], layer)], True, 4, TrainingPair, painted_region)
+    training = training_pairs([LayerPair(viewer.layers["cells"], layer)], True, 4)
     assert training[0].region[corrected].all()
 
     # each action was one undo step; undoing them all gives back the segmentation exactly

@@ -123,6 +123,7 @@ def test_a_model_fine_tuned_from_the_bundled_one_keeps_its_cell_size_measure(hel
     bundled model it came from, so a correction does not change the zoom of every other image."""
     import torch
 
+    from napari_cell_unet._progress import result_of
     from napari_cell_unet.inference import iter_segment
     from napari_cell_unet.inference.diameter import estimate_cell_diameter
     from napari_cell_unet.model.files import BUNDLED_PROBES, bundled_model, descends_from_bundled
@@ -140,7 +141,7 @@ def test_a_model_fine_tuned_from_the_bundled_one_keeps_its_cell_size_measure(hel
     drifted.metadata.pop("diameter_model")
     assert not descends_from_bundled(drifted)  # the weights, not the name, tell
     expected = estimate_cell_diameter(image, bundled_model(), device="cpu").diameter
-    result = [event for event in iter_segment(image, tuned, device="cpu")][-1]
+    result = result_of(iter_segment(image, tuned, device="cpu"))
     assert result.diameter == pytest.approx(expected)
     own = estimate_cell_diameter(image, drifted, device="cpu").diameter
     assert own != pytest.approx(expected)  # without it the drifted model would have measured another size

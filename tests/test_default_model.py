@@ -64,11 +64,12 @@ def test_segments_the_held_out_half_of_the_nuclei_sample(default_model):
 
 def test_livecell_frame_at_the_default_call(shared_data, default_model):
     """A172 cells are ~25 px across, half the model's reference size: the automatic diameter makes up for it."""
+    from napari_cell_unet._progress import result_of
     from napari_cell_unet.inference import iter_segment
     from napari_cell_unet.io import read_image
 
     image = read_image(LIVECELL_FRAME)
-    result = list(iter_segment(image, default_model, device="cpu"))[-1]
+    result = result_of(iter_segment(image, default_model, device="cpu"))
     assert result.labels.shape == image.shape
     assert 18 <= result.diameter <= 35, result.diameter_estimate
     assert 45 <= result.n_cells <= 150, result.n_cells
@@ -80,14 +81,15 @@ def test_automatic_diameter_follows_zoomed_held_out_cells(shared_data, default_m
     cells found stay about the same."""
     from skimage.transform import rescale
 
+    from napari_cell_unet._progress import result_of
     from napari_cell_unet.inference import estimate_diameter, iter_segment
 
     data = load_usiigaci_set(HELD_OUT_SET)
     crop = (slice(200, 712), slice(200, 712))
     image, truth = data["image"][crop].astype(np.float32), data["labels"][crop]
-    at_1x = list(iter_segment(image, default_model, device="cpu"))[-1]
+    at_1x = result_of(iter_segment(image, default_model, device="cpu"))
     zoomed = rescale(image, zoom, order=1, preserve_range=True, anti_aliasing=zoom < 1)
-    at_zoom = list(iter_segment(zoomed, default_model, device="cpu"))[-1]
+    at_zoom = result_of(iter_segment(zoomed, default_model, device="cpu"))
     true_diameter = estimate_diameter(truth)
     assert at_1x.diameter == pytest.approx(true_diameter, rel=0.2), at_1x.diameter_estimate
     assert at_zoom.diameter == pytest.approx(zoom * at_1x.diameter, rel=0.15), at_zoom.diameter_estimate

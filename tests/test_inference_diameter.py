@@ -7,6 +7,7 @@ import pytest
 from skimage.draw import disk
 from test_inference_rescale import pointwise_model
 
+from napari_cell_unet._progress import result_of
 from napari_cell_unet.inference import estimate_diameter, iter_segment, segment
 from napari_cell_unet.inference.diameter import estimate_cell_diameter
 
@@ -37,11 +38,11 @@ def test_estimate_is_within_15_percent_of_the_true_median_diameter(radius):
 def test_auto_segments_at_the_estimated_diameter_and_reports_it():
     image, labels = disc_field(9)
     model = pointwise_model(cell_diameter=30.0)
-    events = list(iter_segment(image, model, device="cpu"))  # "auto" is the default
-    result = events[-1]
+    events = []
+    result = result_of(iter_segment(image, model, device="cpu"), on_event=events.append)  # "auto" is the default
     assert result.diameter_estimate is not None and result.diameter == result.diameter_estimate.diameter
     assert result.diameter == pytest.approx(estimate_diameter(labels), rel=0.15)
-    assert any("estimating cell size" in event.message for event in events[:-1])
+    assert any("estimating cell size" in event.message for event in events)
     explicit = segment(image, model, device="cpu", diameter=result.diameter)
     np.testing.assert_array_equal(result.labels, explicit)
     assert result.n_cells == labels.max()
@@ -50,9 +51,9 @@ def test_auto_segments_at_the_estimated_diameter_and_reports_it():
 def test_a_number_or_none_overrides_auto():
     image, _ = disc_field(9)
     model = pointwise_model(cell_diameter=30.0)
-    fixed = list(iter_segment(image, model, device="cpu", diameter=25.0))[-1]
+    fixed = result_of(iter_segment(image, model, device="cpu", diameter=25.0))
     assert fixed.diameter == 25.0 and fixed.diameter_estimate is None
-    plain = list(iter_segment(image, model, device="cpu", diameter=None))[-1]
+    plain = result_of(iter_segment(image, model, device="cpu", diameter=None))
     assert plain.diameter is None and plain.diameter_estimate is None
     with pytest.raises(ValueError, match="'auto'"):
         segment(image, model, device="cpu", diameter="big")
@@ -66,7 +67,7 @@ def test_no_cells_at_any_size_warns_and_segments_at_the_models_size():
     noise[:, :100] += 3000  # one huge half-image "object": no whole cell in any probe
     model = pointwise_model(cell_diameter=30.0)
     with pytest.warns(RuntimeWarning, match="no cells of any size"):
-        result = list(iter_segment(noise, model, device="cpu"))[-1]
+        result = result_of(iter_segment(noise, model, device="cpu"))
     assert result.diameter is None and result.diameter_estimate.diameter is None
     assert result.labels.shape == noise.shape
 
@@ -75,6 +76,6 @@ def test_stack_uses_one_estimate_from_its_middle_slice():
     small, _ = disc_field(6)
     large, _ = disc_field(14)
     stack = np.stack([large, small, large])
-    result = list(iter_segment(stack, pointwise_model(cell_diameter=30.0), device="cpu"))[-1]
+    result = result_of(iter_segment(stack, pointwise_model(cell_diameter=30.0), device="cpu"))
     assert result.diameter == pytest.approx(12.0, rel=0.15)  # the middle slice's discs
     assert result.labels.shape == stack.shape

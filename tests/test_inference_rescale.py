@@ -8,7 +8,7 @@ import torch
 from skimage.draw import disk
 
 from conftest import load_usiigaci_set
-from napari_cell_unet._progress import Progress
+from napari_cell_unet._progress import Progress, result_of
 from napari_cell_unet.inference import (FALLBACK_MODEL_DIAMETER, SegmentationResult, estimate_diameter, iter_segment,
                                         model_diameter, segment)
 from napari_cell_unet.inference.rescale import diameter_scale
@@ -60,12 +60,12 @@ def test_diameter_equal_to_the_models_is_a_no_op():
 def test_rescaled_prediction_keeps_shape_and_objects(diameter):
     image, truth = discs_image()
     model = pointwise_model(cell_diameter=30.0)
-    items = list(iter_segment(np.stack([image, image[::-1]]), model, device="cpu", tile_size=64, overlap=8,
-                              diameter=diameter, return_probabilities=True))
-    result = items[-1]
+    progress = []
+    result = result_of(iter_segment(np.stack([image, image[::-1]]), model, device="cpu", tile_size=64, overlap=8,
+                                    diameter=diameter, return_probabilities=True), on_event=progress.append)
     assert isinstance(result, SegmentationResult)
     assert result.labels.shape == (2, *image.shape) and result.probabilities.shape == (2, 2, *image.shape)
-    progress = [p for p in items if isinstance(p, Progress)]
+    assert all(isinstance(p, Progress) for p in progress)
     assert progress[-1].done == progress[-1].total and [p.done for p in progress] == sorted(p.done for p in progress)
     for labels, expected in ((result.labels[0], truth), (result.labels[1], truth[::-1])):
         assert labels.max() == 12

@@ -214,3 +214,48 @@ def test_failed_write_keeps_the_old_file(tmp_path):
     with pytest.raises(Exception):
         write_labels_coco(target, np.full((4, 4), -1), overwrite=True)
     assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["keep.json"]
+
+
+@pytest.mark.parametrize("name", ["coco_polygons.json", "coco_rle.json"])
+def test_lazy_file_decodes_only_the_image_asked_for_and_gives_the_same_labels(usiigaci, monkeypatch, name):
+    """What napari's reader opens: no annotation is decoded until its image is; then labels, annotations
+    and the features table equal those of the fully parsed file."""
+    eager = read_coco(usiigaci / name)
+    decoded: list[int] = []
+    real_decoded = CocoDataset._decoded
+    monkeypatch.setattr(CocoDataset, "_decoded", lambda self, entry, i: decoded.append(i) or real_decoded(self, entry, i))
+    lazy = read_coco(usiigaci / name, lazy=True)
+    table = lazy.annotation_table()
+    assert decoded == [] and len(lazy) == 40 and lazy.n_annotations == eager.n_annotations > 2500
+    for key, column in eager.annotation_table().items():
+        np.testing.assert_array_equal(table[key], column)
+    i = [lazy.file_name(k) for k in range(len(lazy))].index("set18/raw.tif")
+    labels = lazy.labels(i, annotation_ids=True)
+    assert set(decoded) == {i} and len(decoded) == len(eager.annotations(i)) > 50  # before eager's own calls
+    np.testing.assert_array_equal(labels, eager.labels(i, annotation_ids=True))
+    assert lazy.annotations(i) == eager.annotations(i)
+
+
+def test_lazy_file_reports_a_bad_polygon_when_its_image_is_decoded(tmp_path):
+    images = [{"id": k, "file_name": f"{k}.tif", "height": 20, "width": 30} for k in (1, 2)]
+    data = _tiny_coco({"1": _square(1, 2, 2, image_id=1), "2": _square(2, 25, 2, size=20, image_id=2)}, images)
+    (tmp_path / "a.json").write_text(json.dumps(data))
+    dataset = read_coco(tmp_path / "a.json", lazy=True)
+    assert dataset.labels(0).max() == 1
+    with pytest.raises(CocoFormatError, match="annotation 2 .*outside the 30x20 image"):
+        dataset.labels(1)
+    with pytest.raises(CocoFormatError, match="outside the 30x20 image"):
+        read_coco(tmp_path / "a.json")
+
+
+@pytest.mark.parametrize("annotations, problem", [
+    ([_square(1, 2, 2), _square(1, 9, 9)], "annotation id 1 appears twice"),
+    ([_square(1, 2, 2), _square(2, 2, 2, image_id=99)], "annotation 2 refers to image id 99"),
+    ([_square(10**30, 2, 2)], "is not an integer in 1..2"),
+    ([{"id": 1, "image_id": 7}], "lacks id, image_id or segmentation"),
+    ({"1": _square(1, 2, 2), "2": {**_square(2, 2, 2), "category_id": "cell"}}, "category_id 'cell'"),
+])
+def test_lazy_file_checks_ids_and_images_when_opened(tmp_path, annotations, problem):
+    (tmp_path / "a.json").write_text(json.dumps(_tiny_coco(annotations)))
+    with pytest.raises(CocoFormatError, match=problem):
+        read_coco(tmp_path / "a.json", lazy=True)

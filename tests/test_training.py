@@ -109,7 +109,7 @@ def test_painted_region_surrounds_painted_cells():
 
 def test_single_image_validation_holds_out_a_strip():
     from napari_cell_unet.training import TrainingPair
-    from napari_cell_unet.training.loop import split_validation
+    from napari_cell_unet.training.validation import split_validation
 
     pair = TrainingPair(np.random.rand(120, 300), np.ones((120, 300), np.uint8), name="one")
     train, val = split_validation([pair], None, 0.2, seed=0)
@@ -252,15 +252,17 @@ def test_cancel_keeps_the_best_model():
 
 
 def test_should_stop_ends_with_a_result():
+    from napari_cell_unet._progress import result_of
     from napari_cell_unet.training import TrainingPair, TrainResult, TrainStep, iter_train
 
     image, labels, borders = _real_crop(128)
     events = []
-    for event in iter_train([TrainingPair(image, labels, borders)], _tiny(), _fast_config(steps=500),
-                            should_stop=lambda: sum(isinstance(e, TrainStep) for e in events) >= 3):
-        events.append(event)
-    assert isinstance(events[-1], TrainResult) and events[-1].cancelled
-    assert sum(isinstance(e, TrainStep) for e in events) == 3 and events[-1].model.metadata["training"]["steps"] == 3
+    result = result_of(iter_train([TrainingPair(image, labels, borders)], _tiny(), _fast_config(steps=500),
+                                  should_stop=lambda: sum(isinstance(e, TrainStep) for e in events) >= 3),
+                       on_event=events.append)
+    assert isinstance(result, TrainResult) and result.cancelled
+    assert not any(isinstance(e, TrainResult) for e in events)
+    assert sum(isinstance(e, TrainStep) for e in events) == 3 and result.model.metadata["training"]["steps"] == 3
 
 
 def test_partially_annotated_cells_are_not_learned_as_background():
@@ -340,3 +342,29 @@ def test_pairs_from_files_with_the_same_file_name_get_distinct_names(tmp_path):
         labels.append(tmp_path / folder / "labels.tif")
     assert [p.name for p in pairs_from_files(images, labels)] == ["set5/raw.tif", "set13/raw.tif"]
     assert [p.name for p in pairs_from_files(images[:1], labels[:1])] == ["raw.tif"]
+
+
+@pytest.mark.parametrize("native_bf16", [True, False])
+def test_cpu_training_autocasts_to_bf16_only_where_the_cpu_does_it_natively(monkeypatch, tmp_path, native_bf16):
+    """Emulated bf16 is ~300x slower than fp32: only a CPU with AVX512-BF16/AMX gets it (and channels-last)."""
+    import torch
+
+    from napari_cell_unet.model import load_model, save_model
+    from napari_cell_unet.training import TrainingPair, loop, train
+
+    monkeypatch.setattr(loop, "native_bf16_cpu", lambda: native_bf16)
+    expected = torch.bfloat16 if native_bf16 else torch.float32
+    image, labels, borders = _real_crop(128)
+    model = _tiny()
+    forwards: list[tuple[torch.dtype, bool]] = []
+
+    def record(network, inputs, output):
+        weight = next(p for p in network.parameters() if p.ndim == 4 and p.shape[1] > 1)
+        forwards.append((output.dtype, weight.is_contiguous(memory_format=torch.channels_last)))
+
+    model.network.register_forward_hook(record)
+    result = train([TrainingPair(image, labels, borders)], model, _fast_config(steps=1, batch_size=1, crop_size=32))
+    assert forwards == [(expected, native_bf16)]
+    assert np.isfinite(result.history[-1]["loss"])
+    save_model(result.model, tmp_path / "m.safetensors")  # weights back in the plain layout
+    assert load_model(tmp_path / "m.safetensors").network.state_dict().keys() == model.network.state_dict().keys()

@@ -415,7 +415,7 @@ def test_error_inside_worker_thread(viewer, segment_widget, qtbot, monkeypatch):
         raise RuntimeError("simulated failure inside the worker")
         yield  # a generator, like the real one
 
-    monkeypatch.setattr(segment_widget.core.inference, "iter_segment", explode)
+    monkeypatch.setattr("napari_cell_unet._widgets.segment_widget.iter_segment", explode)
     segment_widget.segment(sync=False)
     qtbot.waitUntil(lambda: not segment_widget.busy, timeout=30_000)
     assert "simulated failure" in last_error(segment_widget)

@@ -76,12 +76,11 @@ def main() -> int:
 
 
 def quick_model():
-    from napari_cell_unet._widgets._torch_guard import import_torch_safely
+    from napari_cell_unet.training import TrainConfig, TrainingPair, train
 
-    core = import_torch_safely()
-    pairs = [core.training.TrainingPair(*load_set(name), name=name) for name in ("set2", "set3", "set4")]
-    config = core.training.TrainConfig(steps=150, crop_size=256, architecture=TINY, name="quick demo model")
-    return core.training.train(pairs, "scratch", config).model
+    pairs = [TrainingPair(*load_set(name), name=name) for name in ("set2", "set3", "set4")]
+    config = TrainConfig(steps=150, crop_size=256, architecture=TINY, name="quick demo model")
+    return train(pairs, "scratch", config).model
 
 
 if __name__ == "__main__":

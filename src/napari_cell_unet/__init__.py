@@ -33,7 +33,7 @@ def __getattr__(name: str):
         import sys
 
         if "napari" in sys.modules:  # e.g. napari's console: same Mesa/triton hazard as the widgets
-            from ._widgets._torch_guard import install_triton_guard
+            from ._torch_guard import install_triton_guard
 
             install_triton_guard()
 

@@ -86,7 +86,7 @@ def read_coco_layers(path: str | Path) -> list[LayerData]:
 
 
 def _coco_layers(path: Path) -> list[LayerData]:
-    dataset = read_coco(path)
+    dataset = read_coco(path, lazy=True)
     if len(dataset) == 0:
         raise ImageFileError(path, "COCO file lists no images")
     found = [dataset.image_path(i) is not None for i in range(len(dataset))]

@@ -18,13 +18,15 @@ import numpy as np
 from scipy import ndimage
 from skimage.segmentation import watershed
 
+from .errors import CellUnetError
+
 Point = tuple[float, float]
 Box = tuple[slice, slice]
 
 ADD_WINDOW = 96  # first half-size of the crop searched around a click by `add_cell`; doubled while too small
 
 
-class CorrectionError(ValueError):
+class CorrectionError(CellUnetError, ValueError):
     """A click that cannot be acted on; the message says why (e.g. 'no cell under the click')."""
 
 

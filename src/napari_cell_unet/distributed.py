@@ -36,12 +36,13 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from distributed import WorkerPlugin
 
 from ._progress import Progress
 from .errors import CellUnetError
@@ -76,6 +77,7 @@ class BatchRecord:
     diameter: float | None = None  # cell diameter used (px); None = the model's own size
     seconds: float | None = None
     worker: str | None = None
+    device: str | None = None  # the torch device the worker used (e.g. cpu, cuda:1)
     error: str | None = None
 
     @property
@@ -294,7 +296,7 @@ def plan(files: Sequence[tuple[Path, str | None]], output_dir: Path, settings: d
         if state == "complete" and not overwrite:
             known.append(BatchRecord(str(path), str(output), SKIPPED, cells=sidecar.get("n_cells"),
                                      diameter=sidecar.get("diameter"), seconds=sidecar.get("seconds"),
-                                     worker=sidecar.get("worker")))
+                                     worker=sidecar.get("worker"), device=sidecar.get("device")))
         elif state in ("absent", "complete", "ours") or overwrite:
             jobs.append(_Job(path, output, identity, huge=output.name.endswith(ZARR_SUFFIX)))
         else:
@@ -368,6 +370,42 @@ def model_loads() -> int:
     return _MODEL_LOADS[0]
 
 
+GPU_PER_WORKER_PLUGIN = "cell-unet-gpu-per-worker"
+
+
+def local_worker_device(device: str, index: int, gpu_count: int) -> str:
+    """The device worker `index` of a local cluster uses on a machine with `gpu_count` GPUs: "auto" becomes
+    GPU (index mod gpu_count), so the workers share the GPUs out instead of all using the first; "auto" stays
+    "auto" (the CPU, or Apple MPS) without GPUs; any other device is kept (`--device` overrides)."""
+    if str(device).strip().lower() != "auto" or gpu_count < 1:
+        return device
+    return f"cuda:{index % gpu_count}"
+
+
+class GpuPerWorker(WorkerPlugin):
+    """Marks the workers of a cluster started by `local_client` (a dask worker plugin, kept by replaced workers):
+    their tasks spread "auto" over the GPUs by worker index (`local_worker_device`). Workers of an existing
+    cluster have no mark and use their own visible GPU (their deployment sets CUDA_VISIBLE_DEVICES)."""
+
+    name = GPU_PER_WORKER_PLUGIN
+    idempotent = True
+
+
+def task_device(device: str) -> str:
+    """The device a task uses on this worker (see `GpuPerWorker`); `device` itself off a worker."""
+    try:
+        from distributed import get_worker
+
+        worker = get_worker()
+    except (ImportError, ValueError):
+        return device
+    if GPU_PER_WORKER_PLUGIN not in worker.plugins or not isinstance(worker.name, int):
+        return device
+    import torch
+
+    return local_worker_device(device, worker.name, torch.cuda.device_count())
+
+
 def worker_name() -> str:
     try:
         from distributed import get_worker
@@ -383,11 +421,15 @@ def segment_task(input_path: str, output: str, identity: dict, settings: dict, m
     """Segment one input exactly as `cell-unet segment` does (with `measure`, also write its `<stem>_cells.csv`
     as `cell-unet segment --measure` does) and mark its output complete (runs on a worker)."""
     from .batch import LARGE_IMAGE_PIXELS, FileResult, _segment_file
+    from .inference.devices import resolve_device
 
     path, target = Path(input_path), Path(output)
     name = worker_name()
     started = time.perf_counter()
+    device = None
     try:
+        device = str(resolve_device(task_device(params.get("device", "auto"))))
+        params = {**params, "device": device}
         model = worker_model(model_path, settings["model_sha256"])
         _write_json(sidecar_path(target), {"status": "running", "input": identity, "settings": settings,
                                            "worker": name})
@@ -399,7 +441,7 @@ def segment_task(input_path: str, output: str, identity: dict, settings: dict, m
             sidecar_path(target).unlink(missing_ok=True)
             error = result.error if result is not None else f"{path}: segmentation returned no result"
             return BatchRecord(input_path, None, FAILED, seconds=time.perf_counter() - started, worker=name,
-                               error=error)
+                               device=device, error=error)
         cells_csv = {}
         if measure:
             from .measure import cells_csv_path, measure_labels_file
@@ -411,16 +453,16 @@ def segment_task(input_path: str, output: str, identity: dict, settings: dict, m
         _write_json(sidecar_path(target), {
             "status": "complete", "input": identity, "settings": settings, "output": target.name,
             "output_size": target.stat().st_size, **cells_csv, "n_cells": result.n_cells,
-            "diameter": result.diameter, "seconds": round(seconds, 3), "worker": name,
+            "diameter": result.diameter, "seconds": round(seconds, 3), "worker": name, "device": device,
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
         return BatchRecord(input_path, output, DONE, cells=result.n_cells, diameter=result.diameter,
-                           seconds=seconds, worker=name)
+                           seconds=seconds, worker=name, device=device)
     except (CellUnetError, ValueError, OSError) as exc:
         return BatchRecord(input_path, None, FAILED, seconds=time.perf_counter() - started, worker=name,
-                           error=_one_line(exc, path))
+                           device=device, error=_one_line(exc, path))
     except Exception as exc:  # a bug: reported for this input, the batch goes on
         return BatchRecord(input_path, None, FAILED, seconds=time.perf_counter() - started, worker=name,
-                           error=f"{path}: unexpected error (please report it): {type(exc).__name__}: "
+                           device=device, error=f"{path}: unexpected error (please report it): {type(exc).__name__}: "
                                  f"{_one_line(exc, None)}")
 
 
@@ -428,8 +470,8 @@ def _huge_job(job: _Job, client: Any, settings: dict, model_path: Path, diameter
               params: dict) -> BatchRecord:
     started = time.perf_counter()
     name = f"{len(client.scheduler_info().get('workers', {}))} workers (chunks)"
-    options = {key: params[key] for key in ("device", "tile_size", "min_size", "cell_threshold", "border_threshold")
-               if params.get(key) is not None}
+    options = {key: params[key] for key in ("device", "tile_size", "threads", "min_size", "cell_threshold",
+                                            "border_threshold") if params.get(key) is not None}
     try:
         _write_json(sidecar_path(job.output), {"status": "running", "input": job.identity, "settings": settings})
         result = segment_huge(job.input, job.output, client, model=model_path, chunk=chunk, diameter=diameter,
@@ -459,7 +501,8 @@ def local_client(workers: int, threads_per_worker: int = 1, processes: bool = Tr
                  retries: int = DEFAULT_RETRIES, **cluster_options: Any):
     """A `distributed.Client` on a new `LocalCluster` of `workers` workers (processes unless `processes=False`);
     the dashboard on a free port. A worker that dies is replaced by its nanny and its task rerun elsewhere, up to
-    `retries` times (the scheduler's `allowed-failures`). Closing the client closes the cluster."""
+    `retries` times (the scheduler's `allowed-failures`). With device "auto", worker i uses GPU (i mod GPUs)
+    (`GpuPerWorker`). Closing the client closes the cluster."""
     import logging
 
     import dask
@@ -475,6 +518,7 @@ def local_client(workers: int, threads_per_worker: int = 1, processes: bool = Tr
                            f"({type(exc).__name__}: {_one_line(exc, None)})") from None
     client = Client(cluster)
     client._cell_unet_cluster = cluster  # closed with the client (see close_client)
+    client.register_plugin(GpuPerWorker())
     return client
 
 
@@ -519,10 +563,10 @@ def iter_batch(inputs: Iterable[str | Path], output_dir: str | Path, client: Any
                diameter: float | str | None = "auto", overwrite: bool = False, retries: int = DEFAULT_RETRIES,
                threads: int | None = None, files: Sequence[tuple[Path, str | None]] | None = None,
                huge_pixels: int | None = None, chunk: int = HUGE_CHUNK, measure: bool = False,
-               **params: Any) -> Iterator[Progress | BatchRecord | BatchReport]:
+               **params: Any) -> Generator[Progress | BatchRecord, None, BatchReport]:
     """Segment every input on `client`'s workers into `output_dir`; yield `Progress(0, inputs, ...)` once
-    planned, a `BatchRecord` per input (those known
-    before any work first, then as tasks complete) and finally the `BatchReport`, also written as
+    planned and a `BatchRecord` per input (those known
+    before any work first, then as tasks complete); returns the `BatchReport`, also written as
     `batch_report.json` and `.csv` in `output_dir`. `threads`: torch threads per task (None: the worker's
     cores). `client`: a `distributed.Client`, or a function returning one, called only when some input needs
     work (a rerun with every output complete starts no cluster). `files`: `collect_inputs(inputs)` when already
@@ -594,7 +638,7 @@ def iter_batch(inputs: Iterable[str | Path], output_dir: str | Path, client: Any
         combined = write_all_cells(report)
         if combined is not None:
             report.files["cells"] = combined
-    yield report
+    return report
 
 
 def write_all_cells(report: BatchReport) -> Path | None:
@@ -691,15 +735,18 @@ class ChunkPredictor:
     """Globally normalised chunk -> (2, h, w) probabilities with the model that `worker_model` keeps on each
     worker (read once per process); picklable, so the task graph carries a file name instead of the weights."""
 
-    def __init__(self, model_path: str, sha256: str, device: str = "auto", tile_size: int | None = None):
+    def __init__(self, model_path: str, sha256: str, device: str = "auto", tile_size: int | None = None,
+                 threads: int | None = None):
         self.model_path, self.sha256, self.device, self.tile_size = str(model_path), sha256, device, tile_size
+        self.threads = threads
 
     def __call__(self, normalized: np.ndarray) -> np.ndarray:
-        from .batch import _model_predictor
+        from .inference.chunked import model_predictor
         from .inference.devices import resolve_device
 
         model = worker_model(self.model_path, self.sha256)
-        return _model_predictor(model, resolve_device(self.device), self.tile_size)(normalized)
+        device = resolve_device(task_device(self.device))
+        return model_predictor(model, device, self.tile_size, self.threads)(normalized)
 
 
 @dataclass
@@ -714,19 +761,21 @@ class HugeResult:
 
 def segment_huge(path: str | Path, output: str | Path, client: Any, *, model: str | Path | None = None,
                  chunk: int = HUGE_CHUNK, overlap: int = HUGE_OVERLAP, diameter: float | str | None = None,
-                 device: str = "auto", tile_size: int | None = None, overwrite: bool = False,
-                 levels: int | None = None, predict: Any = None, **params: Any) -> HugeResult:
+                 device: str = "auto", tile_size: int | None = None, threads: int | None = None,
+                 overwrite: bool = False, levels: int | None = None, predict: Any = None, **params: Any) -> HugeResult:
     """Segment one huge 2-D image (TIFF/OME-TIFF read tile by tile, or OME-Zarr) on `client`'s workers into an
     OME-Zarr (NGFF 0.4) labels pyramid at `output`: level 0 chunked `chunk` x `chunk`, then x2 downsampled
     levels (nearest) until the smallest fits one chunk (or `levels` levels).
 
-    Builds on `batch.segment_dask`: each chunk is predicted with `overlap` pixels of context and labelled on the
-    stitched probabilities around it, and named by a position key, so a cell crossing chunk borders keeps one id.
+    Builds on `inference.chunked.segment_dask`: each chunk is predicted with `overlap` pixels of context and
+    labelled on the stitched probabilities around it, and named by a position key, so a cell crossing chunk
+    borders keeps one id.
     Here each chunk is a task on any worker, which reads its region of the file and uses its own copy of the
     model (`ChunkPredictor`), and writes its labels straight into its zarr chunk; a second distributed pass
     renumbers the ids 1..N. Memory per worker is a few chunks; the client holds the sorted cell ids only. The
     result is written next to `output` and renamed into place when complete. `predict`: a picklable stand-in
-    for the model (tests). Other parameters as for `segment_dask`.
+    for the model (tests). `threads`: torch threads per chunk task (None: the worker's cores, as `--threads`).
+    Other parameters as for `segment_dask`.
     """
     import shutil
 
@@ -734,7 +783,7 @@ def segment_huge(path: str | Path, output: str | Path, client: Any, *, model: st
     import dask.array as da
     import zarr
 
-    from .batch import central_diameter, segment_dask
+    from .inference.chunked import central_diameter, segment_dask
     from .errors import OutputExistsError
     from .io._atomic import check_output_folder
     from .model import load_model
@@ -755,7 +804,7 @@ def segment_huge(path: str | Path, output: str | Path, client: Any, *, model: st
         model_path = model_file(model)
         model_object = load_model(model_path)  # its metadata: thresholds, cell size
         if predict is None:
-            predict = ChunkPredictor(str(model_path), file_sha256(model_path), device, tile_size)
+            predict = ChunkPredictor(str(model_path), file_sha256(model_path), device, tile_size, threads)
     partial, raw = output.with_name(f".{output.name}.partial"), output.with_name(f".{output.name}.raw")
     for stale in (partial, raw):
         shutil.rmtree(stale, ignore_errors=True)

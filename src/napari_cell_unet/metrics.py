@@ -5,14 +5,14 @@ Instance matching follows cellpose/stardist: an IoU table built from a sparse co
 (`scipy.optimize.linear_sum_assignment`) among pairs with IoU >= threshold. COCO AP uses pycocotools'
 `COCOeval` on RLE-encoded instances with `maxDets` raised to 2000, as in the LIVECell paper.
 
-This module never imports torch at import time (`evaluate_model` does, through inference, when called).
+Scoring only: it never runs a model (`evaluation.evaluate_model` segments, then scores with these).
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -204,6 +204,12 @@ def is_semantic_mask(labels: np.ndarray) -> bool:
     return n_blobs > 1
 
 
+def semantic_scores(pred: np.ndarray, gt: np.ndarray) -> dict[str, Any]:
+    """What can be scored against a semantic mask (see `is_semantic_mask`): pixel IoU, Dice, predicted count."""
+    return {"pixel_iou": pixel_iou(pred, gt), "dice": dice(pred, gt), "n_pred": int(_as_instances(pred)[1]),
+            "instance_labels": False}
+
+
 def semantic_warning(names: Sequence[str]) -> str:
     listed = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
     return (f"{listed}: the ground truth has a single label value (a binary/semantic mask), so cells are not told "
@@ -339,60 +345,3 @@ def _average_precision(evaluator: Any, iou: float | None = None) -> float:
         precision = precision[np.isclose(evaluator.params.iouThrs, iou)]
     valid = precision[precision > -1]
     return float(valid.mean()) if valid.size else float("nan")
-
-
-# ---------------------------------------------------------------- model evaluation
-
-def _pair_arrays(pair: Any) -> tuple[np.ndarray, np.ndarray, str]:
-    """(image, labels, name) from a TrainingPair-like object or an (image, labels[, ...]) tuple."""
-    if hasattr(pair, "image") and hasattr(pair, "labels"):
-        return np.asarray(pair.image), np.asarray(pair.labels), str(getattr(pair, "name", "") or "")
-    image, labels = pair[0], pair[1]
-    return np.asarray(image), np.asarray(labels), ""
-
-
-def _segment_labels(image: np.ndarray, model: Any, params: dict) -> tuple[np.ndarray, np.ndarray | None]:
-    from .inference import segment
-
-    result = segment(image, model, return_probabilities=True, **params)
-    labels = getattr(result, "labels", result[0] if isinstance(result, tuple) else result)
-    probs = getattr(result, "probabilities", result[1] if isinstance(result, tuple) and len(result) > 1 else None)
-    return np.asarray(labels), (None if probs is None else np.asarray(probs))
-
-
-def evaluate_model(model: Any, pairs: Iterable[Any], *, names: Sequence[str] | None = None,
-                   progress: Callable[[Any], None] | None = None, with_ap: bool = True,
-                   **segment_params: Any) -> dict[str, Any]:
-    """Segment every pair's image with `model` and score it against the pair's labels.
-
-    Returns `{"images": [per-image scores with "name"], "mean": aggregate(...), "coco": coco_ap(...)}`.
-    `segment_params` go to `napari_cell_unet.inference.segment` (thresholds, tile size, device...).
-    """
-    from ._progress import Progress
-
-    pairs = list(pairs)
-    per_image, preds, gts, probs, semantic = [], [], [], [], []
-    for i, pair in enumerate(pairs):
-        image, labels, name = _pair_arrays(pair)
-        name = names[i] if names is not None else (name or f"image {i + 1}")
-        if progress is not None:
-            progress(Progress(i, len(pairs), f"segmenting {name}"))
-        pred, prob = _segment_labels(image, model, segment_params)
-        if is_semantic_mask(labels):  # one label value over many blobs: cells are not told apart
-            semantic.append(name)
-            per_image.append({"name": name, "pixel_iou": pixel_iou(pred, labels), "dice": dice(pred, labels),
-                              "n_pred": int(_as_instances(pred)[1]), "instance_labels": False})
-            continue
-        per_image.append({"name": name, **instance_scores(pred, labels)})
-        if with_ap and pred.ndim == 2:
-            preds.append(pred)
-            gts.append(labels)
-            probs.append(prob[0] if prob is not None and prob.ndim == 3 else None)
-    if progress is not None:
-        progress(Progress(len(pairs), len(pairs), "done"))
-    report: dict[str, Any] = {"images": per_image, "mean": aggregate(per_image) if per_image else {},
-                              "warnings": [semantic_warning(semantic)] if semantic else []}
-    if with_ap and preds:
-        use_probs = probs if all(p is not None for p in probs) else None
-        report["coco"] = coco_ap(preds, gts, probabilities=use_probs)
-    return report

@@ -6,8 +6,8 @@ from collections.abc import Callable
 
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QSize, Qt
-from qtpy.QtWidgets import (QComboBox, QDoubleSpinBox, QFileDialog, QFrame, QLabel, QScrollArea, QSpinBox,
-                            QVBoxLayout, QWidget)
+from qtpy.QtWidgets import (QComboBox, QDoubleSpinBox, QFileDialog, QFrame, QLabel, QPushButton, QScrollArea,
+                            QSpinBox, QVBoxLayout, QWidget)
 
 from ..errors import CellUnetError
 from ._registry import ModelEntry, ModelRegistry
@@ -99,10 +99,25 @@ def scrolling_content(owner: QWidget) -> QVBoxLayout:
     return QVBoxLayout(content)
 
 
-def device_names(core) -> list[str]:
+def device_names() -> list[str]:
     """"auto" plus the devices present here (the engine decides what exists)."""
-    names = [str(name) for name in core.inference.available_devices()]
+    from ..inference import available_devices  # here, not above: the Correct widget imports this module without torch
+
+    names = [str(name) for name in available_devices()]
     return ["auto", *[name for name in names if name != "auto"]]
+
+
+def button(text: str, on_click: Callable[[], object], tip: str, enabled: bool = True) -> QPushButton:
+    made = QPushButton(text)
+    made.clicked.connect(on_click)
+    made.setToolTip(tip)
+    made.setEnabled(enabled)
+    return made
+
+
+def set_tooltips(tips: dict[QWidget, str]) -> None:
+    for control, text in tips.items():
+        control.setToolTip(text)
 
 
 def spin(minimum: int, maximum: int, value: int, step: int = 1, suffix: str = "") -> QSpinBox:

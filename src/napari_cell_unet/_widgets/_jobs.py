@@ -1,4 +1,4 @@
-"""Drive a core generator (Progress events, then a result) from the GUI, in a thread or synchronously."""
+"""Drive a core generator (it yields Progress events and returns a result) from the GUI, in a thread or synchronously."""
 
 from __future__ import annotations
 
@@ -6,12 +6,12 @@ import logging
 import os
 import threading
 from collections import deque
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator
 from typing import Any, NamedTuple
 
 from napari.utils import cancelable_progress
 
-from .._progress import Progress
+from .._progress import Progress, relay
 
 SYNC_ENV = "NAPARI_CELL_UNET_SYNC"  # "1": run every job in the calling thread (tests, scripting)
 PROGRESS_STEPS = 1000
@@ -22,6 +22,11 @@ class JobFailed(NamedTuple):
     error: BaseException
 
 
+class JobReturned(NamedTuple):
+    """What the generator returned (not sent when it was stopped from outside)."""
+    value: Any
+
+
 class JobEnded(NamedTuple):
     """The last event of every job: finishing in the event stream keeps it after every result."""
 
@@ -30,27 +35,23 @@ def run_sync_by_default() -> bool:
     return os.environ.get(SYNC_ENV, "") not in ("", "0")
 
 
-def guarded(events: Iterator, stop: threading.Event, cooperative: bool = False) -> Generator[Any, None, None]:
-    """Yield `events` until `stop` is set; turn any exception into a final `JobFailed`.
+def guarded(events: Generator, stop: threading.Event, cooperative: bool = False) -> Generator[Any, None, None]:
+    """Yield `events` until `stop` is set, then a `JobReturned` with their result; turn any exception into a final
+    `JobFailed`.
 
     Exceptions travel as values because napari's worker treats a RuntimeError (what torch
     raises for most device failures) as "the worker was deleted" and drops it. `cooperative`:
     the generator watches the stop flag itself and ends with its own last words (training's
-    best model), so keep reading. The generator is closed in this thread so that its
+    best model), so keep reading. The generator is closed in this thread (by `relay`) so that its
     `finally` frees memory here.
     """
     try:
-        for event in events:
-            yield event
-            if stop.is_set() and not cooperative:
-                break
+        returned = yield from relay(events, should_stop=None if cooperative else stop.is_set)
+        if not stop.is_set() or cooperative:
+            yield JobReturned(returned)
     except Exception as exc:  # reported to the user by Job._finish
         log.exception("napari-cell-unet job failed")
         yield JobFailed(exc)
-    finally:
-        close = getattr(events, "close", None)
-        if close is not None:
-            close()
     yield JobEnded()
 
 
@@ -58,16 +59,19 @@ class Job:
     """One long computation: a napari progress bar, a Cancel, and callbacks in the GUI thread.
 
     `make_events(should_stop)` creates the generator; a generator that honours `should_stop`
-    itself is `cooperative`. `on_event(event)` gets every yielded event (Progress included);
-    `on_done(cancelled)` runs at the end unless it failed, in which case `on_error(exception)` runs.
+    itself is `cooperative`. `on_event(event)` gets every yielded event (Progress included), `on_result(value)`
+    what the generator returned; `on_done(cancelled)` runs at the end unless it failed, in which case
+    `on_error(exception)` runs.
     """
 
-    def __init__(self, make_events: Callable[[Callable[[], bool]], Iterator], description: str,
+    def __init__(self, make_events: Callable[[Callable[[], bool]], Generator], description: str,
                  on_event: Callable[[Any], None], on_done: Callable[[bool], None],
-                 on_error: Callable[[BaseException], None], cooperative: bool = False):
+                 on_error: Callable[[BaseException], None], cooperative: bool = False,
+                 on_result: Callable[[Any], None] | None = None):
         self.description = description
         self._cooperative = cooperative
         self._on_event, self._on_done, self._on_error = on_event, on_done, on_error
+        self._on_result = on_result
         self._stop = threading.Event()
         self._events = make_events(self._stop.is_set)
         self._error: BaseException | None = None
@@ -138,6 +142,10 @@ class Job:
             return
         if isinstance(event, JobFailed):
             self._error = event.error
+            return
+        if isinstance(event, JobReturned):
+            if self._on_result is not None:
+                self._on_result(event.value)
             return
         if isinstance(event, Progress):
             self._show_progress(event)

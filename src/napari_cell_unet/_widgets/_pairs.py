@@ -9,6 +9,7 @@ import numpy as np
 from napari.layers import Image, Labels
 
 from ..errors import CellUnetError
+from ..training import TrainingPair, painted_region
 from . import _layers, _maps
 
 
@@ -41,11 +42,8 @@ def check_pair(pair: LayerPair) -> None:
                             f"'{pair.image.name}' has shape {shape}: they must be the same size")
 
 
-def training_pairs(pairs: list[LayerPair], only_painted: bool, margin: int, make_pair, painted_region) -> list:
-    """One TrainingPair per painted plane of every layer pair (stacks give one per painted slice).
-
-    `make_pair` / `painted_region` are the training engine's `TrainingPair` / `painted_region`.
-    """
+def training_pairs(pairs: list[LayerPair], only_painted: bool, margin: int) -> list[TrainingPair]:
+    """One TrainingPair per painted plane of every layer pair (stacks give one per painted slice)."""
     out = []
     for pair in pairs:
         check_pair(pair)
@@ -54,21 +52,21 @@ def training_pairs(pairs: list[LayerPair], only_painted: bool, margin: int, make
             raise PairError(f"labels layer '{pair.labels.name}' is empty (all background): "
                             "paint some cells, or segment first and correct the result")
         for plane in planes:
-            out.append(_one_pair(pair, plane, only_painted, margin, make_pair, painted_region))
+            out.append(_one_pair(pair, plane, only_painted, margin))
     return out
 
 
-def _one_pair(pair: LayerPair, plane: tuple[int, ...], only_painted: bool, margin: int, make_pair, painted_region):
+def _one_pair(pair: LayerPair, plane: tuple[int, ...], only_painted: bool, margin: int) -> TrainingPair:
     labels = _layers.pixels(pair.labels, plane)
     borders = _layers.pixels(pair.borders, plane) > 0 if pair.borders is not None else None
-    region = _painted_or_corrected(pair.labels, plane, labels, margin, painted_region) if only_painted else None
+    region = _painted_or_corrected(pair.labels, plane, labels, margin) if only_painted else None
     if region is not None and borders is not None:
         region = region | borders
     suffix = f" {plane}" if plane else ""
-    return make_pair(_layers.pixels(pair.image, plane), labels, borders, region, name=f"{pair.image.name}{suffix}")
+    return TrainingPair(_layers.pixels(pair.image, plane), labels, borders, region, name=f"{pair.image.name}{suffix}")
 
 
-def _painted_or_corrected(layer: Labels, plane: tuple[int, ...], labels: np.ndarray, margin: int, painted_region):
+def _painted_or_corrected(layer: Labels, plane: tuple[int, ...], labels: np.ndarray, margin: int) -> np.ndarray:
     """The pixels to learn from: around the cells that differ from Segment's output when the layer is one (the
     rest stays as the model had it), else around every painted cell; cells fixed with the Correct tools count."""
     changed = _maps.changed_cells(layer, plane, labels)

@@ -10,11 +10,12 @@ import os
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from qtpy.QtCore import QObject, QSettings, Signal
 
-from ._torch_guard import import_torch_safely
+if TYPE_CHECKING:
+    from ..model import CellModel
 
 SETTINGS_ENV = "NAPARI_CELL_UNET_SETTINGS"  # an .ini path; tests point it at a temp file
 RECENT_KEY = "recent_model_files"
@@ -26,7 +27,7 @@ class ModelEntry:
     label: str
     kind: str  # "default" | "session" | "file"
     path: Path | None = None
-    model: Any = None  # CellModel once loaded
+    model: CellModel | None = None  # loaded on first use
 
 
 def _settings() -> QSettings:
@@ -77,11 +78,12 @@ class ModelRegistry(QObject):
         self.current = entry
         self.changed.emit()
 
-    def load(self, entry: ModelEntry):
+    def load(self, entry: ModelEntry) -> CellModel:
         """The entry's CellModel, loaded on first use (raises ModelFileError for bad files)."""
         if entry.model is None:
-            core = import_torch_safely()
-            entry.model = core.model.load_model(entry.path)
+            from ..model import load_model  # here, not above: the Correct widget imports this module without torch
+
+            entry.model = load_model(entry.path)
         return entry.model
 
     def add_file(self, path: str | os.PathLike, select: bool = True) -> ModelEntry:

@@ -37,7 +37,6 @@ class CorrectWidget(QWidget):
         self.pending: tuple[tuple[int, ...], tuple[float, float]] | None = None  # first click of split / merge
         self.last_edit: correction.Edit | None = None
         self._hooked: Labels | None = None
-        self._core = None
         self._build()
         clear_stale_errors(self.status, self.viewer, [self.labels_combo])
         self.labels_combo.layer_changed.connect(self._hook_layer)
@@ -204,10 +203,9 @@ class CorrectWidget(QWidget):
         if image_name not in self.viewer.layers:
             raise correction.CorrectionError(f"no probability maps are kept for '{layer.name}' and its image "
                                              f"'{image_name}' is not open: segment it again")
+        from ..inference import segment  # here, not above: opening this widget does not import torch
         from ._registry import registry_for
-        from ._torch_guard import import_torch_safely
 
-        core = self._core = self._core or import_torch_safely()
         registry = registry_for(self.viewer)
         entry = registry.current_or_first()
         model = registry.load(entry) if entry is not None else None
@@ -215,8 +213,7 @@ class CorrectWidget(QWidget):
         box = (slice(max(0, r - RECOMPUTE_HALF), min(labels.shape[0], r + RECOMPUTE_HALF)),
                slice(max(0, c - RECOMPUTE_HALF), min(labels.shape[1], c + RECOMPUTE_HALF)))
         image = _layers.pixels(self.viewer.layers[image_name], plane)[box]
-        result = core.inference.segment(image, model, diameter=source.get("diameter") or "auto",
-                                        return_probabilities=True)
+        result = segment(image, model, diameter=source.get("diameter") or "auto", return_probabilities=True)
         probs = np.asarray(result[1])
         local = correction.add_cell(labels[box], probs, (r - box[0].start, c - box[1].start),
                                     new_label=correction.next_label(labels), **self._thresholds(layer))

@@ -9,20 +9,20 @@ from dataclasses import dataclass
 import numpy as np
 from napari.layers import Image, Labels
 from qtpy.QtWidgets import (QCheckBox, QComboBox, QFormLayout, QHBoxLayout, QLabel, QMessageBox,
-                            QPushButton, QWidget)
+                            QWidget)
 from superqt import QCollapsible
 
-from .._progress import Progress
+from .._progress import Progress, relay
+from ..inference import iter_segment
+from ..model import OUTPUT_CLASSES
 from . import _features, _layers, _maps
-from ._common import (ModelComboBox, clear_stale_errors, device_names, double_spin, error_message, notify_error,
-                      notify_info, scrolling_content, spin)
+from ._common import (ModelComboBox, button, clear_stale_errors, device_names, double_spin, error_message, notify_error,
+                      notify_info, scrolling_content, set_tooltips, spin)
 from ._jobs import Job, run_sync_by_default
 from ._registry import registry_for
-from ._torch_guard import import_torch_safely
 
 CURRENT_SLICE, WHOLE_STACK = "current slice", "whole stack"
 REPLACE, NEW_LAYER, SKIP = "replace", "new layer", "skip"
-CLASSES = ("cell", "border")
 
 
 @dataclass
@@ -37,6 +37,11 @@ class TaskDone:
     task: SegmentTask
     result: object  # SegmentationResult
     features: dict | None = None  # per-cell measurements (napari_cell_unet.measure), made in the worker
+
+
+def overall_progress(event: Progress, task: int, tasks: int, name: str) -> Progress:
+    """One task's progress on the scale of all of them (1000 steps each)."""
+    return Progress(task * 1000 + round(1000 * event.fraction), 1000 * tasks, f"{name}: {event.message}".rstrip(": "))
 
 
 def ask_replace(layer: Labels) -> str:
@@ -58,7 +63,6 @@ class SegmentWidget(QWidget):
     def __init__(self, napari_viewer, parent: QWidget | None = None):
         super().__init__(parent)
         self.viewer = napari_viewer
-        self.core = import_torch_safely()
         self.registry = registry_for(napari_viewer)
         self.confirm_replace: Callable[[Labels], str] = ask_replace  # tests replace this
         self.job: Job | None = None
@@ -76,7 +80,7 @@ class SegmentWidget(QWidget):
         self.image_combo.layer_changed.connect(self._update_stack_choice)
         self.model_combo = ModelComboBox(self.registry, self._show_error)
         self.device_combo = QComboBox()
-        self.device_combo.addItems(device_names(self.core))
+        self.device_combo.addItems(device_names())
         self.cell_threshold = double_spin(0.05, 0.95, 0.5, 0.05)
         self.border_threshold = double_spin(0.05, 0.95, 0.5, 0.05)
         self.min_size = spin(0, 100_000, 30, 5, " px")
@@ -93,7 +97,7 @@ class SegmentWidget(QWidget):
         self.tile_size = spin(0, 8192, 0, 64)
         self.tile_size.setSpecialValueText("auto")
 
-        tips = {
+        set_tooltips({
             self.image_combo: "The image to segment. Follows the layer you select in the layer list.",
             self.model_combo: "The network that finds the cells: the bundled default (phase contrast and fluorescent "
                               "nuclei), a model you trained in Train / fine-tune, or a model file.",
@@ -113,9 +117,7 @@ class SegmentWidget(QWidget):
                                       "as image layers: useful to see why cells were missed or merged.",
             self.tile_size: "Large images are processed in square pieces of this many pixels. 'auto' picks a size "
                             "for your device; a smaller number uses less memory but takes longer.",
-        }
-        for control, text in tips.items():
-            control.setToolTip(text)
+        })
 
         form = QFormLayout()
         form.addRow("Image", self.image_combo)
@@ -133,21 +135,18 @@ class SegmentWidget(QWidget):
         advanced_form.addRow("Tile size", self.tile_size)
         advanced.addWidget(advanced_body)
 
-        self.segment_button = QPushButton("Segment")
-        self.segment_button.clicked.connect(lambda: self.segment())
-        self.all_button = QPushButton("Apply to all open images")
-        self.all_button.clicked.connect(lambda: self.segment_all())
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.clicked.connect(self.cancel)
-        self.cancel_button.setEnabled(False)
-        self.segment_button.setToolTip("Find the cells in the chosen image; they appear as a labels layer "
-                                       "'<image> labels' (running again replaces it; Ctrl+Z in that layer undoes).")
-        self.all_button.setToolTip("Segment every open image, whole stacks, each into its own labels layer.")
-        self.cancel_button.setToolTip("Stop after the current image; images already finished keep their labels.")
+        self.segment_button = button("Segment", lambda: self.segment(),
+                                     "Find the cells in the chosen image; they appear as a labels layer '<image> "
+                                     "labels' (running again replaces it; Ctrl+Z in that layer undoes).")
+        self.all_button = button("Apply to all open images", lambda: self.segment_all(),
+                                 "Segment every open image, whole stacks, each into its own labels layer.")
+        self.cancel_button = button("Cancel", self.cancel,
+                                    "Stop after the current image; images already finished keep their labels.",
+                                    enabled=False)
         advanced.setToolTip("Settings you rarely need to change.")
         buttons = QHBoxLayout()
-        for button in (self.segment_button, self.all_button, self.cancel_button):
-            buttons.addWidget(button)
+        for each in (self.segment_button, self.all_button, self.cancel_button):
+            buttons.addWidget(each)
         self.status = QLabel("")
         self.status.setWordWrap(True)
         clear_stale_errors(self.status, self.viewer, [self.image_combo])
@@ -276,12 +275,9 @@ class SegmentWidget(QWidget):
         for i, task in enumerate(tasks):
             image = _layers.pixels(task.layer, task.plane)
             task_params = dict(params, return_probabilities=params["return_probabilities"] or keeps_maps(task))
-            for event in self.core.inference.iter_segment(image, model, rgb=bool(task.layer.rgb), **task_params):
-                if isinstance(event, Progress):
-                    done = i * 1000 + round(1000 * event.fraction)
-                    yield Progress(done, 1000 * len(tasks), f"{task.layer.name}: {event.message}".rstrip(": "))
-                else:
-                    yield TaskDone(task, event, measure_result(task, image, event))
+            steps = iter_segment(image, model, rgb=bool(task.layer.rgb), **task_params)
+            result = yield from relay(steps, lambda event: overall_progress(event, i, len(tasks), task.layer.name))
+            yield TaskDone(task, result, measure_result(task, image, result))
 
     def _on_event(self, event) -> None:
         if isinstance(event, TaskDone):
@@ -333,7 +329,7 @@ class SegmentWidget(QWidget):
 
     def _write_probabilities(self, task: SegmentTask, probabilities: np.ndarray) -> None:
         shape = _layers.spatial_shape(task.layer)
-        for index, name in enumerate(CLASSES):
+        for index, name in enumerate(OUTPUT_CLASSES):
             plane_data = probabilities[..., index, :, :]
             layer_name = f"{task.layer.name} {name} probability"
             existing = self.viewer.layers[layer_name] if layer_name in self.viewer.layers else None

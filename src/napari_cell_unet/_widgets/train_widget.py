@@ -12,14 +12,15 @@ from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QHBo
                             QProgressBar, QPushButton, QWidget)
 
 from .._progress import Progress
+from ..model import save_model
+from ..training import TrainConfig, TrainingPair, TrainResult, TrainStep, Validation, iter_train
 from . import _layers, _maps
-from ._common import (clear_stale_errors, device_names, double_spin, error_message, notify_error, notify_info,
-                      scrolling_content, spin)
+from ._common import (button, clear_stale_errors, device_names, double_spin, error_message, notify_error, notify_info,
+                      scrolling_content, set_tooltips, spin)
 from ._jobs import Job, run_sync_by_default
 from ._pairs import LayerPair, check_pair, training_pairs
 from ._plot import LossPlot
-from ._registry import registry_for
-from ._torch_guard import import_torch_safely
+from ._registry import ModelEntry, registry_for
 
 FROM_CURRENT, FROM_DEFAULT, FROM_SCRATCH = "model selected in Segment cells", "bundled default", "scratch"
 STEPS, EPOCHS = "steps", "epochs"
@@ -34,7 +35,6 @@ class TrainWidget(QWidget):
     def __init__(self, napari_viewer, parent: QWidget | None = None):
         super().__init__(parent)
         self.viewer = napari_viewer
-        self.core = import_torch_safely()
         self.registry = registry_for(napari_viewer)
         self.job: Job | None = None
         self.result = None  # the last TrainResult
@@ -51,11 +51,11 @@ class TrainWidget(QWidget):
         layout = scrolling_content(self)
         layout.addLayout(self._pair_form())
         layout.addLayout(self._settings_form())
-        self.train_button = QPushButton("Train")
-        self.train_button.clicked.connect(lambda: self.train())
-        self.cancel_button = QPushButton("Cancel (keep best model)")
-        self.cancel_button.clicked.connect(self.cancel)
-        self.cancel_button.setEnabled(False)
+        self.train_button = button("Train", lambda: self.train(),
+                                   "Improve the model on your painted cells. The result is used in Segment cells "
+                                   "only if it scores better on the held-back cells.")
+        self.cancel_button = button("Cancel (keep best model)", self.cancel,
+                                    "Stop training; the best model so far is kept.", enabled=False)
         layout.addLayout(_row(self.train_button, self.cancel_button))
         self.progress_bar = QProgressBar()
         self.progress_bar.setRange(0, 1000)
@@ -64,21 +64,14 @@ class TrainWidget(QWidget):
         layout.addWidget(self.progress_bar)
         self.plot = LossPlot(self)
         layout.addWidget(self.plot, stretch=1)
-        self.save_button = QPushButton("Save model...")
-        self.save_button.clicked.connect(lambda: self.save_model())
-        self.save_button.setEnabled(False)
-        self.revert_button = QPushButton("Revert to previous model")
-        self.revert_button.clicked.connect(self.revert)
-        self.revert_button.setEnabled(False)
-        self.use_new_button = QPushButton("Use the new model anyway")
-        self.use_new_button.clicked.connect(self.use_new_model)
-        self.use_new_button.setEnabled(False)
-        self.train_button.setToolTip("Improve the model on your painted cells. The result is used in Segment "
-                                     "cells only if it scores better on the held-back cells.")
-        self.cancel_button.setToolTip("Stop training; the best model so far is kept.")
-        self.save_button.setToolTip("Save the trained model as a .safetensors file, to load it later or share it.")
-        self.revert_button.setToolTip("Go back to the model that was selected before this training.")
-        self.use_new_button.setToolTip("Use the new model in Segment cells even though it did not score better.")
+        self.save_button = button("Save model...", lambda: self.save_model(),
+                                  "Save the trained model as a .safetensors file, to load it later or share it.",
+                                  enabled=False)
+        self.revert_button = button("Revert to previous model", self.revert,
+                                    "Go back to the model that was selected before this training.", enabled=False)
+        self.use_new_button = button("Use the new model anyway", self.use_new_model,
+                                     "Use the new model in Segment cells even though it did not score better.",
+                                     enabled=False)
         self.progress_bar.setToolTip("Training progress and the estimated time left.")
         layout.addLayout(_row(self.revert_button, self.use_new_button))
         layout.addWidget(self.save_button)
@@ -130,7 +123,7 @@ class TrainWidget(QWidget):
         self.length = spin(1, 1_000_000, 100, 10)
         self.length_unit = QComboBox()
         self.length_unit.addItems([STEPS, EPOCHS])
-        defaults = self.core.training.TrainConfig()  # the widget's defaults are the API's and the CLI's
+        defaults = TrainConfig()  # the widget's defaults are the API's and the CLI's
         self.lr = double_spin(0.0, 0.1, defaults.lr or 0.0, 0.0001, decimals=5)
         self.lr.setSpecialValueText(AUTO)  # 0 = the API's default: 1e-4 fine-tuning, 1e-3 from scratch
         self.crop_size = spin(0, 1024, 0, 32, " px")
@@ -143,8 +136,8 @@ class TrainWidget(QWidget):
                                      "taught at all. Untick when every cell in the image is right.")
         self.margin = spin(0, 256, 16, 4, " px margin")
         self.device_combo = QComboBox()
-        self.device_combo.addItems(device_names(self.core))
-        tips = {
+        self.device_combo.addItems(device_names())
+        set_tooltips({
             self.start_combo: "Which model to improve: the one selected in Segment cells (usual), the bundled "
                               "default, or a new empty model from scratch (needs many more painted cells and steps).",
             self.length: "How long to train. More: the model learns your cells better but takes longer (about 0.5 s "
@@ -165,9 +158,7 @@ class TrainWidget(QWidget):
                          "being taught as background. Smaller: safer when neighbours are unpainted.",
             self.device_combo: "Where training runs. 'auto' uses a graphics card (GPU) when there is one, else "
                                "the processor (CPU), which is much slower.",
-        }
-        for control, text in tips.items():
-            control.setToolTip(text)
+        })
         form = QFormLayout()
         form.addRow("Start from", self.start_combo)
         form.addRow("Length", _row(self.length, self.length_unit))
@@ -268,10 +259,9 @@ class TrainWidget(QWidget):
         self.plot.clear()
         self.progress_bar.setValue(0)
         self.progress_bar.setFormat("%p%")
-        training = self.core.training
-        self.job = Job(lambda should_stop: training.iter_train(pairs, start, config, should_stop=should_stop),
+        self.job = Job(lambda should_stop: iter_train(pairs, start, config, should_stop=should_stop),
                        "Training", on_event=self._on_event, on_done=self._on_done, on_error=self._on_error,
-                       cooperative=True)
+                       cooperative=True, on_result=self._take_result)
         self._set_running(True)
         self.status.setStyleSheet("")
         self.status.setText(f"Training on {len(pairs)} image(s)...")
@@ -283,11 +273,9 @@ class TrainWidget(QWidget):
             self.job.cancel()
             self.status.setText("Stopping after this step; the best model so far is kept...")
 
-    def _training_pairs(self) -> list:
+    def _training_pairs(self) -> list[TrainingPair]:
         chosen = self.pairs or [self.current_pair()]
-        training = self.core.training
-        return training_pairs(chosen, self.only_painted.isChecked(), self.margin.value(),
-                              make_pair=training.TrainingPair, painted_region=training.painted_region)
+        return training_pairs(chosen, self.only_painted.isChecked(), self.margin.value())
 
     def _start_model(self):
         choice = self.start_combo.currentText()
@@ -302,26 +290,26 @@ class TrainWidget(QWidget):
             raise ValueError("no model is selected in Segment cells: load one, or start from scratch")
         return self.registry.load(entry)
 
-    def _config(self):
+    def _config(self) -> TrainConfig:
         length = {self.length_unit.currentText(): self.length.value()}
-        return self.core.training.TrainConfig(
+        return TrainConfig(
             **length, lr=self.lr.value() or None, crop_size=self.crop_size.value() or None,
             val_fraction=self.val_fraction.value(), device=self.device_combo.currentText())
 
     def _on_event(self, event) -> None:
-        training = self.core.training
-        if isinstance(event, training.TrainStep):
+        if isinstance(event, TrainStep):
             self.plot.add_train_step(event.step, event.loss)
             self.progress_bar.setValue(int(1000 * event.step / max(1, event.total_steps)))
             self.progress_bar.setFormat(f"%p%  {eta_text(time.perf_counter() - self._started, event.step, event.total_steps)}")
-        elif isinstance(event, training.Validation):
+        elif isinstance(event, Validation):
             self.plot.add_validation(event.step, event.val_loss, event.dice, event.f1)
             self.status.setText(f"step {event.step}: val loss {event.val_loss:.3f}, Dice {event.dice:.3f}, "
                                 f"F1@0.5 {event.f1:.3f}{' (best)' if event.is_best else ''}")
-        elif isinstance(event, training.TrainResult):
-            self.result = event
         elif isinstance(event, Progress) and event.message:
             self.status.setText(event.message)
+
+    def _take_result(self, result: TrainResult) -> None:
+        self.result = result
 
     def _on_done(self, cancelled: bool) -> None:
         self._set_running(False)
@@ -353,18 +341,19 @@ class TrainWidget(QWidget):
     def revert(self) -> None:
         """Select the model that was selected before the last training."""
         if self.previous_entry is not None:
-            self.registry.select(self.previous_entry)
-            self.revert_button.setEnabled(False)
-            self.use_new_button.setEnabled(self.new_entry is not None)
-            notify_info(self.status, f"Reverted: '{self.previous_entry.label}' is selected in Segment cells.")
+            self._select(self.previous_entry, f"Reverted: '{self.previous_entry.label}' is selected in Segment cells.")
 
     def use_new_model(self) -> None:
         """Select the last trained model, also when it scored worse than its start."""
         if self.new_entry is not None:
-            self.registry.select(self.new_entry)
-            self.use_new_button.setEnabled(False)
-            self.revert_button.setEnabled(self.previous_entry is not None)
-            notify_info(self.status, f"'{self.new_entry.label}' is selected in Segment cells.")
+            self._select(self.new_entry, f"'{self.new_entry.label}' is selected in Segment cells.")
+
+    def _select(self, entry: ModelEntry, message: str) -> None:
+        """Select `entry` in Segment cells; Revert / Use the new model stay clickable for the other one."""
+        self.registry.select(entry)
+        self.revert_button.setEnabled(self.previous_entry not in (None, entry))
+        self.use_new_button.setEnabled(self.new_entry not in (None, entry))
+        notify_info(self.status, message)
 
     def _on_error(self, exc: BaseException) -> None:
         self._set_running(False)
@@ -387,7 +376,7 @@ class TrainWidget(QWidget):
         if path.suffix != ".safetensors":
             path = path.with_name(path.name + ".safetensors")
         try:
-            written = self.core.model.save_model(self.result.model, path)
+            written = save_model(self.result.model, path)
         except Exception as exc:
             self._show_error(f"Could not save the model: {error_message(exc)}")
             return None

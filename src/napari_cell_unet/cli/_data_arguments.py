@@ -1,4 +1,4 @@
-"""The annotated-data arguments shared by `cell-unet train` and `cell-unet evaluate`."""
+"""The annotated-data arguments, and the checks before work, shared by `cell-unet train` and `cell-unet evaluate`."""
 
 from __future__ import annotations
 
@@ -17,7 +17,19 @@ def add_data_arguments(parser: argparse.ArgumentParser, borders: bool) -> None:
         parser.add_argument("--borders", nargs="+", type=Path, help="optional painted border masks for --images")
 
 
-def check_data_arguments(args: argparse.Namespace) -> None:
+def check_before_work(args: argparse.Namespace) -> None:
+    """What both commands can refuse before loading anything: data arguments that do not fit together, a device
+    that is not here, an --output that cannot be written."""
+    from ..inference import resolve_device
+    from ..io._atomic import check_output_file
+
+    _check_data_arguments(args)
+    resolve_device(args.device)
+    if args.output:
+        check_output_file(args.output, args.overwrite)
+
+
+def _check_data_arguments(args: argparse.Namespace) -> None:
     from ..errors import CellUnetError as UsageError
 
     borders = getattr(args, "borders", None)

@@ -32,7 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "with --scheduler, each worker's cores)")
     parser.add_argument("--scheduler", default=None, metavar="ADDRESS",
                         help="address of a running dask scheduler (tcp://host:8786) instead of a local cluster")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps, on each worker")
+    parser.add_argument("--device", default="auto",
+                        help="auto, cpu, cuda, cuda:N or mps, on each worker (auto: on the local cluster worker i "
+                             "uses GPU i mod GPUs; with --scheduler each worker its own visible GPU; else the CPU)")
     add_segmentation_options(parser)
     parser.add_argument("--zarr-above", type=checks.int_range(1), default=None, metavar="PIXELS",
                         help="2-D images with more pixels than this are split into chunks segmented across all "
@@ -57,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from .. import distributed as dist
-    from .._progress import Progress
+    from .._progress import Progress, result_of
     from ..inference.devices import cpu_threads
     from ..io._atomic import check_output_folder
 
@@ -85,17 +87,14 @@ def run(args: argparse.Namespace) -> int:
             tqdm.write(f"dask dashboard: {link}", file=sys.stderr)
         return client
 
-    report = None
     try:  # a given scheduler is reached first (a typo is one line at once); a local cluster starts when needed
         steps = dist.iter_batch(args.inputs, args.output_dir, start_client() if args.scheduler else start_client, model=args.model, files=files,
                                 diameter=args.diameter, overwrite=args.overwrite, retries=args.retries,
                                 threads=threads, huge_pixels=args.zarr_above, chunk=args.chunk, measure=args.measure,
                                 **segmentation_params(args))
         with tqdm(total=len(files), unit="image", file=sys.stderr, dynamic_ncols=True) as bar:
-            for item in steps:
-                if isinstance(item, dist.BatchReport):
-                    report = item
-                elif isinstance(item, Progress):
+            def show(item) -> None:
+                if isinstance(item, Progress):
                     bar.reset(total=item.total)
                     bar.set_postfix_str(item.message, refresh=True)
                 else:
@@ -104,6 +103,8 @@ def run(args: argparse.Namespace) -> int:
                         bar.write(f"cell-unet batch: error: {item.error}", file=sys.stderr)
                     elif not args.quiet:
                         bar.write(_line(item))
+
+            report = result_of(steps, on_event=show)
     finally:
         for client in clients:
             dist.close_client(client)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from . import _checks as checks
-from ._data_arguments import add_data_arguments, check_data_arguments, load_pairs
+from ._data_arguments import add_data_arguments, check_before_work, load_pairs
 from ._diameter import add_diameter_argument
 
 COLUMNS = (("n_true", "true", "{:d}"), ("n_pred", "found", "{:d}"), ("f1_50", "F1@.5", "{:.3f}"),
@@ -38,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..model import load_model
 
-    _check_arguments(args)
+    check_before_work(args)
     pairs = load_pairs(args)
     model = load_model(args.model)
     report = _evaluate(model, pairs, args)
@@ -51,21 +51,10 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_arguments(args: argparse.Namespace) -> None:
-    """Before the long work: the data arguments fit together, the device exists, the output can be written."""
-    from ..inference import resolve_device
-    from ..io._atomic import check_output_file
-
-    check_data_arguments(args)
-    resolve_device(args.device)
-    if args.output:
-        check_output_file(args.output, args.overwrite)
-
-
 def _evaluate(model: Any, pairs: list, args: argparse.Namespace) -> dict:
     from tqdm import tqdm
 
-    from ..metrics import evaluate_model
+    from ..evaluation import evaluate_model
 
     params = {"device": args.device, "tile_size": args.tile_size, "cell_threshold": args.cell_threshold,
               "border_threshold": args.border_threshold, "min_size": args.min_size}

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from . import _checks as checks
-from ._data_arguments import add_data_arguments, check_data_arguments, load_pairs
+from ._data_arguments import add_data_arguments, check_before_work, load_pairs
 
 
 # the API's defaults (training.TrainConfig), without importing torch to build the parser
@@ -60,14 +60,10 @@ def run(args: argparse.Namespace) -> int:
 def _check_arguments(args: argparse.Namespace) -> None:
     """Everything that can be checked before training, so that no work is lost to a typo."""
     from ..errors import CellUnetError
-    from ..inference import resolve_device
-    from ..io._atomic import check_output_file
 
-    check_data_arguments(args)
     if args.output.suffix != ".safetensors":
         raise CellUnetError(f"{args.output}: the output must be a .safetensors file")
-    check_output_file(args.output, args.overwrite)
-    resolve_device(args.device)
+    check_before_work(args)
     if args.init not in ("default", "scratch") and not Path(args.init).is_file():
         raise CellUnetError(f"--init {args.init}: no such model file (or use default or scratch)")
 
@@ -75,7 +71,8 @@ def _check_arguments(args: argparse.Namespace) -> None:
 def _train(pairs, args: argparse.Namespace):
     from tqdm import tqdm
 
-    from ..training import TrainConfig, TrainResult, TrainStep, Validation, iter_train
+    from .._progress import result_of
+    from ..training import TrainConfig, TrainStep, Validation, iter_train
 
     config = TrainConfig(steps=args.steps, epochs=args.epochs, minutes=args.minutes, batch_size=args.batch_size,
                          crop_size=args.crop_size, lr=args.lr, val_fraction=args.val_fraction,
@@ -86,20 +83,22 @@ def _train(pairs, args: argparse.Namespace):
     interrupted = []
     previous = signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))
     bar = None
+
+    def show(event) -> None:
+        nonlocal bar
+        if isinstance(event, TrainStep):
+            if bar is None:
+                bar = tqdm(total=event.total_steps, unit="step", dynamic_ncols=True, file=sys.stderr)
+            bar.total = event.total_steps
+            bar.update(event.step - bar.n)
+            bar.set_postfix(loss=f"{event.loss:.4f}", refresh=False)
+        elif isinstance(event, Validation):
+            line = (f"epoch {event.epoch:.2f} step {event.step}: val loss {event.val_loss:.4f}  "
+                    f"Dice {event.dice:.3f}  F1@0.5 {event.f1:.3f}{'  (best)' if event.is_best else ''}")
+            tqdm.write(line, file=sys.stderr) if bar is not None else print(line, file=sys.stderr)
+
     try:
-        for event in iter_train(pairs, init, config, should_stop=lambda: bool(interrupted)):
-            if isinstance(event, TrainStep):
-                if bar is None:
-                    bar = tqdm(total=event.total_steps, unit="step", dynamic_ncols=True, file=sys.stderr)
-                bar.total = event.total_steps
-                bar.update(event.step - bar.n)
-                bar.set_postfix(loss=f"{event.loss:.4f}", refresh=False)
-            elif isinstance(event, Validation):
-                line = (f"epoch {event.epoch:.2f} step {event.step}: val loss {event.val_loss:.4f}  "
-                        f"Dice {event.dice:.3f}  F1@0.5 {event.f1:.3f}{'  (best)' if event.is_best else ''}")
-                tqdm.write(line, file=sys.stderr) if bar is not None else print(line, file=sys.stderr)
-            elif isinstance(event, TrainResult):
-                result = event
+        result = result_of(iter_train(pairs, init, config, should_stop=lambda: bool(interrupted)), on_event=show)
     finally:
         signal.signal(signal.SIGINT, previous)
         if bar is not None:

@@ -1,5 +1,7 @@
-"""Inference: normalisation, device choice, tiled prediction and instance labels (no Qt, no napari)."""
+"""Inference: normalisation, device choice, tiled prediction, instance labels and huge images chunk by chunk
+(no Qt, no napari)."""
 
+from .chunked import iter_segment_dask, segment_dask
 from .devices import DeviceError, available_devices, resolve_device
 from .instances import instances_from_probabilities, instances_in_bands, remove_small_instances
 from .normalize import ImageError, normalize_image
@@ -20,10 +22,12 @@ __all__ = [
     "instances_from_probabilities",
     "instances_in_bands",
     "iter_segment",
+    "iter_segment_dask",
     "model_diameter",
     "normalize_image",
     "predict_probabilities",
     "remove_small_instances",
     "resolve_device",
     "segment",
+    "segment_dask",
 ]

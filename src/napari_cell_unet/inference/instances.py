@@ -13,6 +13,15 @@ BAND_PIXELS = 16_000_000
 BAND_MARGIN = 128
 
 
+def instance_params(model: Any, cell_threshold: float | None = None, border_threshold: float | None = None,
+                    min_size: int | None = None) -> dict[str, Any]:
+    """The model's `postprocessing` with the given values in place of its own (None keeps the model's)."""
+    given = {"cell_threshold": cell_threshold, "border_threshold": border_threshold, "min_size": min_size}
+    params = {**model.postprocessing, **{key: value for key, value in given.items() if value is not None}}
+    params["min_size"] = int(params["min_size"])
+    return params
+
+
 def instances_from_probabilities(cell_prob: np.ndarray, border_prob: np.ndarray, cell_threshold: float = 0.5,
                                  border_threshold: float = 0.5, min_size: int = 30) -> np.ndarray:
     """Instance labels (uint32, 0 = background, ids 1..N consecutive) from 2-D probability maps.
@@ -30,7 +39,7 @@ def instances_from_probabilities(cell_prob: np.ndarray, border_prob: np.ndarray,
         raise ValueError(f"cell and border probabilities must be 2-D arrays of one shape, "
                          f"got {cell_prob.shape} and {border_prob.shape}")
     mask = cell_prob > cell_threshold
-    seeds, n_seeds = ndimage.label(mask & (border_prob < border_threshold))
+    seeds, n_seeds = ndimage.label(seed_mask(cell_prob, border_prob, cell_threshold, border_threshold))
     if n_seeds and min_size > 1:
         # Specks of seed in the narrow necks of a cell would split it: let big seeds flood them.
         seeds = remove_small_instances(seeds, max(2, min_size // 2))
@@ -57,17 +66,32 @@ def instances_in_bands(cell_prob: np.ndarray, border_prob: np.ndarray, cell_thre
     params = {"cell_threshold": cell_threshold, "border_threshold": border_threshold, "min_size": min_size}
     if height <= band_rows + margin:
         return instances_from_probabilities(cell_prob, border_prob, **params)
-    dtype = np.dtype(np.uint32 if height * width < 2**32 - 1 else np.uint64)
+    dtype = keyed_label_dtype(height, width)
     labels = np.zeros((height, width), dtype)
     for start in range(0, height, band_rows):
         stop = min(height, start + band_rows)
         top, bottom = max(0, start - margin), min(height, stop + margin)
-        cell, border = cell_prob[top:bottom], border_prob[top:bottom]
-        local = instances_from_probabilities(cell, border, **params)
-        interior = (cell > cell_threshold) & (border < border_threshold)  # the seeds' pointwise test
-        labels[start:stop] = canonical_ids(local, interior, (top, 0), width, dtype)[start - top:stop - top]
+        keyed = keyed_instances(cell_prob[top:bottom], border_prob[top:bottom], (top, 0), width, dtype, **params)
+        labels[start:stop] = keyed[start - top:stop - top]
     relabel_consecutive(labels, band_rows)
     return labels.astype(np.uint32, copy=False)
+
+
+def seed_mask(cell_prob: np.ndarray, border_prob: np.ndarray, cell_threshold: float,
+              border_threshold: float) -> np.ndarray:
+    """Where instances grow from: cell and not border. A pointwise test, so overlapping windows agree on it."""
+    return (cell_prob > cell_threshold) & (border_prob < border_threshold)
+
+
+def keyed_instances(cell_prob: np.ndarray, border_prob: np.ndarray, origin: tuple[int, int], width: int,
+                    dtype: np.dtype, cell_threshold: float = 0.5, border_threshold: float = 0.5,
+                    min_size: int = 30) -> np.ndarray:
+    """`instances_from_probabilities` of a window at `origin` (row, column) of an image `width` pixels wide, its
+    ids keyed by position (`canonical_ids`), so overlapping windows (bands, dask chunks) name a shared object alike.
+    """
+    local = instances_from_probabilities(cell_prob, border_prob, cell_threshold, border_threshold, min_size)
+    interior = seed_mask(cell_prob, border_prob, cell_threshold, border_threshold)
+    return canonical_ids(local, interior, origin, width, dtype)
 
 
 def remove_small_instances(labels: np.ndarray, min_size: int) -> np.ndarray:
@@ -81,6 +105,12 @@ def remove_small_instances(labels: np.ndarray, min_size: int) -> np.ndarray:
             labels = np.where(too_small[labels], 0, labels)
     relabelled, _, _ = relabel_sequential(labels)
     return relabelled.astype(np.uint32, copy=False)
+
+
+def keyed_label_dtype(height: int, width: int) -> np.dtype:
+    """The label type of position-keyed ids (`canonical_ids`) in an image of `height` x `width` pixels: the ids go
+    up to height * width, so uint32 (uint64 from 2**32 pixels)."""
+    return np.dtype(np.uint32 if height * width < 2**32 - 1 else np.uint64)
 
 
 def canonical_ids(local: np.ndarray, interior: np.ndarray, origin: tuple[int, int], width: int,

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from ..errors import CellUnetError
 
-# Percentiles of huge images are estimated on an evenly strided sample of this many
+# Percentiles of huge images are estimated on an evenly strided sample of at most this many
 # pixels: the estimate is accurate to a fraction of a percentile and avoids copying
 # (and partially sorting) an 8000 x 8000 image.
-_PERCENTILE_SAMPLE = 4_000_000
+PERCENTILE_SAMPLE_PIXELS = 4_000_000
 _RGB_TO_GRAY = np.array([0.2125, 0.7154, 0.0721], dtype=np.float32)  # ITU-R 709, as skimage.color.rgb2gray
 
 
@@ -17,19 +19,31 @@ class ImageError(CellUnetError, ValueError):
     """An image that cannot be segmented (empty, constant, no finite values, wrong shape)."""
 
 
-def percentile_range(image: np.ndarray, low: float = 1.0, high: float = 99.8) -> tuple[float, float]:
-    """The `low` and `high` percentiles of the finite pixels of `image`.
+def percentile_sample(image: Any) -> np.ndarray:
+    """The pixels of `image` (numpy, memmap or dask), or for a larger image an evenly spaced grid of at most
+    `PERCENTILE_SAMPLE_PIXELS` of them (every n-th row, every m-th column); only the sample is read from a lazy
+    image. A grid, not every k-th pixel of the flattened image: that stride can fall in step with the rows."""
+    size = int(np.prod(image.shape))
+    if size <= PERCENTILE_SAMPLE_PIXELS:
+        return np.asarray(image).reshape(-1)
+    if len(image.shape) < 2:
+        return np.asarray(image[:: -(-size // PERCENTILE_SAMPLE_PIXELS)])
+    row_step = int(np.ceil(np.sqrt(size / PERCENTILE_SAMPLE_PIXELS)))
+    column_step = -(-size // (PERCENTILE_SAMPLE_PIXELS * row_step))
+    return np.asarray(image[..., ::row_step, ::column_step]).reshape(-1)
+
+
+def percentile_range(image: Any, low: float = 1.0, high: float = 99.8) -> tuple[float, float]:
+    """The `low` and `high` percentiles of the finite pixels of `image` (of `percentile_sample(image)`).
 
     Raises `ImageError` for an empty image, one without finite values, or a constant one.
     """
-    image = np.asarray(image)
-    if image.size == 0:
-        raise ImageError(f"image is empty (shape {image.shape})")
+    image = image if hasattr(image, "shape") else np.asarray(image)
+    if int(np.prod(image.shape)) == 0:
+        raise ImageError(f"image is empty (shape {tuple(image.shape)})")
     if not 0 <= low < high <= 100:
         raise ValueError(f"percentiles must satisfy 0 <= low < high <= 100, got {low}, {high}")
-    sample = image.reshape(-1)
-    if sample.size > _PERCENTILE_SAMPLE:
-        sample = sample[:: sample.size // _PERCENTILE_SAMPLE]
+    sample = percentile_sample(image)
     if sample.dtype.kind == "f":
         sample = sample[np.isfinite(sample)]
         if sample.size == 0:
@@ -66,6 +80,19 @@ def _needs_float64(dtype: np.dtype, lo: float, hi: float) -> bool:
         return dtype.itemsize >= 4 and max(abs(lo), abs(hi)) >= 2**24
     return dtype.kind == "f" and dtype.itemsize > 4 and (
         max(abs(lo), abs(hi)) > 1e30 or 0 < hi - lo < 1e-30 * max(abs(lo), abs(hi), 1.0))
+
+
+def channel_ranges(channels: np.ndarray, normalization: dict[str, Any]) -> list[tuple[float, float]]:
+    """Per-channel (low, high) intensities of a (C, H, W) image, as a model's `normalization` metadata asks
+    (`CellModel.normalization`): what inference maps to 0 and 1."""
+    if normalization.get("method", "percentile") != "percentile":
+        raise ImageError(f"unsupported normalisation method {normalization.get('method')!r} in the model metadata")
+    return [percentile_range(channel, normalization["low"], normalization["high"]) for channel in channels]
+
+
+def normalize_channels(channels: np.ndarray, ranges: list[tuple[float, float]]) -> np.ndarray:
+    """(C, H, W) float32: each channel mapped from its (low, high) range to 0..1 (`apply_normalization`)."""
+    return np.stack([apply_normalization(channel, lo, hi) for channel, (lo, hi) in zip(channels, ranges)])
 
 
 def normalize_image(image: np.ndarray, low: float = 1.0, high: float = 99.8) -> np.ndarray:

@@ -16,7 +16,7 @@ import torch
 
 from .._progress import Progress, result_of
 from .devices import autocast_dtype, channels_last, cpu_threads, resolve_device, resolve_precision
-from .normalize import ImageError, apply_normalization, is_rgb, percentile_range, to_model_channels
+from .normalize import channel_ranges, is_rgb, normalize_channels, to_model_channels
 from .tiling import TileGrid, make_grid
 
 DEFAULT_TILE_SIZE = 1024
@@ -97,10 +97,7 @@ class TiledPredictor:
 
     def normalization_ranges(self, channels: np.ndarray) -> list[tuple[float, float]]:
         """Per-channel percentile (low, high) of a (C, H, W) image, as the model's metadata asks."""
-        norm = self.model.normalization
-        if norm.get("method", "percentile") != "percentile":
-            raise ImageError(f"unsupported normalisation method {norm.get('method')!r} in the model metadata")
-        return [percentile_range(channel, norm["low"], norm["high"]) for channel in channels]
+        return channel_ranges(channels, self.model.normalization)
 
     def close(self) -> None:
         """Move the network back where it was, restore its mode and torch's thread count, free GPU memory."""
@@ -183,8 +180,7 @@ def size_multiple(architecture: dict[str, Any]) -> int:
 
 def _cut_tile(channels: np.ndarray, ranges: list[tuple[float, float]], y: int, x: int,
               tile: tuple[int, int]) -> np.ndarray:
-    region = channels[:, y:y + tile[0], x:x + tile[1]]
-    out = np.stack([apply_normalization(c, lo, hi) for c, (lo, hi) in zip(region, ranges)])
+    out = normalize_channels(channels[:, y:y + tile[0], x:x + tile[1]], ranges)
     pad = ((0, 0), (0, tile[0] - out.shape[1]), (0, tile[1] - out.shape[2]))
     if pad[1][1] or pad[2][1]:
         out = np.pad(out, pad, mode="symmetric")

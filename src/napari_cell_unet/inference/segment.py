@@ -11,9 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from .._progress import Progress
+from .._progress import Progress, result_of, relay
 from .diameter import DiameterEstimate, iter_estimate_diameter
-from .instances import BAND_MARGIN, instances_in_bands
+from .instances import BAND_MARGIN, instance_params, instances_in_bands
 from .normalize import ImageError, is_rgb
 from .predict import DEFAULT_BATCH_SIZE, DEFAULT_OVERLAP, DEFAULT_TILE_SIZE, TiledPredictor
 from .rescale import diameter_scale, rescale_plane, resize_probabilities, scaled_shape
@@ -44,8 +44,9 @@ def iter_segment(image: Any, model: Any = None, *, device: str = "auto", tile_si
                  precision: str = "auto", threads: int | None = None, cell_threshold: float | None = None,
                  border_threshold: float | None = None, min_size: int | None = None,
                  return_probabilities: bool = False, rgb: bool | None = None, diameter: float | str | None = AUTO,
-                 tta: bool = False) -> Generator[Progress | SegmentationResult, None, None]:
-    """Segment a 2-D image or a stack; yield `Progress` per tile batch, then one `SegmentationResult`.
+                 tta: bool = False) -> Generator[Progress, None, SegmentationResult]:
+    """Segment a 2-D image or a stack; yield `Progress` per tile batch and return the `SegmentationResult`
+    (`result = yield from iter_segment(...)`, or `_progress.result_of(iter_segment(...))`).
 
     image: (H, W), (H, W, 3|4) colour, or any leading axes (T, Z, ...) before those, as numpy,
         dask or any array that slices lazily; leading axes are processed slice by slice.
@@ -64,10 +65,7 @@ def iter_segment(image: Any, model: Any = None, *, device: str = "auto", tile_si
     gets empty labels and a warning; a single blank image raises `ImageError`.
     """
     model = _resolve_model(model)
-    post = model.postprocessing
-    post_params = {"cell_threshold": post["cell_threshold"] if cell_threshold is None else cell_threshold,
-                   "border_threshold": post["border_threshold"] if border_threshold is None else border_threshold,
-                   "min_size": int(post["min_size"] if min_size is None else min_size)}
+    post_params = instance_params(model, cell_threshold, border_threshold, min_size)
     shape = tuple(np.shape(image))
     rgb = is_rgb(shape) if rgb is None else rgb
     plane_ndim = 3 if rgb else 2
@@ -111,8 +109,8 @@ def iter_segment(image: Any, model: Any = None, *, device: str = "auto", tile_si
             del probs
             yield Progress((number + 1) * steps, len(slices) * steps, f"{prefix}instances done")
         n_cells = sum(int(labels[index].max(initial=0)) for index in slices)
-        yield SegmentationResult(labels, probabilities, n_cells, time.perf_counter() - started, predictor.device_name,
-                                 None if diameter is None else float(diameter), estimate)
+        return SegmentationResult(labels, probabilities, n_cells, time.perf_counter() - started,
+                                  predictor.device_name, None if diameter is None else float(diameter), estimate)
     finally:
         predictor.close()
 
@@ -124,18 +122,10 @@ def segment(image: Any, model: Any = None, *, progress: Callable[[Progress], Non
     Returns `(labels, probabilities)` with `return_probabilities=True`, and None when
     `should_stop()` returned True (cancelled). Other parameters: see `iter_segment`.
     """
-    steps = iter_segment(image, model, **params)
-    try:
-        for item in steps:
-            if isinstance(item, SegmentationResult):
-                return (item.labels, item.probabilities) if params.get("return_probabilities") else item.labels
-            if progress is not None:
-                progress(item)
-            if should_stop is not None and should_stop():
-                return None
-    finally:
-        steps.close()
-    raise RuntimeError("segmentation ended without a result")  # unreachable unless iter_segment is broken
+    result = result_of(iter_segment(image, model, **params), on_event=progress, should_stop=should_stop)
+    if result is None:
+        return None
+    return (result.labels, result.probabilities) if params.get("return_probabilities") else result.labels
 
 
 def _iter_auto_diameter(predictor: TiledPredictor, probe_model: Any, image: Any, slices: list[tuple[int, ...]],
@@ -171,13 +161,9 @@ def _iter_slice(predictor: TiledPredictor, plane: np.ndarray, rgb: bool, scale: 
     """Predict one 2-D slice (zoomed by `scale`, probabilities resized back to the slice's shape),
     turning its tile progress into progress over the whole run."""
     tiles = predictor.iter_predict(rescale_plane(plane, scale, rgb), rgb=rgb)
-    try:
-        while True:
-            step = next(tiles)
-            done = offset + round(step.fraction * (steps - 1))
-            yield Progress(done, total, prefix + step.message)
-    except StopIteration as finished:
-        return resize_probabilities(finished.value, plane.shape[:2])
+    probabilities = yield from relay(tiles, lambda step: Progress(offset + round(step.fraction * (steps - 1)), total,
+                                                                  prefix + step.message))
+    return resize_probabilities(probabilities, plane.shape[:2])
 
 
 def _resolve_model(model: Any):

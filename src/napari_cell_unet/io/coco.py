@@ -9,8 +9,9 @@ import math
 from collections.abc import Iterable, Iterator
 from functools import cached_property
 from pathlib import Path, PurePosixPath, PureWindowsPath
-from typing import Any
+from typing import Annotated, Any, NamedTuple
 
+import msgspec
 import numpy as np
 
 from .errors import CocoFormatError, ImageFileError
@@ -29,9 +30,12 @@ class CocoDataset:
     (``image_ids[i]`` is the COCO id)."""
 
     def __init__(self, path: str | Path, data: Any):
+        """``data``: the parsed file; annotations given as ``msgspec.Raw`` JSON text (``read_coco(lazy=True)``)
+        are decoded, and their segmentations checked, only when their image is asked for."""
         self.path = Path(path)
-        self.images, self.categories, self._annotations = _validate(self.path, data)
+        self.images, self.categories, self._entries, self._rows = _validate(self.path, data)
         self.image_ids: list[int] = [image["id"] for image in self.images]
+        self._by_image = _group_by_image(self._rows)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -41,7 +45,7 @@ class CocoDataset:
 
     @property
     def n_annotations(self) -> int:
-        return sum(len(anns) for anns in self._annotations.values())
+        return len(self._entries)
 
     def file_name(self, i: int) -> str:
         return self.images[i]["file_name"]
@@ -51,7 +55,18 @@ class CocoDataset:
 
     def annotations(self, i: int) -> list[dict]:
         """The annotations of image ``i``, in file order (label ``k`` is annotation ``k-1``)."""
-        return self._annotations.get(self.image_ids[i], [])
+        return [self._decoded(self._entries[k], i) for k in self._by_image.get(self.image_ids[i], ())]
+
+    def _decoded(self, entry: dict | Any, i: int) -> dict:
+        if isinstance(entry, dict):  # parsed and validated when the file was read
+            return entry
+        try:
+            ann = msgspec.json.decode(entry)
+        except msgspec.DecodeError as exc:
+            raise CocoFormatError(self.path, f"not valid JSON in an annotation of image {self.image_ids[i]} ({exc})"
+                                  ) from None
+        _check_segmentation(self.path, ann, self.shape(i))
+        return ann
 
     def image_path(self, i: int) -> Path | None:
         """Where image ``i`` was found (see ``searched_folders``), or None."""
@@ -92,13 +107,12 @@ class CocoDataset:
 
     def annotation_table(self) -> dict[str, np.ndarray]:
         """One row per annotation (in image order): ids and categories, for a labels layer's features."""
-        anns = [ann for image_id in self.image_ids for ann in self._annotations.get(image_id, [])]
-        category_ids = np.array([ann.get("category_id", 0) for ann in anns], dtype=np.int64)
+        order = [self._by_image[image_id] for image_id in self.image_ids if image_id in self._by_image]
+        rows = self._rows[np.concatenate(order)] if order else self._rows
+        category_ids = rows[:, 2]
         known, index = np.unique(category_ids, return_inverse=True)
         names = np.array([self.categories.get(int(c), "") for c in known], dtype=object)[index]
-        return {"annotation_id": np.array([ann["id"] for ann in anns], dtype=np.int64),
-                "image_id": np.array([ann["image_id"] for ann in anns], dtype=np.int64),
-                "category_id": category_ids, "category": names}
+        return {"annotation_id": rows[:, 0], "image_id": rows[:, 1], "category_id": category_ids, "category": names}
 
     @property
     def searched_folders(self) -> list[str]:
@@ -131,11 +145,16 @@ class CocoDataset:
         return next((c for c in candidates if c.is_file()), None)
 
 
-def read_coco(path: str | Path) -> CocoDataset:
-    """Load and validate a COCO instance-segmentation JSON (LIVECell's dict-shaped annotations too)."""
+def read_coco(path: str | Path, lazy: bool = False) -> CocoDataset:
+    """Load and validate a COCO instance-segmentation JSON (LIVECell's dict-shaped annotations too).
+
+    ``lazy``: keep each annotation as its JSON text until its image is asked for (napari's reader: a
+    LIVECell-sized file opens several times faster, in a fraction of the memory). Ids and image references
+    are still checked here; a bad segmentation raises `CocoFormatError` from ``labels(i)``/``annotations(i)``.
+    """
     path = Path(path)
     with paused_garbage_collection():
-        return _read_coco(path)
+        return _read_coco(path, lazy)
 
 
 @contextlib.contextmanager
@@ -151,9 +170,10 @@ def paused_garbage_collection() -> Iterator[None]:
             gc.enable()
 
 
-def _read_coco(path: Path) -> CocoDataset:
+def _read_coco(path: Path, lazy: bool) -> CocoDataset:
     try:
-        data = _load_json(path.read_bytes())
+        content = path.read_bytes()
+        data = _load_lazily(content) if lazy else _load_json(content)
     except FileNotFoundError:
         raise CocoFormatError(path, "file not found") from None
     except OSError as exc:  # a folder, no permission, an I/O error
@@ -172,23 +192,87 @@ def _load_json(content: bytes) -> Any:
     return orjson.loads(content)
 
 
+def _load_lazily(content: bytes) -> Any:
+    """The file with every annotation left as JSON text (``msgspec.Raw``: a view of ``content``, no objects
+    per polygon point) and the ids of each in a table. Anything msgspec's types refuse (not COCO, an id out
+    of range, a missing key) is parsed whole instead, for _validate to name the problem as it always has."""
+    try:
+        coco = msgspec.json.decode(content, type=_LazyCoco)
+        entries = list(coco.annotations.values()) if isinstance(coco.annotations, dict) else coco.annotations
+        keys = [_KEYS.decode(entry) for entry in entries]
+    except msgspec.ValidationError:
+        return _load_json(content)
+    rows = np.array([(k.id, k.image_id, k.category_id) for k in keys], dtype=np.int64).reshape(-1, 3)
+    return {"images": coco.images, "annotations": _RawAnnotations(entries, rows), "categories": coco.categories}
+
+
+class _RawAnnotations(NamedTuple):
+    """Annotations as their JSON text, with (id, image_id, category_id) rows in the same (file) order."""
+
+    entries: list[msgspec.Raw]
+    rows: np.ndarray
+
+
+class _LazyCoco(msgspec.Struct):
+    images: Any
+    annotations: list[msgspec.Raw] | dict[str, msgspec.Raw]
+    categories: Any = None
+
+
+class _AnnotationKeys(msgspec.Struct):
+    id: Annotated[int, msgspec.Meta(gt=0, lt=2**32)]
+    image_id: Annotated[int, msgspec.Meta(ge=0, le=MAX_ID)]
+    segmentation: msgspec.Raw  # required; checked when its image is decoded
+    category_id: Annotated[int, msgspec.Meta(ge=0, le=MAX_ID)] = 0
+
+
+_KEYS = msgspec.json.Decoder(_AnnotationKeys)
+
+
 def looks_like_coco(data: Any) -> bool:
     return isinstance(data, dict) and "images" in data and "annotations" in data
 
 
-def _validate(path: Path, data: Any) -> tuple[list[dict], dict[int, str], dict[int, list[dict]]]:
+def _validate(path: Path, data: Any) -> tuple[list[dict], dict[int, str], list[Any], np.ndarray]:
+    """Images, categories, annotations (dicts, or JSON text to decode per image) and their
+    (id, image_id, category_id) rows, in file order."""
     if not looks_like_coco(data):
         keys = ", ".join(map(repr, list(data)[:5])) if isinstance(data, dict) else type(data).__name__
         raise CocoFormatError(path, f"not a COCO annotation file: needs 'images' and 'annotations' (found {keys})")
     images = _validate_images(path, data["images"])
-    sizes = {image["id"]: (image["height"], image["width"]) for image in images}
     categories = _validate_categories(path, data.get("categories") or [])
-    by_image: dict[int, list[dict]] = {}
+    if isinstance(data["annotations"], _RawAnnotations):
+        entries, rows = data["annotations"]
+        _check_rows(path, rows, np.array([image["id"] for image in images], dtype=np.int64))
+        return images, categories, entries, rows
+    sizes = {image["id"]: (image["height"], image["width"]) for image in images}
+    entries = list(_annotation_list(path, data["annotations"]))
     seen: set[int] = set()
-    for ann in _annotation_list(path, data["annotations"]):
+    for ann in entries:
         _validate_annotation(path, ann, sizes, seen)
-        by_image.setdefault(ann["image_id"], []).append(ann)
-    return images, categories, by_image
+    rows = np.array([(ann["id"], ann["image_id"], ann.get("category_id", 0)) for ann in entries],
+                    dtype=np.int64).reshape(-1, 3)
+    return images, categories, entries, rows
+
+
+def _check_rows(path: Path, rows: np.ndarray, image_ids: np.ndarray) -> None:
+    """What _validate_annotation checks of ids that msgspec's types cannot: duplicates, unknown images."""
+    ids = rows[:, 0]
+    order = np.argsort(ids, kind="stable")
+    repeated = order[1:][ids[order[1:]] == ids[order[:-1]]]
+    if repeated.size:
+        raise CocoFormatError(path, f"annotation id {int(ids[repeated.min()])} appears twice")
+    unknown = np.flatnonzero(~np.isin(rows[:, 1], image_ids))
+    if unknown.size:
+        ann_id, image_id = rows[unknown[0], :2].tolist()
+        raise CocoFormatError(path, f"annotation {ann_id} refers to image id {image_id!r}, which is not in 'images'")
+
+
+def _group_by_image(rows: np.ndarray) -> dict[int, np.ndarray]:
+    """Positions of each image's annotations, in file order."""
+    order = np.argsort(rows[:, 1], kind="stable")
+    image_ids, starts = np.unique(rows[order, 1], return_index=True)
+    return dict(zip(image_ids.tolist(), np.split(order, starts[1:])))
 
 
 def _annotation_list(path: Path, annotations: Any) -> Iterable[dict]:
@@ -262,11 +346,15 @@ def _validate_annotation(path: Path, ann: Any, sizes: dict[int, tuple[int, int]]
     if size is None:
         raise CocoFormatError(path, f"annotation {ann_id} refers to image id {ann['image_id']!r}, "
                               "which is not in 'images'")
+    _check_segmentation(path, ann, size)
+
+
+def _check_segmentation(path: Path, ann: dict, size: tuple[int, int]) -> None:
     if _polygons_inside(ann["segmentation"], size[1] + POLYGON_TOLERANCE_PX, size[0] + POLYGON_TOLERANCE_PX):
         return
     problem = _segmentation_problem(ann["segmentation"], *size)
     if problem:
-        raise CocoFormatError(path, f"annotation {ann_id} (image {ann['image_id']}): {problem}")
+        raise CocoFormatError(path, f"annotation {ann['id']} (image {ann['image_id']}): {problem}")
 
 
 def _polygons_inside(seg: Any, x_max: float, y_max: float) -> bool:

@@ -66,7 +66,10 @@ class CellModel:
 
     @property
     def postprocessing(self) -> dict[str, Any]:
-        return {**DEFAULT_POSTPROCESSING, **self.metadata.get("postprocessing", {})}
+        """cell_threshold, border_threshold, min_size: the model's tuned values, `DEFAULT_POSTPROCESSING` where
+        the metadata has none. The one place these defaults are completed."""
+        stored = self.metadata.get("postprocessing", {})
+        return {key: stored.get(key, default) for key, default in DEFAULT_POSTPROCESSING.items()}
 
     @property
     def device(self):

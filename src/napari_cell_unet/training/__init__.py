@@ -4,7 +4,9 @@ Importing this package imports torch (it is only imported on demand by the CLI, 
 and `napari_cell_unet.train`).
 """
 
-from .loop import TrainConfig, Trainer, TrainResult, TrainStep, Validation, iter_train, resolve_model, train
+from .config import TrainConfig
+from .events import TrainResult, TrainStep, Validation
+from .loop import Trainer, iter_train, resolve_model, train
 from .pairs import TrainingPair, painted_region, pairs_from_arrays, pairs_from_coco, pairs_from_files, pairs_from_folder
 from .targets import TrainingDataError, as_instance_labels, derive_borders, make_targets
 

@@ -1,130 +1,47 @@
 """The training loop: fine-tuning or training from scratch, as a generator of progress events.
 
-    for event in iter_train(pairs, model="default", config=TrainConfig(steps=100)):
-        ...  # Progress, TrainStep, Validation; the last event is a TrainResult
+    result = yield from iter_train(pairs, model="default", config=TrainConfig(steps=100))
+    # yields Progress, TrainStep, Validation; returns the TrainResult (`train(...)` is the blocking form)
 
 Cancelling keeps the best model so far: pass `should_stop` (checked every step) and the
-generator ends with a TrainResult(cancelled=True); or use a `Trainer` and read
+generator returns a TrainResult(cancelled=True); or use a `Trainer` and read
 `trainer.result` after closing its generator.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import platform
 import time
-from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Iterator, Sequence, Union
+from dataclasses import asdict
+from typing import Any, Callable, Generator, Iterator, Sequence
 
 import numpy as np
 import torch
 
-from .._progress import Progress
+from .._progress import Progress, result_of
+from ..inference.devices import native_bf16_cpu
 from ..model import CellModel
 from ..model.files import BUNDLED_PROBES, descends_from_bundled
 from .augment import AugmentConfig, CropSampler
+from .base_model import BaseModelTargets
+from .config import FINE_TUNING_LR, ModelSpec, TrainConfig
+from .events import TrainEvent, TrainResult, TrainStep, Validation
 from .losses import distillation_loss, segmentation_loss
 from .pairs import TrainingPair, require_cells, zoom_to_diameter
 from .targets import TrainingDataError, make_targets
-from .validation import (MIN_HELD_OUT_CELLS, HeldOut, TrainPart, held_out_cells, score_key, split_validation,
-                         validate)
+from .validation import (held_out_cells, held_out_window, improvement, prepare_validation, score_key,
+                         split_validation, validate)
 
-__all__ = ["TrainConfig", "TrainResult", "TrainStep", "Trainer", "Validation", "iter_train", "resolve_model",
-           "split_validation", "train", "validate"]
-
-ModelSpec = Union[str, os.PathLike, CellModel]
-# Adam moves every weight by about the learning rate per step whatever the gradient: on a few crops of one image
-# 1e-3 changes the bundled model's instance calibration everywhere (held-out F1 down within 10 steps)
-FINE_TUNING_LR = 1e-4
-
-
-@dataclass
-class TrainConfig:
-    """How to train. Give `steps`, `epochs` or `minutes` (a wall-clock budget); none = 100 steps.
-
-    An epoch is as many crops as cover the annotated pixels of the training pairs once.
-    """
-
-    steps: int | None = None
-    epochs: float | None = None
-    minutes: float | None = None
-    batch_size: int | None = None  # None: 8 on a GPU, 4 on the CPU
-    crop_size: int | None = None  # None: 256 on a GPU, 128 on the CPU (keeps CPU fine-tuning near 0.5 s/step)
-    lr: float | None = None  # None: 1e-4 when fine-tuning (measured: issue 8, benchmarks/RESULTS.md), 1e-3 from scratch
-    weight_decay: float = 1e-4
-    warmup_fraction: float = 0.05
-    val_fraction: float = 0.2
-    validations: int = 10  # validations over the run (when validate_every is None); 0 = none, keep the last model
-    validate_every: int | None = None  # steps between validations
-    early_stopping_patience: int | None = None  # validations without improvement before stopping
-    border_weight: float = 1.0
-    border_thickness: int = 2
-    seed: int = 0
-    device: str = "auto"
-    threads: int | None = None  # torch CPU threads while training (None: torch's default)
-    amp: bool = True  # mixed precision on CUDA (bf16 where supported, else fp16 with a GradScaler)
-    augment: bool = True
-    scale_range: tuple[float, float] = (1.0, 1.0)  # zoom augmentation of crops (log-uniform); (1, 1) = off
-    # fine-tuning: zoom each pair so its cells have the model's cell_diameter, as inference does
-    match_model_diameter: bool = True
-    # train only the decoder: about twice as fast on a CPU. None = freeze when fine-tuning a
-    # trained model on the CPU (not when training from scratch or on a GPU)
-    freeze_encoder: bool | None = None
-    # keep every batch-norm layer's statistics fixed (eval mode) while training. None = when fine-tuning
-    freeze_batchnorm: bool | None = None
-    # weight of the base model's own predictions as soft targets outside the annotated region of a
-    # partially annotated pair (keeps what was not painted as the base model had it); 0 = off
-    distill: float = 1.0
-    # in a partially annotated pair, a cell the base model finds that overlaps no painted cell is left out
-    # of the region (it keeps the base model's prediction) instead of being taught as background
-    protect_unpainted: bool = True
-    architecture: dict[str, Any] | None = None  # for model="scratch"; None = the default architecture
-    name: str | None = None  # name of the trained model
-
-
-@dataclass
-class TrainStep:
-    step: int
-    total_steps: int
-    epoch: float
-    loss: float
-    lr: float
-
-
-@dataclass
-class Validation:
-    step: int
-    epoch: float
-    val_loss: float
-    dice: float
-    f1: float
-    is_best: bool
-
-
-@dataclass
-class TrainResult:
-    """The best trained model. `base_metrics` is the starting model's validation (step 0, same pixels),
-    `metrics` the returned model's; `improved` says whether it beats the start (None: no validation)."""
-
-    model: CellModel
-    history: list[dict] = field(default_factory=list)
-    best_step: int = 0
-    stopped_early: bool = False
-    cancelled: bool = False
-    base_metrics: dict[str, float] | None = None
-    metrics: dict[str, float] | None = None
-    improved: bool | None = None
-    held_out_cells: int = 0  # annotated cells in the validation data; below MIN_HELD_OUT_CELLS improved is None
-
-
-TrainEvent = Union[Progress, TrainStep, Validation, TrainResult]
+__all__ = ["Trainer", "iter_train", "resolve_model", "train"]
 
 
 def iter_train(pairs: Sequence[TrainingPair], model: ModelSpec = "default", config: TrainConfig | None = None,
                val_pairs: Sequence[TrainingPair] | None = None,
-               should_stop: Callable[[], bool] | None = None) -> Iterator[TrainEvent]:
-    """Train and yield Progress / TrainStep / Validation events, then one TrainResult.
+               should_stop: Callable[[], bool] | None = None) -> Generator[TrainEvent, None, TrainResult]:
+    """Train, yielding Progress / TrainStep / Validation events; returns the TrainResult.
 
     model: "default" (the bundled model), "scratch" (new network of `config.architecture`),
     a CellModel (copied, never modified) or the path of a model file.
@@ -141,16 +58,13 @@ def train(pairs: Sequence[TrainingPair], model: ModelSpec = "default", config: T
           should_stop: Callable[[], bool] | None = None,
           on_event: Callable[[TrainEvent], None] | None = None) -> TrainResult:
     """Blocking wrapper of `iter_train`; returns the TrainResult (the best model)."""
-    result = None
-    for event in iter_train(pairs, model, config, val_pairs, should_stop):
-        if isinstance(event, TrainResult):
-            result = event
-        elif on_event is not None:
+    def deliver(event: TrainEvent) -> None:
+        if on_event is not None:
             on_event(event)
         if progress is not None and isinstance(event, Progress):
             progress(event)
-    assert result is not None
-    return result
+
+    return result_of(iter_train(pairs, model, config, val_pairs, should_stop), on_event=deliver)
 
 
 def resolve_model(model: ModelSpec, architecture: dict[str, Any] | None = None) -> CellModel:
@@ -196,14 +110,14 @@ class Trainer:
     def stopping(self) -> bool:
         return self._stop_requested or (self._should_stop is not None and bool(self._should_stop()))
 
-    def events(self) -> Iterator[TrainEvent]:
+    def events(self) -> Generator[TrainEvent, None, TrainResult]:
         run = self._run = _Run(self)
         try:
             yield from run.execute()
         finally:
             self.result = run.finish() if run.model is not None else None
             run.release()
-        yield self.result
+        return self.result
 
 
 class _Run:
@@ -240,10 +154,11 @@ class _Run:
         self.model = resolve_model(self.trainer.model_spec, cfg.architecture)
         self.from_bundled = not self._scratch and descends_from_bundled(self.model)
         network = self.model.network.to(self.device)
-        if self.device.type == "cuda":
+        self.channels_last = self.device.type == "cuda" or (cfg.amp and _amp_dtype(self.device) is not None)
+        if self.channels_last:
             network.to(memory_format=torch.channels_last)
         yield Progress(0, 0, "preparing the training data")
-        self._base_probabilities: dict[int, np.ndarray] = {}
+        self.base = BaseModelTargets(self.model, self.device, 0.0 if self._scratch else cfg.distill)
         pairs, val_pairs = self.trainer.pairs, self.trainer.val_pairs
         if cfg.match_model_diameter and not self._scratch:
             from ..inference import model_diameter
@@ -252,9 +167,9 @@ class _Run:
             pairs = [zoom_to_diameter(p, reference) for p in pairs]
             val_pairs = None if val_pairs is None else [zoom_to_diameter(p, reference) for p in val_pairs]
         train_pairs, val_pairs = split_validation(pairs, val_pairs, cfg.val_fraction, cfg.seed,
-                                                  base_cells=None if self._scratch else self._base_cells)
+                                                  base_cells=None if self._scratch else self.base.cells)
         self.train_data, self.val_data = self._prepare_all(train_pairs, val_pairs)
-        self._base_probabilities.clear()
+        self.base.forget()
         self.train_names = [p.name for p in train_pairs]
         self.val_names = [p.name for p in val_pairs]
         generator = torch.Generator().manual_seed(cfg.seed)
@@ -293,9 +208,11 @@ class _Run:
         from concurrent.futures import ThreadPoolExecutor
 
         for pair in train_pairs:  # the base model's predictions first, while the network is the base
-            if self._distill_mask(pair) is not None:
-                self._base_prediction(pair)
-        jobs = [(self._prepare, p) for p in train_pairs] + [(self._prepare_validation, p) for p in val_pairs]
+            if self.base.distill_mask(pair) is not None:
+                self.base.prediction(pair)
+        validation_item = functools.partial(prepare_validation, model=self.model,
+                                            border_thickness=self.config.border_thickness)
+        jobs = [(self._prepare, p) for p in train_pairs] + [(validation_item, p) for p in val_pairs]
         with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
             prepared = list(pool.map(lambda job: job[0](job[1]), jobs))
         return prepared[:len(train_pairs)], prepared[len(train_pairs):]
@@ -305,13 +222,13 @@ class _Run:
         image = _normalized(pair.image, self.model)
         instances, cell, border = make_targets(pair.labels, pair.borders, self.config.border_thickness)
         region = pair.region if pair.region is not None else np.ones(cell.shape, bool)
-        distill = self._distill_mask(pair)
+        distill = self.base.distill_mask(pair)
         if distill is not None and self.config.protect_unpainted:
-            unpainted = self._unpainted_cells(pair, instances)
-            region, distill = region & ~unpainted, distill | (unpainted & ~_excluded(pair))
+            unpainted = self.base.unpainted_cells(pair, instances)
+            region, distill = region & ~unpainted, distill | (unpainted & ~held_out_window(pair))
         channels = [cell, border, region]
         if distill is not None:
-            soft = np.rint(self._base_prediction(pair) * 255).astype(np.uint8)
+            soft = np.rint(self.base.prediction(pair) * 255).astype(np.uint8)
             channels += [distill.astype(np.uint8) * 255, soft[0], soft[1]]
         else:
             channels += [np.zeros(cell.shape, np.uint8)] * 3
@@ -320,50 +237,6 @@ class _Run:
         image, target = _pad_to(image, target, self._crop_size())
         return {"image": torch.from_numpy(image).to(self.device), "target": torch.from_numpy(target).to(self.device),
                 "shape": cell.shape, "name": pair.name, "weight": pair.weight}
-
-    def _prepare_validation(self, pair: TrainingPair) -> dict[str, Any]:
-        """The raw image and the intensity range inference would use (the whole source image's)."""
-        instances, cell, border = make_targets(pair.labels, pair.borders, self.config.border_thickness)
-        region = pair.region
-        annotated = region if region is not None else np.ones(cell.shape, bool)
-        source = pair.source if isinstance(pair, HeldOut) and pair.source is not None else pair.image
-        return {"image": pair.image, "ranges": _intensity_ranges(source, self.model),
-                "target": torch.from_numpy(np.stack([cell, border, annotated]).astype(np.uint8)),
-                "instances": np.where(annotated, instances, 0), "region": region, "name": pair.name}
-
-    def _distill_mask(self, pair: TrainingPair) -> np.ndarray | None:
-        """Where the base model's predictions are the targets: outside the annotated region of a partially
-        annotated pair, but not in a window held out for validation."""
-        if self.config.distill <= 0 or pair.region is None or self._scratch:
-            return None
-        mask = ~pair.region & ~_excluded(pair)
-        return mask if mask.any() else None  # nothing: fully annotated apart from a held-out strip
-
-    def _base_prediction(self, pair: TrainingPair) -> np.ndarray:
-        """(2, H, W) probabilities of the starting model on the pair's whole image (inference path, cached)."""
-        from ..inference.predict import predict_probabilities
-
-        key = id(pair.image)
-        if key not in self._base_probabilities:
-            self._base_probabilities[key] = predict_probabilities(pair.image, self.model, device=self.device)
-        return self._base_probabilities[key]
-
-    def _unpainted_cells(self, pair: TrainingPair, painted: np.ndarray) -> np.ndarray:
-        """Pixels of the base model's cells that overlap no painted cell (less than a tenth of their area)."""
-        from ..inference import instances_from_probabilities
-
-        params = {k: v for k, v in self.model.postprocessing.items()
-                  if k in ("cell_threshold", "border_threshold", "min_size")}
-        probabilities = self._base_prediction(pair)
-        found = instances_from_probabilities(probabilities[0], probabilities[1], **params)
-        area = np.bincount(found.ravel())
-        overlap = np.bincount(found[painted > 0].ravel(), minlength=area.size)
-        other = 10 * overlap < area
-        other[0] = False
-        return other[found]
-
-    def _base_cells(self, pair: TrainingPair) -> np.ndarray:
-        return self._base_prediction(pair)[0] > self.model.postprocessing["cell_threshold"]
 
     # ------------------------------------------------------------------ loop
     def _train(self, sampler: CropSampler, every: int) -> Iterator[TrainEvent]:
@@ -428,7 +301,7 @@ class _Run:
         self.finished = True
 
     def _optimize(self, network, images, targets, amp_dtype, scaler) -> float:
-        if self.device.type == "cuda":
+        if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         self.optimizer.zero_grad(set_to_none=True)
         with torch.autocast(self.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
@@ -485,9 +358,7 @@ class _Run:
         network.requires_grad_(True)  # undo freeze_encoder
         self._record()
         n_cells = held_out_cells(getattr(self, "val_data", None) or [])
-        improved = None
-        if self.base_metrics is not None and self.best_state is not None and n_cells >= MIN_HELD_OUT_CELLS:
-            improved = score_key(self.best_metrics) > score_key(self.base_metrics)
+        improved = improvement(self.base_metrics, self.best_metrics if self.best_state is not None else None, n_cells)
         self.model.metadata["training"].update(improved=improved, held_out_cells=n_cells)
         return TrainResult(self.model, self.history, self.best_step, self.stopped_early, self.cancelled,
                            self.base_metrics, dict(self.best_metrics) or None, improved, n_cells)
@@ -547,33 +418,13 @@ def _training_cell_diameter(pairs: Sequence[TrainingPair]) -> float | None:
     return round(float(np.median(diameters)), 2) if diameters else None
 
 
-def _excluded(pair: TrainingPair) -> np.ndarray:
-    """The window held out of a training pair for validation (boolean mask)."""
-    if isinstance(pair, TrainPart) and pair.excluded is not None:
-        return pair.excluded
-    return np.zeros(pair.shape, bool)
-
-
-def _intensity_ranges(image: np.ndarray, model: CellModel) -> list[tuple[float, float]]:
-    """Per-channel (low, high) percentiles of `image`, as inference computes them."""
-    from ..inference.normalize import is_rgb, percentile_range, to_model_channels
-
-    norm = model.normalization
-    try:
-        channels = to_model_channels(np.asarray(image), model.in_channels, is_rgb(np.shape(image)))
-        return [percentile_range(c, norm["low"], norm["high"]) for c in channels]
-    except ValueError as exc:
-        raise TrainingDataError(str(exc)) from None
-
-
 def _normalized(image: np.ndarray, model: CellModel) -> np.ndarray:
     """(C, H, W) float32 image, normalised exactly as inference does (per-channel percentiles)."""
-    from ..inference.normalize import apply_normalization, is_rgb, percentile_range, to_model_channels
+    from ..inference.normalize import channel_ranges, is_rgb, normalize_channels, to_model_channels
 
-    norm = model.normalization
     try:
         channels = to_model_channels(np.asarray(image), model.in_channels, is_rgb(np.shape(image)))
-        return np.stack([apply_normalization(c, *percentile_range(c, norm["low"], norm["high"])) for c in channels])
+        return normalize_channels(channels, channel_ranges(channels, model.normalization))
     except ValueError as exc:  # inference's ImageError: constant image, wrong channel count
         raise TrainingDataError(str(exc)) from None
 
@@ -598,6 +449,8 @@ def _schedule(fraction: float, warmup: float) -> float:
 
 
 def _amp_dtype(device: torch.device) -> torch.dtype | None:
+    if device.type == "cpu":  # emulated bf16 (CPUs without AVX512-BF16/AMX) is ~300x slower than fp32
+        return torch.bfloat16 if native_bf16_cpu() else None
     if device.type != "cuda":
         return None
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16

@@ -13,8 +13,10 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from ..model import CellModel
 from .losses import segmentation_loss
 from .pairs import TrainingPair
+from .targets import TrainingDataError, make_targets
 
 MIN_SIDE = 64  # px: the narrowest held-out strip, and the least that must stay for training
 # fewer held-back cells than this cannot tell a better model from luck (one cell moves F1 by 0.2 or more):
@@ -115,23 +117,61 @@ def validate(model, val_data: list[dict[str, Any]], border_weight: float, device
     from ..metrics import annotated_scores
 
     losses, dices, f1s = [], [], []
-    params = {k: v for k, v in model.postprocessing.items() if k in ("cell_threshold", "border_threshold", "min_size")}
     for item in val_data:
         probabilities = predict_probabilities(item["image"], model, device=device, ranges=item["ranges"])
         target = item["target"]
         logits = torch.logit(torch.from_numpy(probabilities).clamp(1e-6, 1 - 1e-6))[None]
         losses.append(float(segmentation_loss(logits, target[None, :2].float(), target[None, 2:3].float(),
                                               border_weight)))
-        labels = instances_from_probabilities(probabilities[0], probabilities[1], **params)
+        labels = instances_from_probabilities(probabilities[0], probabilities[1], **model.postprocessing)
         scores = annotated_scores(labels, item["instances"], item["region"])
         dices.append(scores["dice"])
         f1s.append(scores["f1"])
     return {"val_loss": float(np.mean(losses)), "dice": float(np.mean(dices)), "f1": float(np.mean(f1s))}
 
 
+def held_out_window(pair: TrainingPair) -> np.ndarray:
+    """The window held out of a training pair for validation (boolean mask; all False when none is)."""
+    if isinstance(pair, TrainPart) and pair.excluded is not None:
+        return pair.excluded
+    return np.zeros(pair.shape, bool)
+
+
+def prepare_validation(pair: TrainingPair, model: CellModel, border_thickness: int) -> dict[str, Any]:
+    """One validation item: the raw image, the intensity range inference would use (the whole source image's),
+    the targets and the annotated instances."""
+    instances, cell, border = make_targets(pair.labels, pair.borders, border_thickness)
+    region = pair.region
+    annotated = region if region is not None else np.ones(cell.shape, bool)
+    source = pair.source if isinstance(pair, HeldOut) and pair.source is not None else pair.image
+    return {"image": pair.image, "ranges": intensity_ranges(source, model),
+            "target": torch.from_numpy(np.stack([cell, border, annotated]).astype(np.uint8)),
+            "instances": np.where(annotated, instances, 0), "region": region, "name": pair.name}
+
+
+def intensity_ranges(image: np.ndarray, model: CellModel) -> list[tuple[float, float]]:
+    """Per-channel (low, high) percentiles of `image`, as inference computes them."""
+    from ..inference.normalize import channel_ranges, is_rgb, to_model_channels
+
+    try:
+        channels = to_model_channels(np.asarray(image), model.in_channels, is_rgb(np.shape(image)))
+        return channel_ranges(channels, model.normalization)
+    except ValueError as exc:
+        raise TrainingDataError(str(exc)) from None
+
+
 def held_out_cells(val_data: list[dict[str, Any]]) -> int:
     """Annotated cells in the validation data."""
     return int(sum(np.count_nonzero(np.unique(item["instances"])) for item in val_data))
+
+
+def improvement(base_metrics: dict[str, float] | None, best_metrics: dict[str, float] | None,
+                held_out: int) -> bool | None:
+    """Whether the best trained step beats the starting model; None when there is nothing to compare or too
+    few held-back cells (`MIN_HELD_OUT_CELLS`) to tell."""
+    if base_metrics is None or best_metrics is None or held_out < MIN_HELD_OUT_CELLS:
+        return None
+    return score_key(best_metrics) > score_key(base_metrics)
 
 
 def score_key(metrics: dict[str, float]) -> tuple[float, float]:

@@ -1,4 +1,7 @@
-"""Import torch and the core safely inside a running napari.
+"""Hide triton inside a running napari, before anything imports torch.
+
+`_widgets/__init__` installs it before any widget module (and so the core) loads; the package
+root installs it before its lazy API imports the core while napari is loaded.
 
 Why: triton (pulled in by `torch._dynamo`, which torchvision and segmentation-models-pytorch
 import) ships its own LLVM. Loading it after napari has created an OpenGL context on Mesa
@@ -15,7 +18,6 @@ from __future__ import annotations
 
 import os
 import sys
-from types import ModuleType, SimpleNamespace
 
 ALLOW_ENV = "NAPARI_CELL_UNET_ALLOW_TRITON"
 
@@ -29,23 +31,3 @@ def install_triton_guard() -> bool:
     sys.modules["triton"] = None  # type: ignore[assignment]
     return True
 
-
-def triton_blocked() -> bool:
-    return "triton" in sys.modules and sys.modules["triton"] is None
-
-
-def import_torch_safely() -> SimpleNamespace:
-    """Install the guard, then import torch and the core packages the widgets use.
-
-    Returns a namespace with `torch`, `model`, `inference` and `training` modules.
-    """
-    install_triton_guard()
-    import importlib
-
-    import torch
-
-    def load(name: str) -> ModuleType:
-        return importlib.import_module(f"napari_cell_unet.{name}")
-
-    return SimpleNamespace(torch=torch, model=load("model"), inference=load("inference"),
-                           training=load("training"))
