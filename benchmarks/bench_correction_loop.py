@@ -78,17 +78,37 @@ def score(labels: np.ndarray, truth: np.ndarray) -> dict[str, float]:
 
 
 DIAMETER = "auto"  # or "true": each image segmented at its true median cell diameter (isolates what training did)
+BASE, BASE_DIAMETERS = None, {}  # with "base": the starting model estimates every image's diameter, once
+A_REGION = "image"  # route A trains on the whole image, or "changed": only around the corrected cells
 
 
 def evaluate(model, images: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, dict[str, float]]:
     import napari_cell_unet as cu
     from napari_cell_unet.inference import estimate_diameter
+    from napari_cell_unet.inference.diameter import estimate_cell_diameter
 
-    def diameter(truth):
-        return estimate_diameter(truth) if DIAMETER == "true" else "auto"
+    def diameter(image, truth):
+        if DIAMETER == "true":
+            return estimate_diameter(truth)
+        if DIAMETER == "base":
+            if id(image) not in BASE_DIAMETERS:
+                BASE_DIAMETERS[id(image)] = estimate_cell_diameter(image, BASE).diameter
+            return BASE_DIAMETERS[id(image)]
+        return "auto"
 
-    return {name: score(cu.segment(image, model, diameter=diameter(truth)), truth)
+    return {name: score(cu.segment(image, model, diameter=diameter(image, truth)), truth)
             for name, (image, truth) in images.items()}
+
+
+def changed_cells(corrected: np.ndarray, predicted: np.ndarray, iou: float = 0.8) -> np.ndarray:
+    """The corrected labels' cells that no predicted cell matches at IoU >= `iou`: what a user had to fix."""
+    both = (corrected > 0) & (predicted > 0)
+    pairs, inter = np.unique(np.stack([corrected[both], predicted[both]]), axis=1, return_counts=True)
+    area_c = dict(zip(*np.unique(corrected, return_counts=True)))
+    area_p = dict(zip(*np.unique(predicted, return_counts=True)))
+    kept = {int(c) for (c, p), n in zip(pairs.T, inter) if n / (area_c[c] + area_p[p] - n) >= iou}
+    ids = [i for i in area_c if i > 0 and int(i) not in kept]
+    return np.where(np.isin(corrected, ids), corrected, 0)
 
 
 def run_route(route: str, base, images, steps: int, n_cells: int, overrides: dict) -> dict:
@@ -98,7 +118,10 @@ def run_route(route: str, base, images, steps: int, n_cells: int, overrides: dic
     if route == "A":
         import napari_cell_unet as cu
 
-        pair = TrainingPair(image, corrected_labels(cu.segment(image, base), truth), name=CORRECTED)
+        predicted = cu.segment(image, base)
+        labels = corrected_labels(predicted, truth)
+        region = painted_region(changed_cells(labels, predicted), 16) if A_REGION == "changed" else None
+        pair = TrainingPair(image, labels, region=region, name=CORRECTED)
     else:
         labels = painted_labels(truth, n_cells)
         pair = TrainingPair(image, labels, region=painted_region(labels, 16), name=CORRECTED)
@@ -172,11 +195,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int)
     parser.add_argument("--set", nargs="*", default=[], help="TrainConfig overrides, key=value (python literals)")
     parser.add_argument("--json", type=Path)
-    parser.add_argument("--diameter", choices=("auto", "true"), default="auto",
-                        help="segment the scored images with the automatic diameter (default) or their true one")
+    parser.add_argument("--diameter", choices=("auto", "true", "base"), default="auto",
+                        help="segment the scored images with the automatic diameter (default), their true one, or the "
+                             "starting model's automatic estimate (diameters that do not move with fine-tuning)")
     parser.add_argument("--split", choices=("test", "validation"), default="test",
                         help="test: set29 corrected, set21 same experiment, set5/13/35/41 others (the numbers reported); "
                              "validation: set27 corrected, set38/10/42 others (where settings are chosen)")
+    parser.add_argument("--a-region", choices=("image", "changed"), default="image",
+                        help="route A trains on the whole image, or only around the cells the correction changed "
+                             "(the rest kept close to the starting model)")
     args = parser.parse_args(argv)
     import ast
 
@@ -189,8 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {k: ast.literal_eval(v) for k, v in (item.split("=", 1) for item in args.set)}
     if args.threads:
         overrides.setdefault("threads", args.threads)
-    global DIAMETER
-    DIAMETER = args.diameter
+    global DIAMETER, A_REGION
+    DIAMETER, A_REGION = args.diameter, args.a_region
     if args.split == "validation":
         global CORRECTED, SAME_EXPERIMENT, OTHER_EXPERIMENTS
         # set27 (sets 17-29) has no other validation set of its experiment
@@ -198,6 +225,8 @@ def main(argv: list[str] | None = None) -> int:
     names = [CORRECTED] + [n for n in (args.images or SAME_EXPERIMENT + OTHER_EXPERIMENTS) if n != CORRECTED]
     images = {name: load(name) for name in names}
     base = cu.load_model()
+    global BASE
+    BASE = base
     report = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
                          f"{torch.get_num_threads()} threads, CPU capability {cpu_flags()}, torch {torch.__version__}",
               "overrides": overrides, "corrected": CORRECTED, "before": evaluate(base, images), "runs": []}

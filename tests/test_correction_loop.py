@@ -116,3 +116,32 @@ def test_cli_defaults_are_the_api_defaults():
     defaults = TrainConfig()
     assert (args.lr, args.val_fraction, args.crop_size, args.batch_size) == (
         defaults.lr, defaults.val_fraction, defaults.crop_size, defaults.batch_size)
+
+
+def test_a_model_fine_tuned_from_the_bundled_one_keeps_its_cell_size_measure(held_out_crop):
+    """Fine-tuning on a few cells moves a model's response at the probes' zooms; its cell size is measured by the
+    bundled model it came from, so a correction does not change the zoom of every other image."""
+    import torch
+
+    from napari_cell_unet._progress import result_of
+    from napari_cell_unet.inference import iter_segment
+    from napari_cell_unet.inference.diameter import estimate_cell_diameter
+    from napari_cell_unet.model.files import BUNDLED_PROBES, bundled_model, descends_from_bundled
+    from napari_cell_unet.training import TrainConfig, TrainingPair, train
+
+    image, truth, _ = held_out_crop
+    tuned = train([TrainingPair(image, truth)], "default",
+                  TrainConfig(steps=1, batch_size=1, crop_size=64, val_fraction=0.0)).model
+    assert tuned.metadata["diameter_model"] == BUNDLED_PROBES and descends_from_bundled(tuned)
+    assert descends_from_bundled(bundled_model().copy())
+    with torch.no_grad():  # a fine-tuning that went far: the decoder's last layers changed
+        for parameter in list(tuned.network.parameters())[-6:]:
+            parameter.mul_(1.3)
+    drifted = tuned.copy()
+    drifted.metadata.pop("diameter_model")
+    assert not descends_from_bundled(drifted)  # the weights, not the name, tell
+    expected = estimate_cell_diameter(image, bundled_model(), device="cpu").diameter
+    result = result_of(iter_segment(image, tuned, device="cpu"))
+    assert result.diameter == pytest.approx(expected)
+    own = estimate_cell_diameter(image, drifted, device="cpu").diameter
+    assert own != pytest.approx(expected)  # without it the drifted model would have measured another size

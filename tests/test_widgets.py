@@ -294,6 +294,28 @@ def test_train_on_painted_cells_then_segment_with_the_new_model(viewer, segment_
     assert load_model(saved).metadata["training"]["steps"] == 4
 
 
+def test_corrected_segment_output_trains_around_the_corrections_only(viewer, segment_widget, train_widget,
+                                                                     cells, qtbot):
+    from napari_cell_unet._widgets._pairs import PairError
+
+    segment_widget.segment(sync=True)
+    layer = viewer.layers["cells labels"]
+    qtbot.waitUntil(train_widget.only_painted.isChecked, timeout=5_000)  # Segment's output: learn from corrections
+    with pytest.raises(PairError, match="still the model's own output"):
+        train_widget._training_pairs()
+    true_cell = [i for i in np.unique(cells["labels"]) if i][0]
+    pixels = np.nonzero(cells["labels"] == true_cell)
+    layer.data_setitem(pixels, int(layer.data.max()) + 1)  # one cell corrected with the brush
+    (pair,) = train_widget._training_pairs()
+    assert pair.region[pixels].all()
+    far = np.ones_like(pair.region)
+    far[max(0, pixels[0].min() - 80):pixels[0].max() + 80, max(0, pixels[1].min() - 80):pixels[1].max() + 80] = False
+    assert not pair.region[far].any()  # the uncorrected rest is left to the starting model
+    train_widget.only_painted.setChecked(False)  # "every cell is right": the whole image is taught
+    (pair,) = train_widget._training_pairs()
+    assert pair.region is None
+
+
 def test_a_worse_model_is_not_selected_and_revert_is_one_click(viewer, segment_widget, train_widget, cells):
     before = segment_widget.model_combo.entry()
     paint_cells(viewer, train_widget, cells["labels"], n_cells=8)

@@ -8,6 +8,9 @@
   "border_threshold": the thresholds the labels were made with} to recompute them and grow cells alike.
 - "corrected": {plane: bool array (H, W)}: pixels changed by a correction tool. Training "only where painted"
   counts them as painted (a deleted cell is taught as background there).
+- "segmented": {plane: labels (H, W)}: the labels Segment wrote (same pixel limit as the maps). Training "only
+  where painted or corrected" on a Segment output learns around the cells that differ from them (brush, eraser
+  or correction tools alike) and keeps the rest close to the model that made them.
 No Qt here; plain numpy on napari layers.
 """
 
@@ -53,6 +56,36 @@ def keep_maps(layer, plane: tuple[int, ...], probabilities: np.ndarray, image_na
         return False
     store["maps"] = {index: np.asarray(m, dtype=np.float16) for index, m in maps.items()}
     return True
+
+
+def keep_segmented(layer, plane: tuple[int, ...], labels: np.ndarray) -> bool:
+    """Remember the labels Segment wrote into `plane` (all planes when it is ()), to tell corrections later."""
+    store = _store(layer)
+    labels = np.asarray(labels)
+    kept = dict(store.get("segmented", {})) if plane else {}
+    lead = labels.shape[:-2]
+    new = {tuple(plane): labels} if plane or not lead else {index: labels[index] for index in np.ndindex(*lead)}
+    kept.update({index: np.array(plane_labels, copy=True) for index, plane_labels in new.items()})
+    if sum(v.size for v in kept.values()) > MAX_KEPT_PIXELS:
+        store.pop("segmented", None)
+        return False
+    store["segmented"] = kept
+    return True
+
+
+def has_segmentation(layer) -> bool:
+    return bool(layer.metadata.get(METADATA_KEY, {}).get("segmented"))
+
+
+def changed_cells(layer, plane: tuple[int, ...], labels: np.ndarray) -> np.ndarray | None:
+    """Where `labels` (the layer's current `plane`) differs from what Segment wrote: every pixel that changed and
+    the whole of every cell that now covers a changed pixel. None when Segment's labels are not known."""
+    segmented = layer.metadata.get(METADATA_KEY, {}).get("segmented", {}).get(tuple(plane))
+    if segmented is None or segmented.shape != labels.shape:
+        return None
+    changed = labels != segmented
+    touched = np.unique(labels[changed])
+    return changed | np.isin(labels, touched[touched > 0])
 
 
 def maps_for(layer, plane: tuple[int, ...]) -> np.ndarray | None:

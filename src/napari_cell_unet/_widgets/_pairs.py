@@ -59,14 +59,26 @@ def training_pairs(pairs: list[LayerPair], only_painted: bool, margin: int) -> l
 def _one_pair(pair: LayerPair, plane: tuple[int, ...], only_painted: bool, margin: int) -> TrainingPair:
     labels = _layers.pixels(pair.labels, plane)
     borders = _layers.pixels(pair.borders, plane) > 0 if pair.borders is not None else None
-    region = painted_region(labels, margin) if only_painted else None
-    corrected = _maps.corrected_mask(pair.labels, plane)
-    if region is not None and corrected is not None:
-        region = region | painted_region(corrected, margin)  # cells fixed with the Correct tools count as painted
+    region = _painted_or_corrected(pair.labels, plane, labels, margin) if only_painted else None
     if region is not None and borders is not None:
         region = region | borders
     suffix = f" {plane}" if plane else ""
     return TrainingPair(_layers.pixels(pair.image, plane), labels, borders, region, name=f"{pair.image.name}{suffix}")
+
+
+def _painted_or_corrected(layer: Labels, plane: tuple[int, ...], labels: np.ndarray, margin: int) -> np.ndarray:
+    """The pixels to learn from: around the cells that differ from Segment's output when the layer is one (the
+    rest stays as the model had it), else around every painted cell; cells fixed with the Correct tools count."""
+    changed = _maps.changed_cells(layer, plane, labels)
+    if changed is not None and not changed.any():
+        raise PairError(f"'{layer.name}' is still the model's own output: correct some cells first (brush, eraser "
+                        "or the Correct tools), or untick 'train only where painted or corrected' if every cell "
+                        "in it is right")
+    region = painted_region(changed if changed is not None else labels, margin)
+    corrected = _maps.corrected_mask(layer, plane)
+    if corrected is not None:
+        region = region | painted_region(corrected, margin)
+    return region
 
 
 def _painted_planes(labels: Labels) -> list[tuple[int, ...]]:

@@ -296,6 +296,7 @@ class SegmentWidget(QWidget):
                 self.notes.append(f"'{task.target.name}' was removed or changed while segmenting: "
                                   f"the labels went to a new layer '{target.name}'.")
         _maps.forget_corrections(target, task.plane)
+        _maps.keep_segmented(target, task.plane, labels)
         if result.probabilities is not None:
             # the Correct widget's tools grow and split cells on these maps
             _maps.keep_maps(target, task.plane, result.probabilities, task.layer.name, result.diameter,

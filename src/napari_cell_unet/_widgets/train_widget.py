@@ -7,13 +7,14 @@ from pathlib import Path
 
 import numpy as np
 from napari.layers import Image, Labels
+from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QListWidget,
                             QProgressBar, QPushButton, QWidget)
 
 from .._progress import Progress
 from ..model import save_model
 from ..training import TrainConfig, TrainingPair, TrainResult, TrainStep, Validation, iter_train
-from . import _layers
+from . import _layers, _maps
 from ._common import (button, clear_stale_errors, device_names, double_spin, error_message, notify_error, notify_info,
                       scrolling_content, set_tooltips, spin)
 from ._jobs import Job, run_sync_by_default
@@ -83,6 +84,8 @@ class TrainWidget(QWidget):
         self.image_combo = _layers.LayerComboBox(self.viewer, (Image,), follow_active=True)
         self.image_combo.layer_changed.connect(self._pair_labels_with_image)
         self.labels_combo = _layers.LayerComboBox(self.viewer, (Labels,))
+        # deferred: Segment adds its layer first and records its labels right after
+        self.labels_combo.layer_changed.connect(lambda: QTimer.singleShot(0, self._tick_only_painted_for_segment_output))
         self.borders_combo = _layers.LayerComboBox(self.viewer, (Labels,), allow_none=True)
         add_labels = QPushButton("Add empty Labels layer")
         add_labels.clicked.connect(lambda: self.add_paint_layer("labels"))
@@ -126,10 +129,11 @@ class TrainWidget(QWidget):
         self.crop_size = spin(0, 1024, 0, 32, " px")
         self.crop_size.setSpecialValueText(AUTO)  # 0 = the API's default for the device
         self.val_fraction = double_spin(0.0, 0.5, defaults.val_fraction, 0.05)
-        self.only_painted = QCheckBox("train only where painted")
-        self.only_painted.setToolTip("Learn only around the cells you painted, so cells you left unpainted "
-                                     "elsewhere are not taught as background. Untick when every cell in the "
-                                     "image is painted.")
+        self.only_painted = QCheckBox("train only where painted or corrected")
+        self.only_painted.setToolTip("Learn only around the cells you painted, or, in Segment's output, the cells "
+                                     "you corrected; elsewhere the model is kept as it was, so unpainted cells are "
+                                     "not taught as background and the model's uncorrected mistakes are not "
+                                     "taught at all. Untick when every cell in the image is right.")
         self.margin = spin(0, 256, 16, 4, " px margin")
         self.device_combo = QComboBox()
         self.device_combo.addItems(device_names())
@@ -149,7 +153,7 @@ class TrainWidget(QWidget):
                                "→ after' score). Higher: a more reliable check but fewer cells to learn from. "
                                "Lower: more cells to learn from, a less reliable check. 0: no check, and the new "
                                "model is used without comparison.",
-            self.margin: "With 'train only where painted': how far around your painted cells the model also "
+            self.margin: "With 'train only where painted or corrected': how far around your painted cells the model also "
                          "learns background. Larger: more background learnt, but unpainted cells nearby risk "
                          "being taught as background. Smaller: safer when neighbours are unpainted.",
             self.device_combo: "Where training runs. 'auto' uses a graphics card (GPU) when there is one, else "
@@ -177,6 +181,15 @@ class TrainWidget(QWidget):
                 if name in self.viewer.layers and isinstance(self.viewer.layers[name], Labels):
                     combo.set_layer(self.viewer.layers[name])
                     break
+
+    def _tick_only_painted_for_segment_output(self) -> None:
+        """Segment's output, corrected: learn from the corrections, not from the model's own uncorrected cells."""
+        try:
+            layer = self.labels_combo.layer()
+            if layer is not None and _maps.has_segmentation(layer):
+                self.only_painted.setChecked(True)
+        except RuntimeError:  # the widget was closed before the deferred call
+            pass
 
     def current_pair(self) -> LayerPair:
         return LayerPair(self.image_combo.layer(), self.labels_combo.layer(), self.borders_combo.layer())

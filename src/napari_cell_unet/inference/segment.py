@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import os
 import time
 import warnings
@@ -85,7 +84,7 @@ def iter_segment(image: Any, model: Any = None, *, device: str = "auto", tile_si
     try:
         estimate = None
         if auto:
-            estimate = yield from _iter_auto_diameter(predictor, image, slices, rgb)
+            estimate = yield from _iter_auto_diameter(predictor, _probe_model(model), image, slices, rgb)
             diameter = estimate.diameter
         scale = diameter_scale(model, diameter, plane)
         # rows of context around each band of the instance step: a few cell diameters
@@ -129,9 +128,19 @@ def segment(image: Any, model: Any = None, *, progress: Callable[[Progress], Non
     return (result.labels, result.probabilities) if params.get("return_probabilities") else result.labels
 
 
-def _iter_auto_diameter(predictor: TiledPredictor, image: Any, slices: list[tuple[int, ...]], rgb: bool
-                        ) -> Generator[Progress, None, DiameterEstimate]:
-    """The cells' diameter estimated on the middle slice (the first non-blank one from there on)."""
+def _iter_auto_diameter(predictor: TiledPredictor, probe_model: Any, image: Any, slices: list[tuple[int, ...]],
+                        rgb: bool) -> Generator[Progress, None, DiameterEstimate]:
+    """The cells' diameter estimated on the middle slice (the first non-blank one from there on), by `probe_model`
+    (on the predictor's device and precision); by the model itself when `probe_model` finds no cells."""
+    if probe_model is not predictor.model:
+        probes = TiledPredictor(probe_model, device=predictor.device_name, precision=predictor.requested_precision,
+                                threads=predictor.threads, tile_size=predictor.tile_size, overlap=predictor.overlap)
+        try:
+            estimate = yield from _iter_auto_diameter(probes, probes.model, image, slices, rgb)
+        finally:
+            probes.close()
+        if estimate.diameter is not None:
+            return estimate
     order = slices[len(slices) // 2:] + slices[:len(slices) // 2]
     for number, index in enumerate(order):
         try:
@@ -161,7 +170,7 @@ def _resolve_model(model: Any):
     from ..model import CellModel, files, load_model
 
     if model is None:
-        return _bundled_model(files.DEFAULT_MODEL_PATH)
+        return files.bundled_model()
     if isinstance(model, (str, os.PathLike)):
         return load_model(model)
     if not isinstance(model, CellModel):
@@ -169,9 +178,12 @@ def _resolve_model(model: Any):
     return model
 
 
-@functools.lru_cache(maxsize=1)
-def _bundled_model(path: os.PathLike):
-    """The bundled model, read once per process: `segment(image)` in a loop should not re-read 29 MB each call."""
-    from ..model import load_model
+def _probe_model(model: Any) -> Any:
+    """The model that measures the cell size for `model`: a model fine-tuned from the bundled default is measured
+    by the bundled model, whose probes a few painted cells have not moved (fine-tuned at one zoom, a model's
+    response at the probes' other zooms drifts and the automatic diameter with it; benchmarks/RESULTS.md)."""
+    from ..model import files
 
-    return load_model(None)
+    if model.metadata.get("diameter_model") != files.BUNDLED_PROBES or not files.default_model_available():
+        return model
+    return files.bundled_model()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -57,6 +58,31 @@ def save_model(model: CellModel, path: str | os.PathLike, half: bool = False) ->
     with atomic_path(path, overwrite=True) as tmp:
         save_file(tensors, str(tmp), metadata={METADATA_KEY: json.dumps(metadata)})
     return path
+
+
+def bundled_model() -> CellModel:
+    """The bundled default model, read once per process and shared: do not train or modify it (copy it first)."""
+    return _bundled_at(DEFAULT_MODEL_PATH)
+
+
+@functools.lru_cache(maxsize=1)
+def _bundled_at(path: Path) -> CellModel:  # keyed by the path, so a test can point it elsewhere
+    return load_model(None)
+
+
+BUNDLED_PROBES = "bundled"  # metadata["diameter_model"]: this model's cell size is measured by the bundled model
+
+
+def descends_from_bundled(model: CellModel) -> bool:
+    """Whether `model` is the bundled default, or was fine-tuned from it (its weights, not its name, tell)."""
+    if model.metadata.get("diameter_model") == BUNDLED_PROBES:
+        return True
+    if not default_model_available():
+        return False
+    reference = bundled_model().network.state_dict()
+    state = model.network.state_dict()
+    return state.keys() == reference.keys() and all(
+        state[k].shape == v.shape and torch.equal(state[k].detach().cpu(), v) for k, v in reference.items())
 
 
 def load_model(path: str | os.PathLike | None = None) -> CellModel:

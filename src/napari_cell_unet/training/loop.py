@@ -24,6 +24,7 @@ import torch
 from .._progress import Progress, result_of
 from ..inference.devices import native_bf16_cpu
 from ..model import CellModel
+from ..model.files import BUNDLED_PROBES, descends_from_bundled
 from .augment import AugmentConfig, CropSampler
 from .base_model import BaseModelTargets
 from .config import FINE_TUNING_LR, ModelSpec, TrainConfig
@@ -151,6 +152,7 @@ class _Run:
         np.random.seed(cfg.seed % 2**32)
         yield Progress(0, 0, "loading the model")
         self.model = resolve_model(self.trainer.model_spec, cfg.architecture)
+        self.from_bundled = not self._scratch and descends_from_bundled(self.model)
         network = self.model.network.to(self.device)
         self.channels_last = self.device.type == "cuda" or (cfg.amp and _amp_dtype(self.device) is not None)
         if self.channels_last:
@@ -385,6 +387,8 @@ class _Run:
         meta["training"] = record
         if self.trainer.model_spec == "scratch":
             meta["cell_diameter"] = _training_cell_diameter(self.trainer.pairs)
+        if getattr(self, "from_bundled", False):
+            meta["diameter_model"] = BUNDLED_PROBES  # see inference.segment._probe_model
         meta["name"] = cfg.name or (f"{self.model.name} (fine-tuned)" if self.trainer.model_spec != "scratch" else "trained from scratch")
 
     def release(self) -> None:
