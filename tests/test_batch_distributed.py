@@ -372,7 +372,8 @@ def test_a_huge_image_in_chunks_across_workers_matches_the_chunked_and_whole_ima
     np.testing.assert_array_equal(np.asarray(data[0][:CHUNK + 10, :CHUNK + 10]), labels[:CHUNK + 10, :CHUNK + 10])
 
     # identical to chunked.iter_segment_dask in one process (same chunks, same renumbering) ...
-    *_, reference = chunked.iter_segment_dask(image, _FakeModel(), chunk=CHUNK, overlap=OVERLAP, predict=_pointwise)
+    reference = result_of(chunked.iter_segment_dask(image, _FakeModel(), chunk=CHUNK, overlap=OVERLAP,
+                                                    predict=_pointwise))
     np.testing.assert_array_equal(labels, reference)
     assert result.n_cells == int(labels.max()) == len(np.unique(labels)) - 1
     # ... and the same objects as the whole image segmented at once; discs across chunk borders keep one id
@@ -426,8 +427,8 @@ def test_batch_sends_huge_images_through_chunks_into_ome_zarr(cluster, tiny_file
     assert "2 segmented" in capsys.readouterr().out
     assert (out / "small_labels.tif").is_file() and not (out / "slide_labels.tif").exists()
     labels = np.asarray(zarr.open_group(str(out / "slide_labels.ome.zarr"), mode="r")["0"])
-    *_, reference = chunked.iter_segment_dask(slide, load_model(tiny_file), chunk=512, overlap=128, device="cpu",
-                                              diameter=40.0)
+    reference = result_of(chunked.iter_segment_dask(slide, load_model(tiny_file), chunk=512, overlap=128,
+                                                    device="cpu", diameter=40.0))
     np.testing.assert_array_equal(labels, reference)  # the same chunked result as in one process
     sidecar = json.loads((out / "slide_labels.json").read_text())
     assert sidecar["status"] == "complete" and sidecar["n_cells"] == int(labels.max())
