@@ -145,3 +145,24 @@ def test_a_model_fine_tuned_from_the_bundled_one_keeps_its_cell_size_measure(hel
     assert result.diameter == pytest.approx(expected)
     own = estimate_cell_diameter(image, drifted, device="cpu").diameter
     assert own != pytest.approx(expected)  # without it the drifted model would have measured another size
+
+
+def test_anchored_fine_tuning_keeps_the_weights_near_the_start(held_out_crop):
+    """The anchor undoes part of each step's drift from the starting weights: what keeps other images as they were."""
+    import torch
+
+    from napari_cell_unet.model.files import bundled_model
+    from napari_cell_unet.training import TrainConfig, TrainingPair, train
+
+    image, truth, _ = held_out_crop
+    start = [p.detach().clone() for p in bundled_model().network.parameters()]
+
+    def drift(anchor: float) -> float:
+        config = TrainConfig(steps=4, batch_size=1, crop_size=64, val_fraction=0.0, lr=1e-3, anchor=anchor)
+        tuned = train([TrainingPair(image, truth)], "default", config).model
+        assert tuned.metadata["training"]["config"]["anchor"] == anchor
+        return float(sum(torch.sum((p.detach() - s) ** 2) for p, s in zip(tuned.network.parameters(), start)))
+
+    free, anchored = drift(0.0), drift(0.3)
+    assert 0 < anchored < 0.5 * free
+    assert TrainConfig().anchor > 0  # on by default when fine-tuning

@@ -51,6 +51,11 @@ class TrainConfig:
     # weight of the base model's own predictions as soft targets outside the annotated region of a
     # partially annotated pair (keeps what was not painted as the base model had it); 0 = off
     distill: float = 1.0
+    # fine-tuning: after each step, this fraction of every trained weight's drift from the starting model is
+    # undone (weight decay towards the start, decoupled as in AdamW), so one image's corrections cannot carry
+    # the weights far and other images keep what the model knew (issue 8: chosen on the validation sets,
+    # benchmarks/RESULTS.md); 0 = off. Not used when training from scratch
+    anchor: float = 0.05
     # in a partially annotated pair, a cell the base model finds that overlaps no painted cell is left out
     # of the region (it keeps the base model's prediction) instead of being taught as background
     protect_unpainted: bool = True

@@ -139,6 +139,7 @@ class _Run:
         self.threads_before = torch.get_num_threads()
         self.model: CellModel | None = None
         self.optimizer = None
+        self.anchors: list = []  # (trained weight, its starting value) with TrainConfig.anchor
         self.device = _resolve_device(cfg.device)
         self.batch_size = cfg.batch_size or (8 if self.device.type == "cuda" else 4)
         self.total_steps = 0
@@ -250,6 +251,8 @@ class _Run:
             torch.backends.cudnn.benchmark = True  # fixed crop size: pick the fastest kernels once
         self.lr = cfg.lr or (1e-3 if self.trainer.model_spec == "scratch" else FINE_TUNING_LR)
         self.optimizer = torch.optim.AdamW(trainable, lr=self.lr, weight_decay=cfg.weight_decay)
+        self.anchors = ([(p, p.detach().clone()) for p in trainable]
+                        if cfg.anchor > 0 and self.trainer.model_spec != "scratch" else [])
         amp_dtype = _amp_dtype(self.device) if cfg.amp else None
         scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
         budget = cfg.minutes * 60.0 if cfg.minutes is not None else None
@@ -317,6 +320,9 @@ class _Run:
         else:
             loss.backward()
             self.optimizer.step()
+        with torch.no_grad():
+            for parameter, start in self.anchors:
+                parameter.lerp_(start, self.config.anchor)
         return float(loss.detach())
 
     # ------------------------------------------------------------------ validation
