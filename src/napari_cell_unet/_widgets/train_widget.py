@@ -134,7 +134,7 @@ class TrainWidget(QWidget):
                                      "you corrected; elsewhere the model is kept as it was, so unpainted cells are "
                                      "not taught as background and the model's uncorrected mistakes are not "
                                      "taught at all. Untick when every cell in the image is right.")
-        self.margin = spin(0, 256, 16, 4, " px margin")
+        self.margin = spin(0, 256, 16, 4, " px")
         self.device_combo = QComboBox()
         self.device_combo.addItems(device_names())
         set_tooltips({
@@ -165,7 +165,8 @@ class TrainWidget(QWidget):
         form.addRow("Learning rate", self.lr)
         form.addRow("Crop size", self.crop_size)
         form.addRow("Validation fraction", self.val_fraction)
-        form.addRow(_row(self.only_painted, self.margin))
+        form.addRow(self.only_painted)
+        form.addRow("Margin around them", self.margin)
         form.addRow("Device", self.device_combo)
         return form
 
