@@ -30,6 +30,15 @@ def _store(layer) -> dict:
     return metadata[METADATA_KEY]
 
 
+def _by_plane(array: np.ndarray, plane: tuple[int, ...], plane_ndim: int) -> dict[tuple[int, ...], np.ndarray]:
+    """{plane index: that plane's array}: `array` is the one `plane` when it is given, else every plane of a layer
+    (its last `plane_ndim` axes are one plane)."""
+    lead = array.shape[:-plane_ndim]
+    if plane or not lead:
+        return {tuple(plane): array.reshape(array.shape[-plane_ndim:])}
+    return {index: array[index] for index in np.ndindex(*lead)}
+
+
 def keep_maps(layer, plane: tuple[int, ...], probabilities: np.ndarray, image_name: str,
               diameter: float | None, thresholds: tuple[float, float] = (0.5, 0.5)) -> bool:
     """Remember the (..., 2, H, W) probabilities written into `plane` (or the whole layer when plane is ()).
@@ -37,17 +46,8 @@ def keep_maps(layer, plane: tuple[int, ...], probabilities: np.ndarray, image_na
     Returns False (and forgets older maps of the layer) when they would exceed MAX_KEPT_PIXELS.
     """
     store = _store(layer)
-    probabilities = np.asarray(probabilities)
-    lead = probabilities.shape[:-3]
-    maps = dict(store.get("maps", {}))
-    if plane:
-        new = {tuple(plane): probabilities.reshape(probabilities.shape[-3:])}
-    elif lead:
-        new = {index: probabilities[index] for index in np.ndindex(*lead)}
-    else:
-        maps = {}
-        new = {(): probabilities}
-    maps.update(new)
+    maps = dict(store.get("maps", {})) if plane else {}
+    maps.update(_by_plane(np.asarray(probabilities), plane, 3))
     store["maps_source"] = {"image": image_name, "diameter": diameter,
                             "cell_threshold": float(thresholds[0]), "border_threshold": float(thresholds[1])}
     pixels = sum(int(np.prod(m.shape[-2:])) for m in maps.values())
@@ -61,11 +61,9 @@ def keep_maps(layer, plane: tuple[int, ...], probabilities: np.ndarray, image_na
 def keep_segmented(layer, plane: tuple[int, ...], labels: np.ndarray) -> bool:
     """Remember the labels Segment wrote into `plane` (all planes when it is ()), to tell corrections later."""
     store = _store(layer)
-    labels = np.asarray(labels)
     kept = dict(store.get("segmented", {})) if plane else {}
-    lead = labels.shape[:-2]
-    new = {tuple(plane): labels} if plane or not lead else {index: labels[index] for index in np.ndindex(*lead)}
-    kept.update({index: np.array(plane_labels, copy=True) for index, plane_labels in new.items()})
+    kept.update({index: np.array(plane_labels, copy=True)
+                 for index, plane_labels in _by_plane(np.asarray(labels), plane, 2).items()})
     if sum(v.size for v in kept.values()) > MAX_KEPT_PIXELS:
         store.pop("segmented", None)
         return False

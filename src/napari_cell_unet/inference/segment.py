@@ -130,29 +130,34 @@ def segment(image: Any, model: Any = None, *, progress: Callable[[Progress], Non
 
 def _iter_auto_diameter(predictor: TiledPredictor, probe_model: Any, image: Any, slices: list[tuple[int, ...]],
                         rgb: bool) -> Generator[Progress, None, DiameterEstimate]:
-    """The cells' diameter estimated on the middle slice (the first non-blank one from there on), by `probe_model`
-    (on the predictor's device and precision); by the model itself when `probe_model` finds no cells."""
+    """The cells' diameter estimated by `probe_model` (on the predictor's device and precision); by the model
+    itself when `probe_model` finds no cells."""
+    estimate = None
     if probe_model is not predictor.model:
         probes = TiledPredictor(probe_model, device=predictor.device_name, precision=predictor.requested_precision,
                                 threads=predictor.threads, tile_size=predictor.tile_size, overlap=predictor.overlap)
         try:
-            estimate = yield from _iter_auto_diameter(probes, probes.model, image, slices, rgb)
+            estimate = yield from _iter_middle_slice_estimate(probes, image, slices, rgb)
         finally:
             probes.close()
-        if estimate.diameter is not None:
-            return estimate
+    if estimate is None or estimate.diameter is None:
+        estimate = yield from _iter_middle_slice_estimate(predictor, image, slices, rgb)
+    if estimate.diameter is None:
+        warnings.warn("found no cells of any size to measure the cell diameter from: segmenting at the "
+                      "model's own cell size", RuntimeWarning, stacklevel=3)
+    return estimate
+
+
+def _iter_middle_slice_estimate(predictor: TiledPredictor, image: Any, slices: list[tuple[int, ...]], rgb: bool
+                                ) -> Generator[Progress, None, DiameterEstimate]:
+    """The estimate on the middle slice (the first non-blank one from there on)."""
     order = slices[len(slices) // 2:] + slices[:len(slices) // 2]
     for number, index in enumerate(order):
         try:
-            estimate = yield from iter_estimate_diameter(predictor, np.asarray(image[index]), rgb)
+            return (yield from iter_estimate_diameter(predictor, np.asarray(image[index]), rgb))
         except ImageError:  # a blank slice: try the next one
             if number == len(order) - 1:
                 raise
-            continue
-        if estimate.diameter is None:
-            warnings.warn("found no cells of any size to measure the cell diameter from: segmenting at the "
-                          "model's own cell size", RuntimeWarning, stacklevel=3)
-        return estimate
     raise ImageError("the image has no slices")
 
 

@@ -140,6 +140,7 @@ class _Run:
         self.model: CellModel | None = None
         self.optimizer = None
         self.anchors: list = []  # (trained weight, its starting value) with TrainConfig.anchor
+        self.from_bundled = False  # fine-tuned from the bundled model: it keeps measuring the cell size
         self.device = _resolve_device(cfg.device)
         self.batch_size = cfg.batch_size or (8 if self.device.type == "cuda" else 4)
         self.total_steps = 0
@@ -252,7 +253,7 @@ class _Run:
         self.lr = cfg.lr or (1e-3 if self.trainer.model_spec == "scratch" else FINE_TUNING_LR)
         self.optimizer = torch.optim.AdamW(trainable, lr=self.lr, weight_decay=cfg.weight_decay)
         self.anchors = ([(p, p.detach().clone()) for p in trainable]
-                        if cfg.anchor > 0 and self.trainer.model_spec != "scratch" else [])
+                        if cfg.anchor > 0 and not self._scratch else [])
         amp_dtype = _amp_dtype(self.device) if cfg.amp else None
         scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
         budget = cfg.minutes * 60.0 if cfg.minutes is not None else None
@@ -393,13 +394,14 @@ class _Run:
         meta["training"] = record
         if self.trainer.model_spec == "scratch":
             meta["cell_diameter"] = _training_cell_diameter(self.trainer.pairs)
-        if getattr(self, "from_bundled", False):
+        if self.from_bundled:
             meta["diameter_model"] = BUNDLED_PROBES  # see inference.segment._probe_model
         meta["name"] = cfg.name or (f"{self.model.name} (fine-tuned)" if self.trainer.model_spec != "scratch" else "trained from scratch")
 
     def release(self) -> None:
         torch.set_num_threads(self.threads_before)
         self.optimizer = None
+        self.anchors = []
         self.train_data = self.val_data = []
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
