@@ -166,3 +166,89 @@ def test_anchored_fine_tuning_keeps_the_weights_near_the_start(held_out_crop):
     free, anchored = drift(0.0), drift(0.3)
     assert 0 < anchored < 0.5 * free
     assert TrainConfig().anchor > 0  # on by default when fine-tuning
+
+
+def test_a_model_is_not_called_better_when_the_f1_it_shows_dropped():
+    """The widget shows 'F1 on your held-back cells: before -> after'; a lower F1 is never selected by itself,
+    even when Dice rose enough to lift the combined score."""
+    from napari_cell_unet.training.validation import improvement
+
+    base = {"f1": 0.57, "dice": 0.80, "val_loss": 1.0}
+    assert improvement(base, {"f1": 0.56, "dice": 0.85, "val_loss": 0.9}, held_out=20) is False
+    assert improvement(base, {"f1": 0.57, "dice": 0.81, "val_loss": 0.9}, held_out=20) is True
+    assert improvement(base, {"f1": 0.60, "dice": 0.80, "val_loss": 1.1}, held_out=20) is True
+    assert improvement(base, {"f1": 0.70, "dice": 0.90, "val_loss": 0.5}, held_out=3) is None
+
+
+def test_replay_crops_are_shipped_images_of_the_training_split():
+    import json
+
+    from napari_cell_unet.training.replay import REPLAY_FILE, replay_crops
+
+    crops = replay_crops()
+    assert crops.dtype == np.uint8 and crops.ndim == 3 and len(crops) >= 16
+    assert all(crop.std() > 5 for crop in crops)  # real images, not blanks
+    with np.load(REPLAY_FILE, allow_pickle=False) as data:
+        sources = json.loads(str(data["sources"]))
+    held_out = {"set5", "set13", "set21", "set29", "set35", "set41", "set10", "set27", "set38", "set42"}
+    assert len(sources) == len(crops) and not held_out & {s["image"] for s in sources}
+
+
+def test_replay_keeps_what_the_model_did_on_images_nobody_corrected(held_out_crop):
+    """Fine-tuning hard on one crop moves the model's output on another experiment's image; replaying the shipped
+    crops with the starting model's predictions as targets moves it less."""
+    import napari_cell_unet as cu
+    from napari_cell_unet.inference.predict import predict_probabilities
+    from napari_cell_unet.training import TrainConfig, TrainingPair, train
+
+    image, truth, _ = held_out_crop
+    other = load_usiigaci_set("set41")["image"][:256, :256]  # another experiment, never trained on
+    before = predict_probabilities(other, cu.load_model(), device="cpu")
+
+    def moved(replay: int) -> float:
+        config = TrainConfig(steps=12, batch_size=2, crop_size=64, val_fraction=0.0, lr=3e-3, anchor=0.0,
+                             replay=replay)
+        tuned = train([TrainingPair(image, truth)], "default", config).model
+        return float(np.abs(predict_probabilities(other, tuned, device="cpu") - before).mean())
+
+    free, replayed = moved(0), moved(4)
+    assert replayed < 0.8 * free
+
+
+def test_segmenting_an_image_the_model_was_fine_tuned_on_uses_its_cells_size(held_out_crop):
+    """The bundled model's probes measure a fine-tuned model's cell size; on the very image the user painted, the
+    painted cells' size is used instead (so painting an image the probes misjudge still fixes that image)."""
+    from napari_cell_unet._progress import result_of
+    from napari_cell_unet.inference import estimate_diameter, iter_segment
+    from napari_cell_unet.inference.segment import TAUGHT
+    from napari_cell_unet.training import TrainConfig, TrainingPair, train
+
+    image, truth, painted = held_out_crop
+    tuned = train([TrainingPair(image, painted)], "default",
+                  TrainConfig(steps=1, batch_size=1, crop_size=64, val_fraction=0.0, replay=0)).model
+    expected = estimate_diameter(painted)
+    result = result_of(iter_segment(image, tuned, device="cpu"))
+    assert result.diameter_estimate.source == TAUGHT and result.diameter == pytest.approx(expected, abs=0.01)
+    stack = np.stack([image[::-1], image])  # the painted plane inside a stack
+    assert result_of(iter_segment(stack, tuned, device="cpu")).diameter == pytest.approx(expected, abs=0.01)
+    other = result_of(iter_segment(image[::-1].copy(), tuned, device="cpu"))  # other pixels: measured by probes
+    assert other.diameter_estimate.source == "probes"
+    assert result_of(iter_segment(image, tuned, device="cpu", diameter=30.0)).diameter == 30.0  # a number wins
+
+
+def test_remembered_sizes_need_enough_cells_and_stay_bounded():
+    from napari_cell_unet.inference import taught_diameters as taught
+
+    labels = np.zeros((60, 300), np.int32)
+    for n in range(6):
+        labels[10:30, 10 + 45 * n:30 + 45 * n] = n + 1
+    metadata: dict = {}
+    few = np.where(labels <= 4, labels, 0)
+    taught.remember(metadata, [(np.zeros((60, 300), np.uint8), few)])
+    assert taught.METADATA_KEY not in metadata  # 4 cells: not enough to trust their median
+    images = [np.full((60, 300), n, np.uint16) for n in range(taught.MAX_REMEMBERED + 3)]
+    taught.remember(metadata, [(image, labels) for image in images])
+    known = metadata[taught.METADATA_KEY]
+    assert len(known) == taught.MAX_REMEMBERED and taught.fingerprint(images[0]) not in known
+    assert known[taught.fingerprint(images[-1])]["cells"] == 6
+    assert taught.fingerprint(images[1]) != taught.fingerprint(images[1].astype(np.uint8))

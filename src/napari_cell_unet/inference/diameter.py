@@ -35,11 +35,14 @@ AGREEMENT = 0.35  # spread (natural log) of the estimate / candidate ratio weigh
 @dataclass
 class DiameterEstimate:
     """diameter: median cell diameter in the image (px), None when no probe found cells.
-    cells: whole cells the final probe measured. probes: one dict per probe (candidate, cells, estimate)."""
+    cells: whole cells the final probe measured. probes: one dict per probe (candidate, cells, estimate).
+    source: "probes", or "training labels" when the model was fine-tuned on this very image
+    (`taught_diameters`: the median size of the cells annotated there)."""
 
     diameter: float | None
     cells: int = 0
     probes: list[dict[str, Any]] = field(default_factory=list)
+    source: str = "probes"
 
 
 def iter_estimate_diameter(predictor: Any, plane: np.ndarray, rgb: bool = False

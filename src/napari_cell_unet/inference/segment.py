@@ -17,9 +17,11 @@ from .instances import BAND_MARGIN, instance_params, instances_in_bands
 from .normalize import ImageError, is_rgb
 from .predict import DEFAULT_BATCH_SIZE, DEFAULT_OVERLAP, DEFAULT_TILE_SIZE, TiledPredictor
 from .rescale import diameter_scale, rescale_plane, resize_probabilities, scaled_shape
+from .taught_diameters import taught_diameter
 
 
 AUTO = "auto"
+TAUGHT = "training labels"  # DiameterEstimate.source when the model was fine-tuned on this image
 
 
 @dataclass
@@ -84,7 +86,11 @@ def iter_segment(image: Any, model: Any = None, *, device: str = "auto", tile_si
     try:
         estimate = None
         if auto:
-            estimate = yield from _iter_auto_diameter(predictor, _probe_model(model), image, slices, rgb)
+            taught = taught_diameter(model, image, slices)
+            if taught is not None:
+                estimate = DiameterEstimate(taught[0], taught[1], source=TAUGHT)
+            else:
+                estimate = yield from _iter_auto_diameter(predictor, _probe_model(model), image, slices, rgb)
             diameter = estimate.diameter
         scale = diameter_scale(model, diameter, plane)
         # rows of context around each band of the instance step: a few cell diameters

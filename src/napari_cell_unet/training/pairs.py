@@ -59,8 +59,25 @@ class TrainingPair:
         return self.labels.shape  # type: ignore[return-value]
 
 
+def annotated_cells(pair: TrainingPair) -> np.ndarray:
+    """The pair's instance labels; with a region, only the cells mostly inside it: the cells the user painted or
+    corrected, whose size can be trusted (a corrected Segment output keeps the model's own, possibly wrong-sized,
+    cells outside it)."""
+    from .targets import as_instance_labels
+
+    labels = as_instance_labels(pair.labels)
+    if pair.region is None:
+        return labels
+    area = np.bincount(labels.ravel())
+    inside = np.bincount(labels[pair.region].ravel(), minlength=area.size)
+    keep = 2 * inside > area
+    keep[0] = False
+    kept = np.where(keep[labels], labels, 0)
+    return kept if kept.any() else labels
+
+
 def zoom_to_diameter(pair: TrainingPair, reference: float, tolerance: float = 0.1) -> TrainingPair:
-    """The pair zoomed so its cells' median diameter (from its labels) becomes `reference` px.
+    """The pair zoomed so its annotated cells' median diameter (`annotated_cells`) becomes `reference` px.
 
     Inference zooms images to the model's cell size (`diameter="auto"`), so fine-tuning must show
     the network cells of that size too. Pairs already within `tolerance` of it, and pairs without
@@ -71,10 +88,9 @@ def zoom_to_diameter(pair: TrainingPair, reference: float, tolerance: float = 0.
 
     from ..inference import estimate_diameter
     from ..inference.rescale import MAX_ZOOM
-    from .targets import as_instance_labels
 
     try:
-        diameter = estimate_diameter(as_instance_labels(pair.labels))
+        diameter = estimate_diameter(annotated_cells(pair))
     except ValueError:
         return pair
     zoom = float(np.clip(reference / diameter, 1 / MAX_ZOOM, MAX_ZOOM))

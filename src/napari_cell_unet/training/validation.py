@@ -167,11 +167,12 @@ def held_out_cells(val_data: list[dict[str, Any]]) -> int:
 
 def improvement(base_metrics: dict[str, float] | None, best_metrics: dict[str, float] | None,
                 held_out: int) -> bool | None:
-    """Whether the best trained step beats the starting model; None when there is nothing to compare or too
-    few held-back cells (`MIN_HELD_OUT_CELLS`) to tell."""
+    """Whether the best trained step beats the starting model: a better score (`score_key`) and an F1 on the
+    held-back cells no lower than the start's (the number the widget shows before -> after). None when there
+    is nothing to compare or too few held-back cells (`MIN_HELD_OUT_CELLS`) to tell."""
     if base_metrics is None or best_metrics is None or held_out < MIN_HELD_OUT_CELLS:
         return None
-    return score_key(best_metrics) > score_key(base_metrics)
+    return best_metrics["f1"] >= base_metrics["f1"] and score_key(best_metrics) > score_key(base_metrics)
 
 
 def score_key(metrics: dict[str, float]) -> tuple[float, float]:
