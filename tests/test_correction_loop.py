@@ -180,60 +180,37 @@ def test_a_model_is_not_called_better_when_the_f1_it_shows_dropped():
     assert improvement(base, {"f1": 0.70, "dice": 0.90, "val_loss": 0.5}, held_out=3) is None
 
 
-def test_replay_crops_are_shipped_images_of_the_training_split():
-    import json
-
-    from napari_cell_unet.training.replay import REPLAY_FILE, replay_crops
-
-    crops = replay_crops()
-    assert crops.dtype == np.uint8 and crops.ndim == 3 and len(crops) >= 16
-    assert all(crop.std() > 5 for crop in crops)  # real images, not blanks
-    with np.load(REPLAY_FILE, allow_pickle=False) as data:
-        sources = json.loads(str(data["sources"]))
-    held_out = {"set5", "set13", "set21", "set29", "set35", "set41", "set10", "set27", "set38", "set42"}
-    assert len(sources) == len(crops) and not held_out & {s["image"] for s in sources}
-
-
-def test_replay_keeps_what_the_model_did_on_images_nobody_corrected(held_out_crop):
-    """Fine-tuning hard on one crop moves the model's output on another experiment's image; replaying the shipped
-    crops with the starting model's predictions as targets moves it less."""
+def test_an_image_the_model_was_fine_tuned_on_keeps_the_size_of_its_annotated_cells(held_out_crop, tmp_path):
+    """A fine-tuned model remembers the median size of the cells annotated on each training image. Segmenting that
+    very image uses it when the probes measured something far from it (they misjudged the image: painting its
+    cells must still fix it); close to it, the probes' estimate stands (a few cells' median is noisy too)."""
     import napari_cell_unet as cu
-    from napari_cell_unet.inference.predict import predict_probabilities
-    from napari_cell_unet.training import TrainConfig, TrainingPair, train
-
-    image, truth, _ = held_out_crop
-    other = load_usiigaci_set("set41")["image"][:256, :256]  # another experiment, never trained on
-    before = predict_probabilities(other, cu.load_model(), device="cpu")
-
-    def moved(replay: int) -> float:
-        config = TrainConfig(steps=12, batch_size=2, crop_size=64, val_fraction=0.0, lr=3e-3, anchor=0.0,
-                             replay=replay)
-        tuned = train([TrainingPair(image, truth)], "default", config).model
-        return float(np.abs(predict_probabilities(other, tuned, device="cpu") - before).mean())
-
-    free, replayed = moved(0), moved(4)
-    assert replayed < 0.8 * free
-
-
-def test_segmenting_an_image_the_model_was_fine_tuned_on_uses_its_cells_size(held_out_crop):
-    """The bundled model's probes measure a fine-tuned model's cell size; on the very image the user painted, the
-    painted cells' size is used instead (so painting an image the probes misjudge still fixes that image)."""
     from napari_cell_unet._progress import result_of
     from napari_cell_unet.inference import estimate_diameter, iter_segment
-    from napari_cell_unet.inference.segment import TAUGHT
+    from napari_cell_unet.inference.segment import TAUGHT, TRUST_TAUGHT
+    from napari_cell_unet.inference.diameter import estimate_cell_diameter
+    from napari_cell_unet.inference.taught_diameters import METADATA_KEY, fingerprint
+    from napari_cell_unet.model.files import bundled_model
     from napari_cell_unet.training import TrainConfig, TrainingPair, train
 
-    image, truth, painted = held_out_crop
+    image, _, painted = held_out_crop
     tuned = train([TrainingPair(image, painted)], "default",
-                  TrainConfig(steps=1, batch_size=1, crop_size=64, val_fraction=0.0, replay=0)).model
-    expected = estimate_diameter(painted)
-    result = result_of(iter_segment(image, tuned, device="cpu"))
-    assert result.diameter_estimate.source == TAUGHT and result.diameter == pytest.approx(expected, abs=0.01)
-    stack = np.stack([image[::-1], image])  # the painted plane inside a stack
-    assert result_of(iter_segment(stack, tuned, device="cpu")).diameter == pytest.approx(expected, abs=0.01)
-    other = result_of(iter_segment(image[::-1].copy(), tuned, device="cpu"))  # other pixels: measured by probes
-    assert other.diameter_estimate.source == "probes"
+                  TrainConfig(steps=1, batch_size=1, crop_size=64, val_fraction=0.0)).model
+    entry = tuned.metadata[METADATA_KEY][fingerprint(image)]
+    assert entry["diameter"] == pytest.approx(estimate_diameter(painted), abs=0.01)
+    probes = estimate_cell_diameter(image, bundled_model(), device="cpu").diameter  # what measures a fine-tuned model
+    entry["diameter"] = probes * 1.2  # annotated cells near the probes' size: the probes stand
+    near = result_of(iter_segment(image, tuned, device="cpu"))
+    assert near.diameter_estimate.source == "probes" and near.diameter == pytest.approx(probes, rel=0.01)
+    entry["diameter"] = probes * TRUST_TAUGHT * 1.5  # far from it: the probes misjudged this image
+    far = result_of(iter_segment(image, tuned, device="cpu"))
+    assert far.diameter_estimate.source == TAUGHT and far.diameter == pytest.approx(entry["diameter"])
+    stack = np.stack([image[::-1], image])  # the annotated plane inside a stack
+    assert result_of(iter_segment(stack, tuned, device="cpu")).diameter == pytest.approx(entry["diameter"])
     assert result_of(iter_segment(image, tuned, device="cpu", diameter=30.0)).diameter == 30.0  # a number wins
+    cu.save_model(tuned, tmp_path / "tuned.safetensors")  # the sizes travel with the model file
+    reloaded = cu.load_model(tmp_path / "tuned.safetensors")
+    assert result_of(iter_segment(image, reloaded, device="cpu")).diameter_estimate.source == TAUGHT
 
 
 def test_remembered_sizes_need_enough_cells_and_stay_bounded():

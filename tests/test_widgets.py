@@ -147,6 +147,22 @@ def test_cell_diameter_auto_is_the_default_and_shown(viewer, segment_widget, cel
     assert record["cell_diameter"] == pytest.approx(estimate_diameter(cells["labels"]), rel=0.5)
 
 
+def test_status_says_when_the_size_is_that_of_the_cells_trained_on():
+    from types import SimpleNamespace
+
+    from napari_cell_unet._widgets.segment_widget import diameter_text
+    from napari_cell_unet.inference.diameter import DiameterEstimate
+    from napari_cell_unet.inference.segment import TAUGHT
+
+    def done(diameter, source):
+        estimate = DiameterEstimate(diameter, 5, source=source)
+        return SimpleNamespace(result=SimpleNamespace(diameter=diameter, diameter_estimate=estimate))
+
+    assert diameter_text([done(64.2, TAUGHT)]) == "cell diameter: as the cells you trained on, 64 px"
+    assert diameter_text([done(27.0, "probes")]) == "cell diameter: auto, 27 px"
+    assert diameter_text([done(64.0, TAUGHT), done(27.0, "probes")]) == "cell diameter: auto, 27-64 px"
+
+
 def test_resegment_is_undoable_and_asks_before_overwriting_edits(viewer, segment_widget):
     asked = []
     segment_widget.confirm_replace = lambda layer: asked.append(layer.name) or "skip"

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 
 import numpy as np
 from napari.layers import Image, Labels, Layer
 from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QComboBox
+
+from .._fingerprint import fingerprint  # notices edits made by the user since we wrote a layer
 
 METADATA_KEY = "napari_cell_unet"
 NONE_TEXT = "(none)"
@@ -115,12 +116,6 @@ def current_plane_index(viewer, layer: Layer) -> tuple[int, ...]:
 def pixels(layer: Layer, plane: tuple[int, ...] = ()) -> np.ndarray:
     """The layer's pixels as a numpy array (one plane when `plane` indexes the leading axes)."""
     return np.asarray(layer_data(layer)[plane] if plane else layer_data(layer))
-
-
-def fingerprint(data) -> str:
-    """A fast content hash used to notice edits made by the user since we wrote a layer."""
-    array = np.ascontiguousarray(np.asarray(data))
-    return hashlib.blake2b(array.view(np.uint8).reshape(-1), digest_size=16).hexdigest() + str(array.shape)
 
 
 def mark_written(layer: Labels) -> None:

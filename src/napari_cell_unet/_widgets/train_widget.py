@@ -12,6 +12,7 @@ from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QHBo
                             QProgressBar, QPushButton, QWidget)
 
 from .._progress import Progress
+from ..inference.taught_diameters import METADATA_KEY as TAUGHT_SIZES
 from ..model import save_model
 from ..training import TrainConfig, TrainingPair, TrainResult, TrainStep, Validation, iter_train
 from . import _layers, _maps
@@ -333,8 +334,10 @@ class TrainWidget(QWidget):
             kept = self.previous_entry.label if self.previous_entry is not None else "the previous model"
             why = ("got worse" if result.improved is False else
                    f"only {result.held_out_cells} held-back cells, too few to tell")
+            sizes = (" It also knows the size of the cells you annotated: on those images it segments at that size."
+                     if result.model.metadata.get(TAUGHT_SIZES) else "")
             notify_info(self.status, f"{head}: {before_after(result)}: {why}, kept '{kept}' "
-                                     f"in Segment cells ('Use the new model anyway' selects '{entry.label}').")
+                                     f"in Segment cells ('Use the new model anyway' selects '{entry.label}').{sizes}")
         else:
             notify_info(self.status, f"{head}: {before_after(self.result)}. '{entry.label}' is now selected "
                                      "in Segment cells.")

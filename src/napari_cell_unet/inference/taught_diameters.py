@@ -8,24 +8,16 @@ its annotated cells, keyed by a fingerprint of the image's pixels, and segmentin
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
+from .._fingerprint import fingerprint
+
 METADATA_KEY = "taught_diameters"  # {fingerprint: {"diameter": px, "cells": n}}
 MIN_CELLS = 5  # annotated cells an image needs for its median size to be remembered
 MAX_REMEMBERED = 256  # most recent images kept (a model fine-tuned many times)
-
-
-def fingerprint(plane: Any) -> str:
-    """A short hash of a 2-D (or colour) plane's pixels, shape and dtype."""
-    array = np.ascontiguousarray(np.asarray(plane))
-    digest = hashlib.blake2b(digest_size=12)
-    digest.update(f"{array.shape}{array.dtype.str}".encode())
-    digest.update(memoryview(array).cast("B"))
-    return digest.hexdigest()
 
 
 def remember(metadata: dict[str, Any], images_and_labels: Sequence[tuple[Any, np.ndarray]]) -> None:

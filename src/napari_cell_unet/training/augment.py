@@ -33,14 +33,13 @@ class CropSampler:
     targets  list of (3, H, W) uint8 tensors: cell, border, region (1 = annotated)
     Images are drawn in proportion to their annotated area times their `weights` (default 1);
     crop centres are drawn inside the bounding box of the annotated region, so small painted
-    regions are still seen. `where` names the target channel that is the "annotated region" for
-    sampling (default 2, the region; replay crops use their distillation channel). With `augment.scale`, a window of crop / zoom pixels is cut and
+    regions are still seen. With `augment.scale`, a window of crop / zoom pixels is cut and
     resized to the crop (image bilinear, targets nearest).
     """
 
     def __init__(self, images: list[torch.Tensor], targets: list[torch.Tensor], crop: int,
                  generator: torch.Generator, augment: AugmentConfig | None = AugmentConfig(),
-                 weights: list[float] | None = None, where: int = 2):
+                 weights: list[float] | None = None):
         self.images, self.targets, self.crop = images, targets, int(crop)
         self.generator = generator
         device = images[0].device
@@ -48,9 +47,8 @@ class CropSampler:
         self.noise_generator = torch.Generator(device=device).manual_seed(generator.initial_seed() + 1)
         self.augment = augment
         weights = [1.0] * len(targets) if weights is None else weights
-        self.weights = torch.tensor([float(t[where].sum()) * w for t, w in zip(targets, weights)],
-                                    dtype=torch.float64)
-        self.boxes = [_bounding_box(t[where]) for t in targets]
+        self.weights = torch.tensor([float(t[2].sum()) * w for t, w in zip(targets, weights)], dtype=torch.float64)
+        self.boxes = [_bounding_box(t[2]) for t in targets]
 
     def sample(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(images (B, C, crop, crop) float, targets (B, 3, crop, crop) float)."""

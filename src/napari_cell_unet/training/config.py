@@ -56,11 +56,6 @@ class TrainConfig:
     # the weights far and other images keep what the model knew (issue 8: chosen on the validation sets,
     # benchmarks/RESULTS.md); 0 = off. Not used when training from scratch
     anchor: float = 0.05
-    # fine-tuning: this many crops of the shipped replay images (the default model's training data, not the
-    # user's) join every batch, with the starting model's own predictions as their targets, so what the model
-    # did on images nobody corrected is kept (issue 8, benchmarks/RESULTS.md); 0 = off. Not used when training
-    # from scratch, with distill = 0, or for models that take more than one channel
-    replay: int = 0
     # in a partially annotated pair, a cell the base model finds that overlaps no painted cell is left out
     # of the region (it keeps the base model's prediction) instead of being taught as background
     protect_unpainted: bool = True

@@ -32,7 +32,6 @@ from .config import FINE_TUNING_LR, ModelSpec, TrainConfig
 from .events import TrainEvent, TrainResult, TrainStep, Validation
 from .losses import distillation_loss, segmentation_loss
 from .pairs import TrainingPair, annotated_cells, require_cells, zoom_to_diameter
-from .replay import replay_images, replay_targets
 from .targets import TrainingDataError, make_targets
 from .validation import (held_out_cells, held_out_window, improvement, prepare_validation, score_key,
                          split_validation, validate)
@@ -148,7 +147,6 @@ class _Run:
         self.total_steps = 0
         self.steps_per_epoch = 1
         self.finished = False
-        self.replay_sampler: CropSampler | None = None
 
     # ------------------------------------------------------------------ setup
     def execute(self) -> Iterator[TrainEvent]:
@@ -181,7 +179,6 @@ class _Run:
         augment = AugmentConfig(scale=tuple(cfg.scale_range)) if cfg.augment else None
         sampler = CropSampler([d["image"] for d in self.train_data], [d["target"] for d in self.train_data],
                               self._crop_size(), generator, augment, [d["weight"] for d in self.train_data])
-        self.replay_sampler = self._replay_sampler(augment)
         annotated = float(sum(d["target"][2].sum() for d in self.train_data))
         self.steps_per_epoch = max(1, math.ceil(annotated / (self._crop_size() ** 2 * self.batch_size)))
         self.total_steps = self._total_steps()
@@ -189,21 +186,6 @@ class _Run:
             torch.set_num_threads(int(cfg.threads))  # restored in release()
         every = cfg.validate_every or max(1, self.total_steps // max(1, cfg.validations))
         yield from self._train(sampler, every)
-
-    def _replay_sampler(self, augment: AugmentConfig | None) -> CropSampler | None:
-        """Crops of the replay images with the starting model's predictions as targets (while it is the start)."""
-        cfg = self.config
-        if cfg.replay <= 0 or cfg.distill <= 0 or self._scratch:
-            return None
-        images = replay_images(self.model)
-        if not images:
-            return None
-        crop = self._crop_size()
-        prepared = [_pad_to(_normalized(image, self.model), target, crop)
-                    for image, target in zip(images, replay_targets(self.model, self.device, images))]
-        return CropSampler([torch.from_numpy(image).to(self.device) for image, _ in prepared],
-                           [torch.from_numpy(target).to(self.device) for _, target in prepared],
-                           crop, torch.Generator().manual_seed(cfg.seed + 1), augment, where=3)
 
     @property
     def _scratch(self) -> bool:
@@ -301,9 +283,6 @@ class _Run:
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
             images, targets = sampler.sample(self.batch_size)
-            if self.replay_sampler is not None:
-                replayed = self.replay_sampler.sample(self.config.replay)
-                images, targets = torch.cat([images, replayed[0]]), torch.cat([targets, replayed[1]])
             loss = self._optimize(network, images, targets, amp_dtype, scaler)
             self.step += 1
             epoch = self.step / self.steps_per_epoch
@@ -426,7 +405,6 @@ class _Run:
         torch.set_num_threads(self.threads_before)
         self.optimizer = None
         self.anchors = []
-        self.replay_sampler = None
         self.train_data = self.val_data = []
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
