@@ -225,7 +225,12 @@ def main() -> None:
         tmp = Path(tmp)
         inputs = tmp / "in"
         inputs.mkdir()
-        for name in SETS[:args.files]:
+        others = sorted((d.name for d in (DATA / "usiigaci_phase").glob("set*") if d.is_dir() and d.name not in SETS),
+                        key=lambda name: int(name[3:]))
+        names = (list(SETS) + others)[:args.files]
+        if len(names) < args.files:
+            raise SystemExit(f"--files {args.files}: only {len(names)} Usiigaci sets")
+        for name in names:
             image = tifffile.imread(DATA / "usiigaci_phase" / name / "raw.tif")[:args.size, :args.size]
             tifffile.imwrite(inputs / f"{name}.tif", image)
         rows = []
