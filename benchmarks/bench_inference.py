@@ -30,6 +30,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 DATA = Path(os.environ.get("CELL_UNET_SHARED_DATA", HERE.parents[1] / "shared" / "data"))
 FRAMES_NPZ = HERE / "_work" / "frames.npz"
+DIAMETER: float | str | None = "auto"
 CASES = {
     "frame": "704x520 LIVECell frame",
     "2048": "2048x2048",
@@ -102,7 +103,8 @@ def run_case(case: str, mode: str, device: str, threads: int, model_path: str | 
         # Small cases run twice and report the second (first-call set-up excluded, as for the forward pass).
         for _ in range(2 if pixels < 10_000_000 else 1):
             start = time.perf_counter()
-            extra = {"cells": result_of(iter_segment(image, model, device=device, threads=threads)).n_cells}
+            extra = {"cells": result_of(iter_segment(image, model, device=device, threads=threads,
+                                                     diameter=DIAMETER)).n_cells}
             seconds, measured = time.perf_counter() - start, pixels
     result = {"case": case, "mode": mode, "pixels": pixels, "seconds": seconds, "mps": measured / seconds / 1e6,
               "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, **extra}
@@ -115,7 +117,7 @@ def bare_forward(model, image: np.ndarray, device, tile: int, max_tiles: int) ->
     """Seconds and pixels for the network alone on up to `max_tiles` tiles (batches of 4 on a GPU, 1 on the CPU)."""
     import torch
 
-    from napari_cell_unet.inference.devices import resolve_precision, autocast_dtype
+    from napari_cell_unet.inference.devices import autocast_dtype, channels_last, resolve_precision
 
     planes = image.reshape(-1, *image.shape[-2:])
     h, w = planes.shape[1:]
@@ -124,8 +126,10 @@ def bare_forward(model, image: np.ndarray, device, tile: int, max_tiles: int) ->
              for p in planes for y in range(0, h, th) for x in range(0, w, tw)][:max_tiles]
     batch = torch.from_numpy(np.stack(tiles).astype(np.float32)[:, None] / 65535.0)
     network = model.network.eval().to(device)
-    dtype = autocast_dtype(resolve_precision("auto", device))
-    if device.type == "cuda":
+    precision = resolve_precision("auto", device)
+    dtype = autocast_dtype(precision)
+    last = channels_last(device, precision)  # as the product's predictor does
+    if last:
         network = network.to(memory_format=torch.channels_last)
     with torch.inference_mode(), torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
         network(batch[:1].to(device))  # warm-up
@@ -135,7 +139,7 @@ def bare_forward(model, image: np.ndarray, device, tile: int, max_tiles: int) ->
         step = 4 if device.type == "cuda" else 1
         for first in range(0, len(batch), step):
             x = batch[first:first + step].to(device)
-            if device.type == "cuda":
+            if last:
                 x = x.contiguous(memory_format=torch.channels_last)
             torch.sigmoid(network(x).float()).cpu()
         seconds = time.perf_counter() - start
@@ -162,12 +166,19 @@ def main() -> None:
     parser.add_argument("--model", default=None, help="model file (default: random weights, default architecture)")
     parser.add_argument("--cases", default=",".join(CASES))
     parser.add_argument("--forward-tiles", type=int, default=8)
+    parser.add_argument("--diameter", default="auto",
+                        help="segment's diameter: auto (the default call: probes, then the image zoomed to the "
+                             "model's cell size, so more or fewer pixels than the image), none (the model's own "
+                             "size: the same pixels as the forward column) or a number")
     parser.add_argument("--one", nargs=2, metavar=("CASE", "MODE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    global DIAMETER
+    DIAMETER = None if args.diameter == "none" else args.diameter if args.diameter == "auto" else float(args.diameter)
     if args.one:
         print(json.dumps(run_case(*args.one, args.device, args.threads, args.model, args.forward_tiles)))
         return
-    print(f"machine: {machine(args.device, args.threads)}; device {args.device}; model: {args.model or 'random weights, default architecture'}\n")
+    print(f"machine: {machine(args.device, args.threads)}; device {args.device}; model: {args.model or 'random weights, default architecture'}; "
+          f"segment's diameter: {args.diameter}\n")
     gpu = args.device == "cuda"
     print("| case | forward MP/s | segment MP/s | segment / forward | segment s | cells | peak RSS (MB) |"
           + (" GPU peak (MB) |" if gpu else ""))
@@ -185,7 +196,7 @@ def main() -> None:
 
 def _subprocess(args, case: str, mode: str) -> dict:
     command = [sys.executable, __file__, "--one", case, mode, "--device", args.device, "--threads", str(args.threads),
-               "--forward-tiles", str(args.forward_tiles)] + (["--model", args.model] if args.model else [])
+               "--forward-tiles", str(args.forward_tiles), "--diameter", args.diameter] + (["--model", args.model] if args.model else [])
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         return {"error": (done.stderr.strip().splitlines() or ["?"])[-1]}
