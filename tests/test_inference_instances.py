@@ -116,3 +116,26 @@ def test_row_bands_give_the_whole_plane_instances(usiigaci):
     assert match_instances(narrow, whole, 0.98).tp < match_instances(banded, whole, 0.98).tp
     # one band: exactly the whole-plane result
     np.testing.assert_array_equal(instances_in_bands(cell, border, band_pixels=truth.size), whole)
+
+
+def test_small_objects_dropped_and_ids_keyed_as_the_sorting_versions_did():
+    """The table-lookup `remove_small_instances` and the bounding-box `first_pixels` give exactly what
+    skimage's relabel_sequential and np.unique(return_index=True) give (dense and sparse ids)."""
+    from scipy import ndimage
+    from skimage.segmentation import relabel_sequential
+
+    from napari_cell_unet.inference.instances import first_pixels, remove_small_instances
+
+    rng = np.random.default_rng(1)
+    labels, _ = ndimage.label(ndimage.gaussian_filter(rng.random((300, 420)), 2) > 0.5)
+    labels[labels == 7] = 0  # a gap in the ids
+    for min_size in (0, 1, 20, 200):
+        sizes = np.bincount(labels.ravel())
+        expected, _, _ = relabel_sequential(np.where((sizes < min_size)[labels] & (labels > 0), 0, labels))
+        assert np.array_equal(remove_small_instances(labels, min_size), expected)
+        sparse = np.where(labels > 0, labels.astype(np.uint64) * 10**9, 0)  # ids keyed by position
+        assert np.array_equal(remove_small_instances(sparse, min_size), expected)
+    ids, first = np.unique(labels.ravel(), return_index=True)
+    got_ids, got_first = first_pixels(labels)
+    assert np.array_equal(got_ids, ids[1:]) and np.array_equal(got_first, first[1:])
+    assert first_pixels(np.zeros((5, 5), np.int32))[0].size == 0
