@@ -229,3 +229,11 @@ def test_remembered_sizes_need_enough_cells_and_stay_bounded():
     assert len(known) == taught.MAX_REMEMBERED and taught.fingerprint(images[0]) not in known
     assert known[taught.fingerprint(images[-1])]["cells"] == 6
     assert taught.fingerprint(images[1]) != taught.fingerprint(images[1].astype(np.uint8))
+    from types import SimpleNamespace  # a model file that wrote something else there is ignored, not a crash
+
+    image = images[-1]
+    for junk in (["a list"], {taught.fingerprint(image): "text"}, {taught.fingerprint(image): {"diameter": "nan?"}},
+                 {taught.fingerprint(image): {"diameter": -3.0, "cells": 6}}):
+        assert taught.taught_diameter(SimpleNamespace(metadata={taught.METADATA_KEY: junk}), image, [()]) is None
+    model = SimpleNamespace(metadata=metadata)
+    assert taught.taught_diameter(model, image, [()]) == (known[taught.fingerprint(image)]["diameter"], 6)

@@ -3,7 +3,8 @@
 The automatic diameter of a model fine-tuned from the bundled one is measured by the bundled model's probes,
 which a few corrections cannot move (issue 8, benchmarks/RESULTS.md). Where those probes misjudge an image,
 painting its cells would not help that image. So training records, per training image, the median diameter of
-its annotated cells, keyed by a fingerprint of the image's pixels, and segmenting that very image again uses it.
+its annotated cells, keyed by a fingerprint of the image's pixels, and segmenting that very image again uses it
+where the probes measured a size far from it (`inference.segment.TRUST_TAUGHT`).
 """
 
 from __future__ import annotations
@@ -39,11 +40,15 @@ def remember(metadata: dict[str, Any], images_and_labels: Sequence[tuple[Any, np
 def taught_diameter(model: Any, image: Any, slices: list[tuple[int, ...]]) -> tuple[float, int] | None:
     """(diameter, cells) remembered for this image (a stack: any of its in-memory planes, else its middle one)."""
     known = (getattr(model, "metadata", None) or {}).get(METADATA_KEY)
-    if not known:
+    if not known or not isinstance(known, dict):  # none, or a model file that wrote something else there
         return None
     planes = slices if isinstance(image, np.ndarray) else slices[len(slices) // 2:][:1]
     for index in planes:
         entry = known.get(fingerprint(image[index]))
-        if entry:
-            return float(entry["diameter"]), int(entry["cells"])
+        try:
+            diameter, cells = float(entry["diameter"]), int(entry["cells"])
+        except (TypeError, KeyError, ValueError):
+            continue
+        if np.isfinite(diameter) and diameter > 0:
+            return diameter, cells
     return None
