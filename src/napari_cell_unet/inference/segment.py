@@ -22,7 +22,6 @@ from .taught_diameters import taught_diameter
 
 AUTO = "auto"
 TAUGHT = "training labels"  # DiameterEstimate.source when the model was fine-tuned on this image
-TRUST_TAUGHT = 1.5  # ... and the probes measured a size this many times larger or smaller than its annotated cells
 
 
 @dataclass
@@ -87,8 +86,11 @@ def iter_segment(image: Any, model: Any = None, *, device: str = "auto", tile_si
     try:
         estimate = None
         if auto:
-            estimate = yield from _iter_auto_diameter(predictor, _probe_model(model), image, slices, rgb)
-            estimate = _trust_taught(estimate, taught_diameter(model, image, slices))
+            taught = taught_diameter(model, image, slices)
+            if taught is not None:  # an image this model was fine-tuned on: the size of its annotated cells
+                estimate = DiameterEstimate(taught[0], taught[1], source=TAUGHT)
+            else:
+                estimate = yield from _iter_auto_diameter(predictor, _probe_model(model), image, slices, rgb)
             diameter = estimate.diameter
             if diameter is None:
                 warnings.warn("found no cells of any size to measure the cell diameter from: segmenting at the "
@@ -150,17 +152,6 @@ def _iter_auto_diameter(predictor: TiledPredictor, probe_model: Any, image: Any,
     if estimate is None or estimate.diameter is None:
         estimate = yield from _iter_middle_slice_estimate(predictor, image, slices, rgb)
     return estimate
-
-
-def _trust_taught(estimate: DiameterEstimate, taught: tuple[float, int] | None) -> DiameterEstimate:
-    """The size of the cells annotated on this image when the probes are far from it (they misjudged the image);
-    the probes otherwise: the median of a few painted cells is itself off by 10 % or so, and segmentation is as
-    sensitive to the size as that (benchmarks/RESULTS.md, issue 8)."""
-    if taught is None:
-        return estimate
-    if estimate.diameter is not None and max(taught[0] / estimate.diameter, estimate.diameter / taught[0]) < TRUST_TAUGHT:
-        return estimate
-    return DiameterEstimate(taught[0], taught[1], estimate.probes, source=TAUGHT)
 
 
 def _iter_middle_slice_estimate(predictor: TiledPredictor, image: Any, slices: list[tuple[int, ...]], rgb: bool
