@@ -140,10 +140,11 @@ def test_a_model_fine_tuned_from_the_bundled_one_keeps_its_cell_size_measure(hel
     drifted = tuned.copy()
     drifted.metadata.pop("diameter_model")
     assert not descends_from_bundled(drifted)  # the weights, not the name, tell
-    expected = estimate_cell_diameter(image, bundled_model(), device="cpu").diameter
-    result = result_of(iter_segment(image, tuned, device="cpu"))
+    unseen = image[::-1].copy()  # the same cells, other pixels: not the image it was fine-tuned on
+    expected = estimate_cell_diameter(unseen, bundled_model(), device="cpu").diameter
+    result = result_of(iter_segment(unseen, tuned, device="cpu"))
     assert result.diameter == pytest.approx(expected)
-    own = estimate_cell_diameter(image, drifted, device="cpu").diameter
+    own = estimate_cell_diameter(unseen, drifted, device="cpu").diameter
     assert own != pytest.approx(expected)  # without it the drifted model would have measured another size
 
 
