@@ -28,13 +28,6 @@ SAME_EXPERIMENT = ["set21"]
 OTHER_EXPERIMENTS = ["set5", "set13", "set35", "set41"]
 
 
-def _experiment(name: str) -> int:
-    """Neighbouring Usiigaci sets are frames of one dish: the group a set belongs to (scripts/default_model_data.py)."""
-    number = int(name[3:])
-    return next(i for i, (low, high) in enumerate(((1, 12), (13, 16), (17, 29), (30, 39), (41, 42)))
-                if low <= number <= high)
-
-
 def load(name: str) -> tuple[np.ndarray, np.ndarray]:
     from napari_cell_unet.io import read_image, read_labels
 
@@ -86,10 +79,12 @@ def score(labels: np.ndarray, truth: np.ndarray) -> dict[str, float]:
 
 
 def pooled_f1(scores: list[dict]) -> float:
-    """F1 @ 0.5 from the matches summed over images: one cell is one cell whichever image it is in
-    (a per-image F1 on a 60-cell image moves by 0.016 per cell)."""
-    tp, fp, fn = (sum(s.get(k, 0) for s in scores) for k in ("tp", "fp", "fn"))
-    return 2 * tp / max(1, 2 * tp + fp + fn)
+    """F1 @ 0.5 from the matches summed over images (`metrics.aggregate`): one cell is one cell whichever image it
+    is in (a per-image F1 on a 60-cell image moves by 0.016 per cell)."""
+    from napari_cell_unet.metrics import aggregate
+
+    counts = [{f"{k}_50": s.get(k, 0) for k in ("tp", "fp", "fn")} for s in scores]
+    return aggregate(counts)["pooled_f1_50"]
 
 
 DIAMETER = "auto"  # or "true": each image segmented at its true median cell diameter (isolates what training did)
@@ -246,9 +241,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.corrected not in split:
             parser.error(f"--corrected must be one of the {args.split} images: {', '.join(split)}")
         CORRECTED = args.corrected
-        group = _experiment(CORRECTED)
-        SAME_EXPERIMENT = [n for n in split if n != CORRECTED and _experiment(n) == group]
-        OTHER_EXPERIMENTS = [n for n in split if n != CORRECTED and _experiment(n) != group]
+        import sys
+
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+        from default_model_data import _usiigaci_group  # neighbouring sets are frames of one dish
+
+        group = _usiigaci_group(CORRECTED)
+        SAME_EXPERIMENT = [n for n in split if n != CORRECTED and _usiigaci_group(n) == group]
+        OTHER_EXPERIMENTS = [n for n in split if n != CORRECTED and _usiigaci_group(n) != group]
     names = [CORRECTED] + [n for n in (args.images or SAME_EXPERIMENT + OTHER_EXPERIMENTS) if n != CORRECTED]
     images = {name: load(name) for name in names}
     base = cu.load_model()
