@@ -43,12 +43,16 @@ def parse_args(argv):
     p.add_argument("--zoom-every", type=int, default=4, help="diameter check on every n-th test image")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--diameter", default="auto", help="'auto' (the default call) or 'none' (no rescaling)")
+    p.add_argument("--tta", action="store_true", help="test-time augmentation: mean over the four flips")
+    p.add_argument("--validation-only", action="store_true",
+                   help="with --tune: report the validation scores and stop (to compare candidates; no test image)")
     p.add_argument("--report", type=Path, default=None)
     p.add_argument("--markdown", type=Path, default=None, help="also write the tables as Markdown")
     return p.parse_args(argv)
 
 
 DIAMETER = "auto"
+TTA = False
 
 
 def segment_item(model, image, diameter=None, **params):
@@ -56,7 +60,8 @@ def segment_item(model, image, diameter=None, **params):
     from napari_cell_unet.inference import iter_segment
 
     diameter = DIAMETER if diameter is None else diameter
-    return result_of(iter_segment(image, model, device="cpu", diameter=diameter, return_probabilities=True, **params))
+    return result_of(iter_segment(image, model, device="cpu", diameter=diameter, return_probabilities=True, tta=TTA,
+                                  **params))
 
 
 def tune(model, items, start):
@@ -161,9 +166,10 @@ def livecell(model):
 
 
 def main(argv=None):
-    global DIAMETER
+    global DIAMETER, TTA
     args = parse_args(argv)
     DIAMETER = None if args.diameter == "none" else args.diameter
+    TTA = args.tta
     start = time.perf_counter()
     import torch
 
@@ -172,11 +178,16 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     model = load_model(None if args.model == "default" else args.model)
     split = all_items(args.data)
-    out = {"model": args.model, "grid": GRID, "diameter": args.diameter}
+    out = {"model": args.model, "grid": GRID, "diameter": args.diameter, "tta": args.tta}
     if args.tune:
         params, top = tune(model, split["validation"], start)
         model.metadata["postprocessing"] = {**model.postprocessing, **params}
         out["tuning"] = {"chosen": params, "top5": top}
+        for domain, row in top[0]["by_domain"].items():
+            log(start, f"validation {domain}: {_brief(row)}")
+        if args.validation_only:
+            _write_report(args.report, out)
+            return 0
     test = [i for i in split["test"] if i.domain == "usiigaci"]
     test += [i for i in split["test"] if i.domain != "usiigaci"][::args.dsb_test_every]
     out["postprocessing"] = model.postprocessing
@@ -195,11 +206,20 @@ def main(argv=None):
     if args.markdown:
         args.markdown.parent.mkdir(parents=True, exist_ok=True)
         args.markdown.write_text(markdown(out))
-    if args.report:
-        args.report.parent.mkdir(parents=True, exist_ok=True)
-        args.report.write_text(json.dumps(out, indent=1, default=jsonable))
+    _write_report(args.report, out)
     log(start, "done")
     return 0
+
+
+def _write_report(path, out) -> None:
+    if path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(out, indent=1, default=jsonable))
+
+
+def _brief(row) -> str:
+    return ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()
+                     if not isinstance(v, (list, dict)))
 
 
 def markdown(out) -> str:

@@ -16,6 +16,7 @@ import torch
 
 from .._progress import Progress, result_of
 from .devices import autocast_dtype, channels_last, cpu_threads, resolve_device, resolve_precision
+from .inference_network import inference_network
 from .normalize import channel_ranges, is_rgb, normalize_channels, to_model_channels
 from .tiling import TileGrid, make_grid
 
@@ -60,14 +61,14 @@ class TiledPredictor:
                  precision: str = "auto", threads: int | None = None, tta: bool = False):
         self.model = model
         self.tta = bool(tta)
-        self.network = model.network
+        self.network = model.network  # until `_activate`: then the folded copy that inference runs
         self.tile_size = int(tile_size)
         self.overlap = overlap
         self.requested_batch_size = batch_size
         self.threads = threads
         self.multiple = size_multiple(model.metadata.get("architecture") or {})
         self.requested_precision = precision
-        self._restore = (next(self.network.parameters()).device, self.network.training, torch.get_num_threads())
+        self._threads_before = torch.get_num_threads()
         self._activate(resolve_device(device))
 
     @property
@@ -100,12 +101,10 @@ class TiledPredictor:
         return channel_ranges(channels, self.model.normalization)
 
     def close(self) -> None:
-        """Move the network back where it was, restore its mode and torch's thread count, free GPU memory."""
-        device, training, threads = self._restore
+        """Drop the inference copy of the network, restore torch's thread count, free GPU memory."""
         was_cuda = self.device.type == "cuda"
-        self.network.to(device, memory_format=torch.contiguous_format)
-        self.network.train(training)
-        torch.set_num_threads(threads)
+        self.network = self.model.network
+        torch.set_num_threads(self._threads_before)
         if was_cuda:
             torch.cuda.empty_cache()
 
@@ -115,11 +114,11 @@ class TiledPredictor:
         self.autocast = autocast_dtype(self.precision)
         default_batch = 1 if device.type == "cpu" else 4
         self.batch_size = max(1, int(self.requested_batch_size or default_batch))
-        torch.set_num_threads(self.threads or (cpu_threads() if device.type == "cpu" else self._restore[2]))
-        self.network.eval()
+        torch.set_num_threads(self.threads or (cpu_threads() if device.type == "cpu" else self._threads_before))
         self.channels_last = channels_last(device, self.precision)
-        memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
-        self.network.to(device, memory_format=memory_format)
+        # bf16 on a CPU: weights and tiles in bf16 (autocast would cast every weight on every tile); CUDA: autocast
+        self.input_dtype = torch.bfloat16 if device.type == "cpu" and self.autocast == torch.bfloat16 else torch.float32
+        self.network = inference_network(self.model.network, device, self.input_dtype, self.channels_last)
 
     def _recover_from_oom(self) -> None:
         if self.device.type != "cuda":
@@ -154,11 +153,12 @@ class TiledPredictor:
         return probabilities
 
     def _forward(self, tiles: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(tiles).to(self.device)
+        x = torch.from_numpy(tiles).to(self.device, self.input_dtype)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
+        autocast = self.autocast is not None and self.input_dtype == torch.float32
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.autocast or torch.float32,
-                                                     enabled=self.autocast is not None):
+                                                     enabled=autocast):
             if self.tta:
                 flips = ((), (-1,), (-2,), (-2, -1))
                 probabilities = sum(torch.sigmoid(self._flipped(x, axes).float()) for axes in flips) / len(flips)
