@@ -67,14 +67,26 @@ def instances_in_bands(cell_prob: np.ndarray, border_prob: np.ndarray, cell_thre
     if height <= band_rows + margin:
         return instances_from_probabilities(cell_prob, border_prob, **params)
     dtype = keyed_label_dtype(height, width)
-    labels = np.zeros((height, width), dtype)
+    labels = np.zeros((height, width), np.uint32)  # each band's local ids first, final ids at the end
+    bands, keys = [], []
     for start in range(0, height, band_rows):
         stop = min(height, start + band_rows)
         top, bottom = max(0, start - margin), min(height, stop + margin)
-        keyed = keyed_instances(cell_prob[top:bottom], border_prob[top:bottom], (top, 0), width, dtype, **params)
-        labels[start:stop] = keyed[start - top:stop - top]
-    relabel_consecutive(labels, band_rows)
-    return labels.astype(np.uint32, copy=False)
+        window = cell_prob[top:bottom], border_prob[top:bottom]
+        local = instances_from_probabilities(*window, **params)
+        lut = canonical_lut(local, seed_mask(*window, cell_threshold, border_threshold), (top, 0), width, dtype)
+        labels[start:stop] = local[start - top:stop - top]
+        present = np.flatnonzero(np.bincount(labels[start:stop].ravel(), minlength=lut.size))
+        present = present[present > 0]
+        bands.append((start, stop, lut, present))
+        keys.append(lut[present])
+    # one id per key, numbered in key order (as a sort of the keyed image would): a table per band, no sort of pixels
+    keys = np.unique(np.concatenate(keys)) if keys else np.empty(0, dtype)
+    for start, stop, lut, present in bands:
+        table = np.zeros(lut.size, np.uint32)
+        table[present] = np.searchsorted(keys, lut[present]) + 1
+        labels[start:stop] = table[labels[start:stop]]
+    return labels
 
 
 def seed_mask(cell_prob: np.ndarray, border_prob: np.ndarray, cell_threshold: float,
@@ -120,8 +132,14 @@ def keyed_label_dtype(height: int, width: int) -> np.dtype:
 
 
 def canonical_ids(local: np.ndarray, interior: np.ndarray, origin: tuple[int, int], width: int,
-                   dtype: np.dtype) -> np.ndarray:
-    """Map local ids to 1 + the full-image row-major index of each object's first *interior* pixel.
+                  dtype: np.dtype) -> np.ndarray:
+    """Local ids replaced by position keys (`canonical_lut`)."""
+    return canonical_lut(local, interior, origin, width, dtype)[local]
+
+
+def canonical_lut(local: np.ndarray, interior: np.ndarray, origin: tuple[int, int], width: int,
+                  dtype: np.dtype) -> np.ndarray:
+    """A table from local ids to 1 + the full-image row-major index of each object's first *interior* pixel.
 
     Interior pixels (cell and not border, a pointwise test of the shared probabilities) never sit on a contested
     edge between two objects, so neighbouring chunks agree on them even where watershed ties assign an edge
@@ -133,7 +151,7 @@ def canonical_ids(local: np.ndarray, interior: np.ndarray, origin: tuple[int, in
     rows, cols = np.divmod(first, local.shape[1])
     lut = np.zeros(int(ids[-1]) + 1 if ids.size else 1, dtype)
     lut[ids] = (rows + origin[0]).astype(np.uint64) * width + (cols + origin[1]).astype(np.uint64) + 1
-    return lut[local]
+    return lut
 
 
 def first_pixels(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
