@@ -97,7 +97,7 @@ def run_case(case: str, mode: str, device: str, threads: int, model_path: str | 
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     if mode == "forward":
-        seconds, measured = bare_forward(model, image, dev, DEFAULT_TILE_SIZE, forward_tiles)
+        seconds, measured = bare_forward(model, image, dev, DEFAULT_TILE_SIZE, forward_tiles, threads)
         extra = {}
     else:
         # Small cases run twice and report the second (first-call set-up excluded, as for the forward pass).
@@ -113,36 +113,32 @@ def run_case(case: str, mode: str, device: str, threads: int, model_path: str | 
     return result
 
 
-def bare_forward(model, image: np.ndarray, device, tile: int, max_tiles: int) -> tuple[float, int]:
+def bare_forward(model, image: np.ndarray, device, tile: int, max_tiles: int, threads: int | None = None
+                 ) -> tuple[float, int]:
     """Seconds and pixels for the network alone on up to `max_tiles` tiles (batches of 4 on a GPU, 1 on the CPU)."""
     import torch
 
-    from napari_cell_unet.inference.devices import autocast_dtype, channels_last, resolve_precision
+    from napari_cell_unet.inference import TiledPredictor
 
     planes = image.reshape(-1, *image.shape[-2:])
     h, w = planes.shape[1:]
     th, tw = min(tile, -(-h // 32) * 32), min(tile, -(-w // 32) * 32)
     tiles = [np.pad(p[y:y + th, x:x + tw], ((0, th - p[y:y + th].shape[0]), (0, tw - p[:, x:x + tw].shape[1])))
              for p in planes for y in range(0, h, th) for x in range(0, w, tw)][:max_tiles]
-    batch = torch.from_numpy(np.stack(tiles).astype(np.float32)[:, None] / 65535.0)
-    network = model.network.eval().to(device)
-    precision = resolve_precision("auto", device)
-    dtype = autocast_dtype(precision)
-    last = channels_last(device, precision)  # as the product's predictor does
-    if last:
-        network = network.to(memory_format=torch.channels_last)
-    with torch.inference_mode(), torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-        network(batch[:1].to(device))  # warm-up
+    batch = np.stack(tiles).astype(np.float32)[:, None] / 65535.0
+    predictor = TiledPredictor(model, device=str(device), threads=threads)  # the network exactly as `segment` runs it
+    try:
+        forward = predictor._forward
+        forward(batch[:1])  # warm-up
         if device.type == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
         step = 4 if device.type == "cuda" else 1
         for first in range(0, len(batch), step):
-            x = batch[first:first + step].to(device)
-            if last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            torch.sigmoid(network(x).float()).cpu()
+            forward(batch[first:first + step])
         seconds = time.perf_counter() - start
+    finally:
+        predictor.close()
     return seconds, len(tiles) * th * tw
 
 

@@ -5,7 +5,9 @@
 Rows (each with a ratio to its reference row, measured in the same process):
   forward   the bundled model alone on a 1024x1024 tile of a real Usiigaci frame: fp32 contiguous (reference),
             fp32 channels-last, bf16 autocast contiguous / channels-last (skipped where the CPU lacks native
-            bf16: emulated bf16 is ~300x slower), the same on CUDA when there is a GPU. Variants are timed in
+            bf16: emulated bf16 is ~300x slower), and what `segment` runs: a copy with batch norms folded into the
+            convolutions (weights in bf16 where the CPU does bf16 natively, no autocast); the same on CUDA when
+            there is a GPU. Variants are timed in
             interleaved rounds (median), so load changes on a shared machine hit them all alike.
   segment   `segment` end to end (normalisation, tiling, blending, instances; diameter=None: the model's own
             size, no automatic-diameter probes) on 1024x1024 and 2048x2048, as MP/s and as a share of the
@@ -33,6 +35,7 @@ from bench_io_coco import livecell_like
 
 from napari_cell_unet.inference import normalize_image, segment
 from napari_cell_unet.inference.devices import channels_last, native_bf16_cpu, resolve_precision
+from napari_cell_unet.inference.inference_network import inference_network
 from napari_cell_unet.model import load_model
 
 CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
@@ -50,13 +53,17 @@ def machine(threads: int) -> str:
             f"native bf16 (oneDNN): {native_bf16_cpu()}; GPU: {gpu}; torch {torch.__version__}{load}")
 
 
-def forward_variants(device: torch.device) -> list[tuple[str, torch.dtype | None, bool]]:
-    """(name, autocast dtype, channels-last) for each variant worth timing on `device`."""
+def forward_variants(device: torch.device) -> list[tuple[str, torch.dtype | None, bool, torch.dtype | None]]:
+    """(name, autocast dtype, channels-last, folded copy's weight dtype or None: the network as trained) for each
+    variant worth timing on `device`."""
     if device.type == "cuda":
-        return [("fp32 contiguous", None, False), ("fp32 channels-last", None, True),
-                ("fp16 channels-last", torch.float16, True), ("bf16 channels-last", torch.bfloat16, True)]
-    return [("fp32 contiguous", None, False), ("fp32 channels-last", None, True),
-            ("bf16 contiguous", torch.bfloat16, False), ("bf16 channels-last", torch.bfloat16, True)]
+        return [("fp32 contiguous", None, False, None), ("fp32 channels-last", None, True, None),
+                ("fp16 channels-last", torch.float16, True, None), ("bf16 channels-last", torch.bfloat16, True, None),
+                ("folded, fp16 channels-last", torch.float16, True, torch.float32)]
+    return [("fp32 contiguous", None, False, None), ("fp32 channels-last", None, True, None),
+            ("folded, fp32 channels-last", None, True, torch.float32),
+            ("bf16 contiguous", torch.bfloat16, False, None), ("bf16 channels-last", torch.bfloat16, True, None),
+            ("folded, bf16 weights channels-last", None, True, torch.bfloat16)]
 
 
 Timing = tuple[float, float]  # wall-clock seconds, CPU seconds of this process (all threads)
@@ -68,24 +75,31 @@ def timed(work) -> Timing:
     return time.perf_counter() - start, time.process_time() - cpu
 
 
+def _needs_native_bf16(variant) -> bool:
+    return torch.bfloat16 in (variant[1], variant[3])
+
+
 def time_forwards(model, tile: np.ndarray, device: torch.device, rounds: int) -> dict[str, Timing | None]:
     """Median (wall, CPU) seconds per forward of each variant (None: skipped), in interleaved rounds after one
     warm-up each."""
-    variants = [v for v in forward_variants(device) if device.type == "cuda" or v[1] is None or native_bf16_cpu()]
+    variants = [v for v in forward_variants(device)
+                if device.type == "cuda" or not _needs_native_bf16(v) or native_bf16_cpu()]
     x = torch.from_numpy(normalize_image(tile))[None, None].to(device)
     network = model.network.eval().to(device)
-    times: dict[str, list[Timing]] = {name: [] for name, _, _ in variants}
+    times: dict[str, list[Timing]] = {name: [] for name, *_ in variants}
     with torch.inference_mode():
         for round_ in range(rounds + 1):  # round 0 warms each variant up (oneDNN / cuDNN set-up per layout)
-            for name, dtype, last in variants:
+            for name, dtype, last, folded in variants:
                 fmt = torch.channels_last if last else torch.contiguous_format
-                network.to(memory_format=fmt)
+                net = network.to(memory_format=fmt) if folded is None else inference_network(network, device, folded,
+                                                                                              last)
+                inp = x.to(folded or torch.float32).contiguous(memory_format=fmt)
                 with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-                    timing = timed(lambda: torch.sigmoid(network(x.contiguous(memory_format=fmt)).float()).cpu())
+                    timing = timed(lambda: torch.sigmoid(net(inp).float()).cpu())
                 if round_:
                     times[name].append(timing)
     network.to(memory_format=torch.contiguous_format)
-    medians: dict[str, Timing | None] = {name: None for name, _, _ in forward_variants(device)}
+    medians: dict[str, Timing | None] = {name: None for name, *_ in forward_variants(device)}
     medians.update({name: median_timing(t) for name, t in times.items()})
     return medians
 
@@ -136,6 +150,14 @@ def row(what: str, variant: str, timing: Timing | None, pixels: int, reference: 
     return f"| {what} | {variant} | {seconds:.2f} | {cpu:.2f} | {mps} | {ratio} | {note} |"
 
 
+def product_variant(device: torch.device, precision: str) -> str:
+    """The forward variant that `segment` runs (TiledPredictor: folded copy, channels-last where it pays)."""
+    if device.type == "cuda":
+        return "folded, fp16 channels-last"
+    assert channels_last(device, precision)
+    return "folded, bf16 weights channels-last" if precision == "bf16" else "folded, fp32 channels-last"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
@@ -161,7 +183,7 @@ def main() -> None:
         if device.type == "cuda":
             print(row("forward 1024²", "GPU fp32 vs CPU fp32", reference, tile.size, cpu_reference, "vs CPU"))
         precision = resolve_precision("auto", device)
-        used = f"{'bf16' if precision == 'bf16' else 'fp32'} {'channels-last' if channels_last(device, precision) else 'contiguous'}"
+        used = product_variant(device, precision)
         forward_used = (forwards.get(used) or forwards["fp32 contiguous"])[0]
         for size, image in ((1024, tile), (2048, None if args.skip_2048 else make_image("2048"))):
             if image is None:
