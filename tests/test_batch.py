@@ -216,7 +216,8 @@ def test_a_model_without_min_size_removes_objects_under_30_px(tiny_model, fake_n
     model = tiny_model.copy()
     del model.metadata["postprocessing"]["min_size"]
     model.metadata["normalization"] = dict(_FakeModel.normalization)
-    assert model.postprocessing == {"cell_threshold": 0.5, "border_threshold": 0.5, "min_size": 30}
+    assert model.postprocessing == {"cell_threshold": 0.5, "border_threshold": 0.5, "min_size": 30,
+                                    "merge_threshold": 0.0}
     image, _ = _disc_image()
     image[300:304, 20:24] = 1.0  # a 16-px speck, far from the discs
 

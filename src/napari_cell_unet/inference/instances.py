@@ -23,15 +23,17 @@ def instance_params(model: Any, cell_threshold: float | None = None, border_thre
 
 
 def instances_from_probabilities(cell_prob: np.ndarray, border_prob: np.ndarray, cell_threshold: float = 0.5,
-                                 border_threshold: float = 0.5, min_size: int = 30) -> np.ndarray:
+                                 border_threshold: float = 0.5, min_size: int = 30,
+                                 merge_threshold: float = 0.0) -> np.ndarray:
     """Instance labels (uint32, 0 = background, ids 1..N consecutive) from 2-D probability maps.
 
     Seeds are the 4-connected components of (cell > cell_threshold) & (border < border_threshold);
     each seed grows back over the cell mask (watershed on -cell probability) so cells keep
     their full extent. Seeds under half of `min_size` are dropped first (specks in a cell's
     narrow neck would split it). Parts of the cell mask that no seed reaches (a small cell covered by
-    border probability) become instances of their own. Objects under `min_size` pixels are
-    removed.
+    border probability) become instances of their own. With `merge_threshold` > 0, touching instances whose
+    contact is not a border (mean border probability along it below `merge_threshold`) are merged: one cell split
+    by a weak border blob. Objects under `min_size` pixels are removed.
     """
     cell_prob = np.asarray(cell_prob)
     border_prob = np.asarray(border_prob)
@@ -47,12 +49,50 @@ def instances_from_probabilities(cell_prob: np.ndarray, border_prob: np.ndarray,
     labels = watershed(-cell_prob, seeds, mask=mask) if n_seeds else seeds
     unreached, _ = ndimage.label(mask & (labels == 0))
     labels = np.where(unreached > 0, unreached + n_seeds, labels)
+    if merge_threshold > 0:
+        labels = merge_weak_contacts(labels, border_prob, merge_threshold)
     return remove_small_instances(labels, min_size)
+
+
+def merge_weak_contacts(labels: np.ndarray, border_prob: np.ndarray, threshold: float) -> np.ndarray:
+    """Merge each pair of 4-touching instances whose contact pixels have a mean border probability under
+    `threshold` (a pixel pair's evidence: the larger of its two border probabilities). Ids keep their values
+    (the smallest of a merged group wins); callers renumber."""
+    lows, highs, evidence = [], [], []
+    for a, b, pa, pb in ((labels[:, :-1], labels[:, 1:], border_prob[:, :-1], border_prob[:, 1:]),
+                         (labels[:-1], labels[1:], border_prob[:-1], border_prob[1:])):
+        contact = (a != b) & (a > 0) & (b > 0)
+        x, y = a[contact].astype(np.int64), b[contact].astype(np.int64)
+        lows.append(np.minimum(x, y))
+        highs.append(np.maximum(x, y))
+        evidence.append(np.maximum(pa[contact], pb[contact]))
+    low, high = np.concatenate(lows), np.concatenate(highs)
+    if not low.size:
+        return labels
+    pairs, inverse = np.unique(np.stack([low, high], 1), axis=0, return_inverse=True)
+    inverse = inverse.ravel()
+    mean = np.bincount(inverse, weights=np.concatenate(evidence)) / np.bincount(inverse)
+    weak = pairs[mean < threshold]
+    if not weak.size:
+        return labels
+    parent = np.arange(int(labels.max()) + 1)
+    for x, y in weak:  # union-find over the (few) weak contacts
+        rx, ry = _root(parent, x), _root(parent, y)
+        parent[max(rx, ry)] = min(rx, ry)
+    roots = np.array([_root(parent, i) for i in range(parent.size)])
+    return roots[labels].astype(labels.dtype, copy=False)
+
+
+def _root(parent: np.ndarray, i: int) -> int:
+    while parent[i] != i:
+        parent[i] = parent[parent[i]]
+        i = parent[i]
+    return int(i)
 
 
 def instances_in_bands(cell_prob: np.ndarray, border_prob: np.ndarray, cell_threshold: float = 0.5,
                        border_threshold: float = 0.5, min_size: int = 30, band_pixels: int = BAND_PIXELS,
-                       margin: int = BAND_MARGIN) -> np.ndarray:
+                       margin: int = BAND_MARGIN, merge_threshold: float = 0.0) -> np.ndarray:
     """`instances_from_probabilities` on a large plane, a band of rows (about `band_pixels` pixels) at a time.
 
     Each band is computed with `margin` rows of context above and below and keeps its own rows; objects
@@ -63,7 +103,8 @@ def instances_in_bands(cell_prob: np.ndarray, border_prob: np.ndarray, cell_thre
     """
     height, width = cell_prob.shape
     band_rows = max(1, band_pixels // max(1, width), 2 * margin)
-    params = {"cell_threshold": cell_threshold, "border_threshold": border_threshold, "min_size": min_size}
+    params = {"cell_threshold": cell_threshold, "border_threshold": border_threshold, "min_size": min_size,
+              "merge_threshold": merge_threshold}
     if height <= band_rows + margin:
         return instances_from_probabilities(cell_prob, border_prob, **params)
     dtype = keyed_label_dtype(height, width)
@@ -97,11 +138,12 @@ def seed_mask(cell_prob: np.ndarray, border_prob: np.ndarray, cell_threshold: fl
 
 def keyed_instances(cell_prob: np.ndarray, border_prob: np.ndarray, origin: tuple[int, int], width: int,
                     dtype: np.dtype, cell_threshold: float = 0.5, border_threshold: float = 0.5,
-                    min_size: int = 30) -> np.ndarray:
+                    min_size: int = 30, merge_threshold: float = 0.0) -> np.ndarray:
     """`instances_from_probabilities` of a window at `origin` (row, column) of an image `width` pixels wide, its
     ids keyed by position (`canonical_ids`), so overlapping windows (bands, dask chunks) name a shared object alike.
     """
-    local = instances_from_probabilities(cell_prob, border_prob, cell_threshold, border_threshold, min_size)
+    local = instances_from_probabilities(cell_prob, border_prob, cell_threshold, border_threshold, min_size,
+                                         merge_threshold)
     interior = seed_mask(cell_prob, border_prob, cell_threshold, border_threshold)
     return canonical_ids(local, interior, origin, width, dtype)
 
