@@ -88,3 +88,24 @@ def test_a_line_per_image_unless_quiet(model_file, tmp_path, capsys):
                  "--quiet"]) == 1  # exists already
     captured = capsys.readouterr()
     assert f"{image}: " not in captured.out and "--overwrite" in captured.err
+
+
+def test_tta_option_averages_flips_in_files_and_in_chunked_huge_images(model_file, tmp_path):
+    from napari_cell_unet.inference import predict_probabilities, segment_dask
+    from napari_cell_unet.model import load_model
+
+    image = load_small_set("set20")["image"][:96, :128].astype(np.float32)
+    tifffile.imwrite(tmp_path / "a.tif", image)
+    for flag, out in (([], "plain"), (["--tta"], "flips")):
+        assert main(["segment", str(tmp_path / "a.tif"), "-o", str(tmp_path / out), "--model", str(model_file),
+                     "--device", "cpu", "--diameter", "none", *flag]) == 0
+    model = load_model(model_file)
+    plain = predict_probabilities(image, model, device="cpu", precision="fp32")
+    flips = predict_probabilities(image, model, device="cpu", precision="fp32", tta=True)
+    # a random tiny network is not flip-invariant, so the flipped average differs from one pass
+    assert np.abs(plain - flips).max() > 1e-3
+    mirrored = predict_probabilities(image[:, ::-1].copy(), model, device="cpu", precision="fp32", tta=True)
+    np.testing.assert_allclose(mirrored[:, :, ::-1], flips, atol=1e-4)  # the average of all flips is flip-invariant
+    # the chunked path for huge images takes the option too (it used to drop it)
+    lazy = segment_dask(image, model, chunk=64, overlap=16, device="cpu", precision="fp32", tta=True, diameter=None)
+    assert lazy.shape == image.shape and np.asarray(lazy).dtype.kind == "u"

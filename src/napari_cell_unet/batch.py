@@ -162,5 +162,5 @@ def _segment_large(image: Any, target: Path, model: Any, params: dict, index: in
 
 def _dask_params(params: dict) -> dict:
     allowed = {"chunk", "overlap", "device", "tile_size", "low", "high", "cell_threshold", "border_threshold",
-               "min_size", "diameter"}
+               "min_size", "diameter", "precision", "tta"}
     return {k: v for k, v in params.items() if k in allowed}

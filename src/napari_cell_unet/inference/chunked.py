@@ -65,13 +65,14 @@ def _extended_origin(chunks: tuple[tuple[int, ...], ...], block_id: tuple[int, .
     return y0 - (depth if i > 0 else 0), x0 - (depth if j > 0 else 0)
 
 
-def model_predictor(model: Any, device: Any, tile_size: int | None, threads: int | None = None
-                    ) -> Callable[[np.ndarray], np.ndarray]:
+def model_predictor(model: Any, device: Any, tile_size: int | None, threads: int | None = None,
+                    precision: str = "auto", tta: bool = False) -> Callable[[np.ndarray], np.ndarray]:
     """Chunk -> (2, h, w) probabilities with the model, for chunks already normalised with global percentiles."""
     def predict(normalized: np.ndarray) -> np.ndarray:
         # identity ranges: by default each chunk would be normalised by its own percentiles
         return predict_probabilities(normalized, model, device=device, rgb=False,
                                      ranges=[(0.0, 1.0)] * model.in_channels, threads=threads,
+                                     precision=precision, tta=tta,
                                      **({"tile_size": tile_size} if tile_size else {}))
 
     return predict
@@ -98,7 +99,8 @@ def segment_dask(image: Any, model: Any, chunk: int = DEFAULT_CHUNK, overlap: in
                  high: float | None = None, cell_threshold: float | None = None,
                  border_threshold: float | None = None, min_size: int | None = None,
                  diameter: float | str | None = None, on_block: Callable[[], None] | None = None,
-                 predict: Callable[[np.ndarray], np.ndarray] | None = None) -> Any:
+                 predict: Callable[[np.ndarray], np.ndarray] | None = None, precision: str = "auto",
+                 tta: bool = False) -> Any:
     """Lazy instance labels of a huge 2D image (numpy, memmap or dask), computed chunk by chunk.
 
     Returns a dask array of unique (not consecutive) ids, uint32 (uint64 beyond 2**32 pixels); see the module
@@ -106,7 +108,8 @@ def segment_dask(image: Any, model: Any, chunk: int = DEFAULT_CHUNK, overlap: in
     chunk (progress; raising cancels). `predict` maps a globally normalised float32 chunk to its (2, h, w)
     probabilities (default: `model` through the tiled predictor). `diameter`: typical cell diameter (px); each
     chunk is zoomed to the model's cell size for prediction (see `inference.iter_segment`); "auto" estimates it
-    on the image's central 2048 x 2048 pixels; `overlap` and `min_size` stay in original pixels. Other parameters
+    on the image's central 2048 x 2048 pixels; `overlap` and `min_size` stay in original pixels; `precision` and
+    `tta` (test-time flips) as in `inference.iter_segment`. Other parameters
     default to the model's (`normalization`, `postprocessing`).
     """
     import dask.array as da
@@ -121,7 +124,7 @@ def segment_dask(image: Any, model: Any, chunk: int = DEFAULT_CHUNK, overlap: in
     norm = model.normalization
     lo, hi = percentile_range(image, norm["low"] if low is None else low, norm["high"] if high is None else high)
     if predict is None:
-        predict = model_predictor(model, resolve_device(device), tile_size)
+        predict = model_predictor(model, resolve_device(device), tile_size, precision=precision, tta=tta)
     if diameter == "auto":
         diameter = central_diameter(image, model, device)
     scale = diameter_scale(model, diameter)
