@@ -2,9 +2,9 @@
 
     python benchmarks/bench_bf16_agreement.py --crop 256 --threads 2
 
-Segments held-out crops (Usiigaci test sets, DSB test groups) once in fp32 and once in bf16 autocast with
-channels-last (what `precision="auto"` picks on AVX512-BF16/AMX CPUs), at the model's own cell size so both
-see identical pixels, and compares: instance F1@0.5 between the two label images, foreground IoU, and the
+Segments held-out crops (Usiigaci test sets, DSB test groups) once in fp32 and once in bf16 channels-last (what
+`precision="auto"` picks on AVX512-BF16/AMX CPUs: the network copy with batch norms folded, weights in bf16), at
+the model's own cell size so both see identical pixels, and compares: instance F1@0.5 between the two label images, foreground IoU, and the
 largest probability difference. On a CPU without native bf16 oneDNN emulates it: the same rounding, ~300x
 slower, so keep the crops small there. Prints one JSON object with the CPU it ran on.
 """

@@ -1,5 +1,10 @@
-"""The network as inference runs it: a copy with each batch norm folded into the convolution before it, in the
-precision it computes in. The model's own network is never changed, so training can go on from it."""
+"""The network as inference runs it: an eval-mode copy on the device, with each batch norm folded into the
+convolution before it when the network computes in fp32. The model's own network is never changed, so training
+can go on from it.
+
+Not folded under bf16 autocast: the folded weights' bf16 rounding moved the automatic diameter (LIVECell frame
+21.8 -> 25.0 px) and cost 0.036 F1 on the DSB fluorescence test images, where batch norm applied on its own keeps
+fp32's result (benchmarks/RESULTS.md, issue 10)."""
 
 from __future__ import annotations
 
@@ -17,19 +22,21 @@ _CACHE: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionar
 
 
 def inference_network(network: nn.Module, device: torch.device, dtype: torch.dtype = torch.float32,
-                      channels_last: bool = False) -> nn.Module:
-    """An eval-mode copy of `network` with batch norms folded, on `device`, its weights in `dtype`.
+                      channels_last: bool = False, fold: bool = True) -> nn.Module:
+    """An eval-mode copy of `network` on `device`, its weights in `dtype`, batch norms folded if `fold`.
 
-    Folding removes one pass over every feature map per layer (batch norm was 16 % of an 8000² CPU run, profiled;
-    benchmarks/RESULTS.md). The copy is cached on `network` for CPU use and rebuilt whenever a weight or a
-    running statistic has changed since (training steps bump the tensors' versions).
+    Folding removes one pass over every feature map per layer (+16 % fp32 forward speed on 1024², bench_speed.py).
+    The copy is cached for CPU use and rebuilt whenever a weight or a running statistic has changed since
+    (training steps bump the tensors' versions).
     """
-    key = (str(device), dtype, channels_last, _weights_version(network))
+    key = (str(device), dtype, channels_last, fold, _weights_version(network))
     cached = _CACHE.get(network)
     if cached is not None and cached[0] == key:
         return cached[1]
     with torch.no_grad():
-        folded = fold_batch_norms(copy.deepcopy(network).eval())
+        folded = copy.deepcopy(network).eval()
+        if fold:
+            fold_batch_norms(folded)
         memory_format = torch.channels_last if channels_last else torch.contiguous_format
         folded = folded.to(device=device, dtype=dtype, memory_format=memory_format)
     for parameter in folded.parameters():

@@ -116,9 +116,8 @@ class TiledPredictor:
         self.batch_size = max(1, int(self.requested_batch_size or default_batch))
         torch.set_num_threads(self.threads or (cpu_threads() if device.type == "cpu" else self._threads_before))
         self.channels_last = channels_last(device, self.precision)
-        # bf16 on a CPU: weights and tiles in bf16 (autocast would cast every weight on every tile); CUDA: autocast
-        self.input_dtype = torch.bfloat16 if device.type == "cpu" and self.autocast == torch.bfloat16 else torch.float32
-        self.network = inference_network(self.model.network, device, self.input_dtype, self.channels_last)
+        self.network = inference_network(self.model.network, device, channels_last=self.channels_last,
+                                         fold=self.autocast is None)  # folding under autocast: see that module
 
     def _recover_from_oom(self) -> None:
         if self.device.type != "cuda":
@@ -153,12 +152,11 @@ class TiledPredictor:
         return probabilities
 
     def _forward(self, tiles: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(tiles).to(self.device, self.input_dtype)
+        x = torch.from_numpy(tiles).to(self.device)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        autocast = self.autocast is not None and self.input_dtype == torch.float32
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.autocast or torch.float32,
-                                                     enabled=autocast):
+                                                     enabled=self.autocast is not None):
             if self.tta:
                 flips = ((), (-1,), (-2,), (-2, -1))
                 probabilities = sum(torch.sigmoid(self._flipped(x, axes).float()) for axes in flips) / len(flips)
