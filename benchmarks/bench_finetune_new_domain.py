@@ -65,6 +65,9 @@ def main(argv=None) -> int:
     add_common_arguments(p)
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--train", type=int, default=5, help="images to fine-tune on; the rest are the test")
+    p.add_argument("--lr", type=float, default=None, help="learning rate (default: the library's)")
+    p.add_argument("--unfreeze", action="store_true", help="train the encoder too (a new modality)")
+    p.add_argument("--anchor", type=float, default=None, help="pull towards the start's weights (default: library's)")
     args = p.parse_args(argv)
     import torch
 
@@ -78,7 +81,10 @@ def main(argv=None) -> int:
     before = score(model, test_items)
     pairs = [TrainingPair(*item.load(), name=item.name) for item in train_items]
     started = time.perf_counter()
-    result = train(pairs, model, TrainConfig(steps=args.steps, threads=args.threads))
+    extra = {"lr": args.lr} if args.lr is not None else {}
+    extra.update({"freeze_encoder": False} if args.unfreeze else {})
+    extra.update({"anchor": args.anchor} if args.anchor is not None else {})
+    result = train(pairs, model, TrainConfig(steps=args.steps, threads=args.threads, **extra))
     seconds = time.perf_counter() - started
     after = score(result.model, test_items)
     record = result.model.metadata["training"]
@@ -86,7 +92,7 @@ def main(argv=None) -> int:
                       "test_images": len(test_items), "steps": record["steps"], "best_step": record["best_step"],
                       "train_seconds": round(seconds, 1), "seconds_per_step": round(seconds / max(1, record["steps"]), 2),
                       "crop_size": record["crop_size"], "batch_size": record["batch_size"],
-                      "freeze_encoder": record["freeze_encoder"], "before": before, "after": after,
+                      "freeze_encoder": record["freeze_encoder"], "settings": extra, "before": before, "after": after,
                       "machine": cpu_description()}, indent=1))
     return 0
 

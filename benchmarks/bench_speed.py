@@ -5,9 +5,9 @@
 Rows (each with a ratio to its reference row, measured in the same process):
   forward   the bundled model alone on a 1024x1024 tile of a real Usiigaci frame: fp32 contiguous (reference),
             fp32 channels-last, bf16 autocast contiguous / channels-last (skipped where the CPU lacks native
-            bf16: emulated bf16 is ~300x slower), and what `segment` runs: a copy with batch norms folded into the
-            convolutions (weights in bf16 where the CPU does bf16 natively, no autocast); the same on CUDA when
-            there is a GPU. Variants are timed in
+            bf16: emulated bf16 is ~300x slower), and copies with batch norms folded into the convolutions (fp32:
+            what `segment` runs without autocast; bf16 weights: faster, but not used, see inference_network.py);
+            the same on CUDA when there is a GPU. Variants are timed in
             interleaved rounds (median), so load changes on a shared machine hit them all alike.
   segment   `segment` end to end (normalisation, tiling, blending, instances; diameter=None: the model's own
             size, no automatic-diameter probes) on 1024x1024 and 2048x2048, as MP/s and as a share of the
@@ -151,11 +151,11 @@ def row(what: str, variant: str, timing: Timing | None, pixels: int, reference: 
 
 
 def product_variant(device: torch.device, precision: str) -> str:
-    """The forward variant that `segment` runs (TiledPredictor: folded copy, channels-last where it pays)."""
+    """The forward variant that `segment` runs (TiledPredictor: batch norms folded in fp32 only, channels-last)."""
     if device.type == "cuda":
-        return "folded, fp16 channels-last"
+        return "fp16 channels-last"
     assert channels_last(device, precision)
-    return "folded, bf16 weights channels-last" if precision == "bf16" else "folded, fp32 channels-last"
+    return "bf16 channels-last" if precision == "bf16" else "folded, fp32 channels-last"
 
 
 def main() -> None:

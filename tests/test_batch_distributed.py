@@ -142,8 +142,9 @@ def test_a_killed_batch_resumes_with_no_half_written_file(cluster, tiny_file, us
     inputs = tmp_path / "in"
     inputs.mkdir()
     image = load_usiigaci_set("set25")["image"]
-    for index in range(6):
-        tifffile.imwrite(inputs / f"t{index}.tif", np.ascontiguousarray(image[index * 40:index * 40 + 96, :128]))
+    n_files = 12  # enough that the batch cannot finish between two polls (a tiny model is fast)
+    for index in range(n_files):
+        tifffile.imwrite(inputs / f"t{index}.tif", np.ascontiguousarray(image[index * 40:index * 40 + 192, :256]))
     out = tmp_path / "out"
     command = [sys.executable, "-m", "napari_cell_unet.cli", "batch", str(inputs), "-o", str(out),
                "--model", str(tiny_file), *FAST, "--workers", "1", "--threads", "1", "--quiet"]
@@ -157,26 +158,26 @@ def test_a_killed_batch_resumes_with_no_half_written_file(cluster, tiny_file, us
                         and dist.read_sidecar(p.with_suffix(".tif"))["status"] == "complete"]
             if finished:
                 break
-            time.sleep(0.2)
+            time.sleep(0.05)
         assert process.poll() is None, "the batch ended before it could be killed"
         assert finished, "no output finished in time"
     finally:
         os.killpg(process.pid, signal.SIGKILL)  # the client, the scheduler and the worker process at once
         process.wait()
     complete_before = {p.name for p in out.glob("*_labels.json") if json.loads(p.read_text())["status"] == "complete"}
-    assert 1 <= len(complete_before) < 6 and not (out / "batch_report.json").exists()
+    assert 1 <= len(complete_before) < n_files and not (out / "batch_report.json").exists()
     # what a kill while writing leaves behind: a temporary file next to an output
     (out / ".t5_labels.tif.abcd1234.tmp").write_bytes(b"II*\x00 half")
 
     assert main(["batch", str(inputs), "-o", str(out), "--model", str(tiny_file), *FAST,
                  "--scheduler", cluster.scheduler.address]) == 0
     summary = capsys.readouterr().out
-    assert f"{6 - len(complete_before)} segmented, {len(complete_before)} already complete, 0 failed" in summary
+    assert f"{n_files - len(complete_before)} segmented, {len(complete_before)} already complete, 0 failed" in summary
     assert not list(out.glob(".*")), "temporary files left"
     assert all(json.loads(p.read_text())["status"] == "complete" for p in out.glob("*_labels.json"))
     assert main(["segment", str(inputs), "-o", str(tmp_path / "seg"), "--model", str(tiny_file), *FAST]) == 0
     expected, got = _labels(tmp_path / "seg"), _labels(out)
-    assert sorted(got) == sorted(expected) and len(got) == 6
+    assert sorted(got) == sorted(expected) and len(got) == n_files
     for name in expected:
         np.testing.assert_array_equal(got[name], expected[name])
 
