@@ -114,6 +114,19 @@ def test_segment_real_image_adds_labels_layer(viewer, segment_widget, cells):
     assert f"{n_found} cells" in segment_widget.status.text() and "cpu" in segment_widget.status.text()
 
 
+def test_test_time_flips_are_an_advanced_choice_that_reaches_the_run(viewer, segment_widget, cells, monkeypatch):
+    from napari_cell_unet._widgets import segment_widget as module
+
+    assert not segment_widget.tta_check.isChecked() and segment_widget._parameters()["tta"] is False
+    segment_widget.tta_check.setChecked(True)
+    seen = []
+    real = module.iter_segment
+    monkeypatch.setattr(module, "iter_segment", lambda *a, **k: seen.append(k.get("tta")) or real(*a, **k))
+    job = segment_widget.segment(sync=True)
+    assert job is not None and not job.cancelled and seen == [True]
+    assert viewer.layers["cells labels"].data.max() > 0
+
+
 def test_cell_diameter_rescales_small_cells_to_the_model(make_napari_viewer, segmenting_model_file, cells):
     """Cells shrunk to half size are found again when the user gives their diameter."""
     from skimage.transform import rescale
