@@ -320,6 +320,7 @@ def _write_package_files(model: CellModel, folder: Path, image: np.ndarray | Non
                 "cell_threshold": float(post["cell_threshold"]),
                 "border_threshold": float(post["border_threshold"]),
                 "min_size": int(post["min_size"]),
+                "merge_threshold": float(post.get("merge_threshold", 0.0)),
                 "metadata": metadata,
             },
             "bioimageio": {"architecture_type": "U-Net", "modality": "phase contrast, fluorescence",
@@ -402,8 +403,8 @@ microscopy image, **cell** (full cell extent) and **border** (a ~2 px outline st
 
 ## From probabilities to cells
 napari-cell-unet: seeds = connected components of (cell > {post['cell_threshold']} and border <
-{post['border_threshold']}), grown back into the cell mask (cell > 0.5) by watershed; objects smaller than
-{post['min_size']} px are removed. These numbers are in `config.{CONFIG_KEY}`.
+{post['border_threshold']}), grown back into the cell mask (cell > {post['cell_threshold']}) by watershed;{_merge_sentence(post)} objects
+smaller than {post['min_size']} px are removed. These numbers are in `config.{CONFIG_KEY}`.
 
 ## Use it
 - In napari-cell-unet: `load_model("this_package.zip")`, `cell-unet segment --model this_package.zip ...`.
@@ -466,3 +467,11 @@ def _validate(folder: Path) -> None:
                                   "pip install 'napari-cell-unet[bioimageio]' (pydantic<2.14)")
         first = "; ".join(f"{'.'.join(map(str, e.loc))}: {e.msg}" for e in errors[:3]) or status
         raise BioimageioError(f"the exported description is not valid bioimage.io: {first[:200]}")
+
+
+def _merge_sentence(post: dict) -> str:
+    threshold = float(post.get("merge_threshold", 0.0))
+    if threshold <= 0:
+        return ""
+    return (f" touching objects whose contact has a mean border probability under {threshold:g} are merged"
+            f" (`inference.instances.merge_weak_contacts`);")
