@@ -30,4 +30,4 @@ def segmentation_params(args: argparse.Namespace) -> dict:
     """The segmentation keyword arguments the options above (and `--device`) give; None = the model's default."""
     return {"device": args.device, "precision": args.precision, "tile_size": args.tile_size,
             "min_size": args.min_size, "cell_threshold": args.cell_threshold,
-            "border_threshold": args.border_threshold, "tta": bool(getattr(args, "tta", False))}
+            "border_threshold": args.border_threshold, "tta": args.tta}

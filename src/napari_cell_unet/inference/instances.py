@@ -56,8 +56,11 @@ def instances_from_probabilities(cell_prob: np.ndarray, border_prob: np.ndarray,
 
 def merge_weak_contacts(labels: np.ndarray, border_prob: np.ndarray, threshold: float) -> np.ndarray:
     """Merge each pair of 4-touching instances whose contact pixels have a mean border probability under
-    `threshold` (a pixel pair's evidence: the larger of its two border probabilities). Ids keep their values
-    (the smallest of a merged group wins); callers renumber."""
+    `threshold` (a pixel pair's evidence: the larger of its two border probabilities). Merged groups take a new
+    shared id; callers renumber."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
     lows, highs, evidence = [], [], []
     for a, b, pa, pb in ((labels[:, :-1], labels[:, 1:], border_prob[:, :-1], border_prob[:, 1:]),
                          (labels[:-1], labels[1:], border_prob[:-1], border_prob[1:])):
@@ -75,19 +78,12 @@ def merge_weak_contacts(labels: np.ndarray, border_prob: np.ndarray, threshold: 
     weak = pairs[mean < threshold]
     if not weak.size:
         return labels
-    parent = np.arange(int(labels.max()) + 1)
-    for x, y in weak:  # union-find over the (few) weak contacts
-        rx, ry = _root(parent, x), _root(parent, y)
-        parent[max(rx, ry)] = min(rx, ry)
-    roots = np.array([_root(parent, i) for i in range(parent.size)])
-    return roots[labels].astype(labels.dtype, copy=False)
-
-
-def _root(parent: np.ndarray, i: int) -> int:
-    while parent[i] != i:
-        parent[i] = parent[parent[i]]
-        i = parent[i]
-    return int(i)
+    n = int(labels.max()) + 1
+    graph = coo_matrix((np.ones(len(weak)), (weak[:, 0], weak[:, 1])), shape=(n, n))
+    _, group = connected_components(graph, directed=False)
+    table = group.astype(labels.dtype) + 1
+    table[0] = 0  # background is in no pair: its own group, kept 0
+    return table[labels]
 
 
 def instances_in_bands(cell_prob: np.ndarray, border_prob: np.ndarray, cell_threshold: float = 0.5,
@@ -96,7 +92,7 @@ def instances_in_bands(cell_prob: np.ndarray, border_prob: np.ndarray, cell_thre
     """`instances_from_probabilities` on a large plane, a band of rows (about `band_pixels` pixels) at a time.
 
     Each band is computed with `margin` rows of context above and below and keeps its own rows; objects
-    get band-independent ids (`canonical_ids`), so a cell crossing a band edge keeps one id as long as it
+    get band-independent ids (`canonical_lut`), so a cell crossing a band edge keeps one id as long as it
     (and the cells touching it) lies within `margin` rows of the edge, then ids are renumbered 1..N.
     Peak memory is that of one band instead of the whole plane (skimage's watershed copies its input to
     float64 and pads it: ~25 bytes per pixel). Planes of at most one band are done in one piece.
@@ -113,9 +109,7 @@ def instances_in_bands(cell_prob: np.ndarray, border_prob: np.ndarray, cell_thre
     for start in range(0, height, band_rows):
         stop = min(height, start + band_rows)
         top, bottom = max(0, start - margin), min(height, stop + margin)
-        window = cell_prob[top:bottom], border_prob[top:bottom]
-        local = instances_from_probabilities(*window, **params)
-        lut = canonical_lut(local, seed_mask(*window, cell_threshold, border_threshold), (top, 0), width, dtype)
+        local, lut = keyed_window(cell_prob[top:bottom], border_prob[top:bottom], (top, 0), width, dtype, **params)
         labels[start:stop] = local[start - top:stop - top]
         present = np.flatnonzero(np.bincount(labels[start:stop].ravel(), minlength=lut.size))
         present = present[present > 0]
@@ -137,15 +131,22 @@ def seed_mask(cell_prob: np.ndarray, border_prob: np.ndarray, cell_threshold: fl
 
 
 def keyed_instances(cell_prob: np.ndarray, border_prob: np.ndarray, origin: tuple[int, int], width: int,
-                    dtype: np.dtype, cell_threshold: float = 0.5, border_threshold: float = 0.5,
-                    min_size: int = 30, merge_threshold: float = 0.0) -> np.ndarray:
+                    dtype: np.dtype, **params: Any) -> np.ndarray:
     """`instances_from_probabilities` of a window at `origin` (row, column) of an image `width` pixels wide, its
-    ids keyed by position (`canonical_ids`), so overlapping windows (bands, dask chunks) name a shared object alike.
+    ids keyed by position (`canonical_lut`), so overlapping windows (bands, dask chunks) name a shared object alike.
     """
+    local, lut = keyed_window(cell_prob, border_prob, origin, width, dtype, **params)
+    return lut[local]
+
+
+def keyed_window(cell_prob: np.ndarray, border_prob: np.ndarray, origin: tuple[int, int], width: int,
+                 dtype: np.dtype, cell_threshold: float = 0.5, border_threshold: float = 0.5, min_size: int = 30,
+                 merge_threshold: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """(local instance labels of the window, the table from local ids to position keys: `canonical_lut`)."""
     local = instances_from_probabilities(cell_prob, border_prob, cell_threshold, border_threshold, min_size,
                                          merge_threshold)
     interior = seed_mask(cell_prob, border_prob, cell_threshold, border_threshold)
-    return canonical_ids(local, interior, origin, width, dtype)
+    return local, canonical_lut(local, interior, origin, width, dtype)
 
 
 def remove_small_instances(labels: np.ndarray, min_size: int) -> np.ndarray:
@@ -168,15 +169,9 @@ def remove_small_instances(labels: np.ndarray, min_size: int) -> np.ndarray:
 
 
 def keyed_label_dtype(height: int, width: int) -> np.dtype:
-    """The label type of position-keyed ids (`canonical_ids`) in an image of `height` x `width` pixels: the ids go
+    """The label type of position-keyed ids (`canonical_lut`) in an image of `height` x `width` pixels: the ids go
     up to height * width, so uint32 (uint64 from 2**32 pixels)."""
     return np.dtype(np.uint32 if height * width < 2**32 - 1 else np.uint64)
-
-
-def canonical_ids(local: np.ndarray, interior: np.ndarray, origin: tuple[int, int], width: int,
-                  dtype: np.dtype) -> np.ndarray:
-    """Local ids replaced by position keys (`canonical_lut`)."""
-    return canonical_lut(local, interior, origin, width, dtype)[local]
 
 
 def canonical_lut(local: np.ndarray, interior: np.ndarray, origin: tuple[int, int], width: int,

@@ -61,7 +61,6 @@ class TiledPredictor:
                  precision: str = "auto", threads: int | None = None, tta: bool = False):
         self.model = model
         self.tta = bool(tta)
-        self.network = model.network  # until `_activate`: then the folded copy that inference runs
         self.tile_size = int(tile_size)
         self.overlap = overlap
         self.requested_batch_size = batch_size

@@ -320,7 +320,7 @@ def _write_package_files(model: CellModel, folder: Path, image: np.ndarray | Non
                 "cell_threshold": float(post["cell_threshold"]),
                 "border_threshold": float(post["border_threshold"]),
                 "min_size": int(post["min_size"]),
-                "merge_threshold": float(post.get("merge_threshold", 0.0)),
+                "merge_threshold": float(post["merge_threshold"]),
                 "metadata": metadata,
             },
             "bioimageio": {"architecture_type": "U-Net", "modality": "phase contrast, fluorescence",
@@ -470,7 +470,7 @@ def _validate(folder: Path) -> None:
 
 
 def _merge_sentence(post: dict) -> str:
-    threshold = float(post.get("merge_threshold", 0.0))
+    threshold = float(post["merge_threshold"])
     if threshold <= 0:
         return ""
     return (f" touching objects whose contact has a mean border probability under {threshold:g} are merged"
