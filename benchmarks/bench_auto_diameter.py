@@ -101,6 +101,7 @@ def main(argv=None) -> int:
                                                      "at every zoom (wall time, interleaved)")
     parser.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
     parser.add_argument("--out", default="build/auto_diameter.json")
+    parser.add_argument("--model", default=None, help="model file (default: the bundled model)")
     args = parser.parse_args(argv)
 
     from default_model_data import all_items
@@ -108,7 +109,7 @@ def main(argv=None) -> int:
     from napari_cell_unet.inference.diameter import estimate_cell_diameter
     from napari_cell_unet.model import load_model
 
-    model = load_model()
+    model = load_model(args.model)
     counter = PixelCounter()
     timing = set(filter(None, args.timing.split(",")))
     rows = []

@@ -44,7 +44,8 @@ def parse_args(argv):
     p.add_argument("--dsb-test-every", type=int, default=1, help="use every n-th DSB test image (quick runs)")
     p.add_argument("--zoom-every", type=int, default=4, help="diameter check on every n-th test image")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--diameter", default="auto", help="'auto' (the default call) or 'none' (no rescaling)")
+    p.add_argument("--diameter", default="auto", help="'auto' (the default call), 'none' (no rescaling) or 'true' (each image "
+                   "at its labels' median diameter: how much a perfect size estimate would give)")
     p.add_argument("--tta", action="store_true", help="test-time augmentation: mean over the four flips")
     p.add_argument("--validation-only", action="store_true",
                    help="with --tune: report the validation scores and stop (to compare candidates; no test image)")
@@ -57,11 +58,13 @@ DIAMETER = "auto"
 TTA = False
 
 
-def segment_item(model, image, diameter=None, **params):
+def segment_item(model, image, diameter=None, truth=None, **params):
     from napari_cell_unet._progress import result_of
-    from napari_cell_unet.inference import iter_segment
+    from napari_cell_unet.inference import estimate_diameter, iter_segment
 
     diameter = DIAMETER if diameter is None else diameter
+    if diameter == "true":  # the oracle: the median diameter of the image's own labels (a diagnostic, no product)
+        diameter = estimate_diameter(truth)
     return result_of(iter_segment(image, model, device="cpu", diameter=diameter, return_probabilities=True, tta=TTA,
                                   **params))
 
@@ -72,7 +75,7 @@ def tune(model, items, start):
     probabilities, truths, domains = [], [], []
     for item in items:
         image, labels = item.load()
-        probabilities.append(segment_item(model, image).probabilities)
+        probabilities.append(segment_item(model, image, truth=labels).probabilities)
         truths.append(labels)
         domains.append(item.domain)
     keys = list(GRID)
@@ -84,6 +87,10 @@ def tune(model, items, start):
         # every domain weighs the same, whatever its number of validation images
         rows.append({"params": params, "objective": float(np.mean([v["objective"] for v in by_domain.values()])),
                      "by_domain": by_domain})
+    own = [r for r in rows if all(model.postprocessing.get(k) == v for k, v in r["params"].items())]
+    if own:  # the file's current thresholds, for comparison
+        log(start, f"the model's own thresholds {own[0]['params']}: objective {own[0]['objective']:.3f} "
+                   + str({d: round(v["f1_50"], 3) for d, v in own[0]["by_domain"].items()}))
     rows.sort(key=lambda r: -r["objective"])
     log(start, f"tuned on {len(items)} validation images: {rows[0]['params']} (objective {rows[0]['objective']:.3f})")
     return rows[0]["params"], rows[:5]
@@ -98,7 +105,7 @@ def test_report(model, items, zoom_every, start):
     for number, item in enumerate(items):
         image, labels = item.load()
         started = time.perf_counter()
-        result = segment_item(model, image)
+        result = segment_item(model, image, truth=labels)
         seconds = time.perf_counter() - started
         scores = instance_scores(result.labels, labels)
         true_diameter = estimate_diameter(labels)
