@@ -90,6 +90,7 @@ def pooled_f1(scores: list[dict]) -> float:
 DIAMETER = "auto"  # or "true": each image segmented at its true median cell diameter (isolates what training did)
 BASE, BASE_DIAMETERS = None, {}  # with "base": the starting model estimates every image's diameter, once
 A_REGION = "image"  # route A trains on the whole image, or "changed": only around the corrected cells
+TAUGHT = "use"  # "ignore": the trained model forgets the sizes of its training images' cells before scoring
 
 
 def evaluate(model, images: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, dict[str, float]]:
@@ -138,6 +139,8 @@ def run_route(route: str, base, images, steps: int, n_cells: int, overrides: dic
     started = time.perf_counter()
     result = train([pair], model=base, config=TrainConfig(steps=steps, **overrides), on_event=_log)
     seconds = time.perf_counter() - started
+    if TAUGHT == "ignore":
+        result.model.metadata.pop("taught_diameters", None)
     return {"route": route, "steps": steps, "n_cells": n_cells if route == "B" else None,
             "seconds": round(seconds, 1), "best_step": result.best_step,
             "improved": getattr(result, "improved", None),
@@ -210,6 +213,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--diameter", choices=("auto", "true", "base"), default="auto",
                         help="segment the scored images with the automatic diameter (default), their true one, or the "
                              "starting model's automatic estimate (diameters that do not move with fine-tuning)")
+    parser.add_argument("--taught", choices=("use", "ignore"), default="use",
+                        help="ignore: score the trained model without the cell sizes it remembers of its training "
+                             "images (every image's diameter then comes from the automatic estimate)")
     parser.add_argument("--split", choices=("test", "validation"), default="test",
                         help="test: set29 corrected, set21 same experiment, set5/13/35/41 others (the numbers reported); "
                              "validation: set27 corrected, set38/10/42 others (where settings are chosen)")
@@ -230,8 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {k: ast.literal_eval(v) for k, v in (item.split("=", 1) for item in args.set)}
     if args.threads:
         overrides.setdefault("threads", args.threads)
-    global DIAMETER, A_REGION
-    DIAMETER, A_REGION = args.diameter, args.a_region
+    global DIAMETER, A_REGION, TAUGHT
+    DIAMETER, A_REGION, TAUGHT = args.diameter, args.a_region, args.taught
     if args.split == "validation":
         global CORRECTED, SAME_EXPERIMENT, OTHER_EXPERIMENTS
         # set27 (sets 17-29) has no other validation set of its experiment

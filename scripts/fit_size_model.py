@@ -30,8 +30,9 @@ VALIDATION_ZOOMS = (0.5, 1.0, 2.0)
 ALPHAS = (1, 3, 10, 30, 100, 300, 1000, 3000)
 
 
-def features_of(predictor, image, window_of=None):
-    from napari_cell_unet.inference.diameter import _activity, _busiest_window
+def features_of(predictor, image, windows=None):
+    from napari_cell_unet.inference import size_model
+    from napari_cell_unet.inference.diameter import _activity, _busiest_windows
     from napari_cell_unet.inference.normalize import to_model_channels
     from napari_cell_unet.inference.rescale import model_diameter
     from napari_cell_unet.inference.size_model import size_features
@@ -41,14 +42,15 @@ def features_of(predictor, image, window_of=None):
     ranges = predictor.normalization_ranges(channels)
     activity = _activity(channels)
     return size_features(predictor.network, image, False, model.in_channels, ranges, model_diameter(model),
-                         lambda side: _busiest_window(activity, image.shape[:2], side), predictor.autocast,
+                         lambda side: _busiest_windows(activity, image.shape[:2], side,
+                                                       windows or size_model.WINDOWS), predictor.autocast,
                          predictor.channels_last)
 
 
 def collect(args):
     import torch
 
-    from napari_cell_unet.inference import estimate_diameter
+    from napari_cell_unet.inference import estimate_diameter, size_model
     from napari_cell_unet.inference.predict import TiledPredictor
     from napari_cell_unet.inference.rescale import rescale_plane
     from napari_cell_unet.model import load_model
@@ -70,14 +72,15 @@ def collect(args):
                 rng.uniform(np.log(0.4), np.log(2.5), ZOOMS_PER_IMAGE[item.domain]))
             for zoom in zooms:
                 zoomed = rescale_plane(image, float(zoom))
-                rows["x"].append(features_of(predictor, zoomed))
+                rows["x"].append(features_of(predictor, zoomed, args.windows))
                 rows["y"].append(true * zoom)
                 for key, value in (("domain", item.domain), ("name", item.name), ("zoom", zoom), ("part", part)):
                     rows[key].append(value)
             if number % 50 == 0:
                 print(f"[{time.perf_counter() - start:6.0f}s] {part} {number + 1}/{len(split[part])}", flush=True)
     predictor.close()
-    np.savez_compressed(args.output, **{k: np.asarray(v) for k, v in rows.items()})
+    np.savez_compressed(args.output, windows=args.windows or size_model.WINDOWS,
+                        **{k: np.asarray(v) for k, v in rows.items()})
     print(f"{len(rows['y'])} samples in {time.perf_counter() - start:.0f} s -> {args.output}")
 
 
@@ -128,7 +131,8 @@ def write(args, data, train, domains, alpha):
     model = load_model(args.write)
     both = train | (data["part"] == "validation") if args.with_validation else train
     regression = SizeRegression.fit(data["x"][both], data["y"][both], alpha, domain_weights(domains[both]),
-                                    reference=model_diameter(model), fitted_to=encoder_fingerprint(model.network))
+                                    reference=model_diameter(model), fitted_to=encoder_fingerprint(model.network),
+                                    windows=int(data["windows"]))
     model.metadata[METADATA_KEY] = regression.to_metadata()
     model.metadata[METADATA_KEY]["fitted"] = {"samples": int(both.sum()), "alpha": alpha,
                                               "script": "scripts/fit_size_model.py"}
@@ -144,6 +148,7 @@ def main(argv=None):
     c.add_argument("--model", default="default")
     c.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
     c.add_argument("--threads", type=int, default=2)
+    c.add_argument("--windows", type=int, default=None, help="windows averaged per zoom (default: the product's)")
     f = sub.add_parser("fit")
     f.add_argument("features", type=Path)
     f.add_argument("--write", type=Path, default=None, help="model file to store the regression in")

@@ -210,6 +210,29 @@ def test_an_image_the_model_was_fine_tuned_on_keeps_the_size_of_its_annotated_ce
     assert result_of(iter_segment(image, reloaded, device="cpu")).diameter == pytest.approx(entry["diameter"])
 
 
+def test_a_few_painted_cells_size_their_image_only_where_the_estimate_failed(held_out_crop):
+    """Near the automatic estimate, the median of fewer than `TRUSTED_CELLS` painted cells is less exact than the
+    estimate, which is kept; a median of many cells, or one 1.5x away from the estimate, wins."""
+    from napari_cell_unet._progress import result_of
+    from napari_cell_unet.inference import iter_segment
+    from napari_cell_unet.inference.segment import TAUGHT, TRUSTED_CELLS
+    from napari_cell_unet.inference.taught_diameters import METADATA_KEY, fingerprint
+    from napari_cell_unet.training import TrainConfig, TrainingPair, train
+
+    image, _, painted = held_out_crop
+    tuned = train([TrainingPair(image, painted)], "default",
+                  TrainConfig(steps=1, batch_size=1, crop_size=64, val_fraction=0.0)).model
+    entry = tuned.metadata[METADATA_KEY].pop(fingerprint(image))
+    estimated = result_of(iter_segment(image, tuned, device="cpu")).diameter
+    tuned.metadata[METADATA_KEY][fingerprint(image)] = entry
+    for factor, cells, source in ((1.2, TRUSTED_CELLS - 1, "probes"), (1.2, TRUSTED_CELLS, TAUGHT),
+                                  (1.6, 5, TAUGHT), (1 / 1.6, 5, TAUGHT)):
+        entry.update(diameter=factor * estimated, cells=cells)
+        result = result_of(iter_segment(image, tuned, device="cpu"))
+        assert result.diameter_estimate.source == source, (factor, cells)
+        assert result.diameter == pytest.approx(estimated if source == "probes" else factor * estimated)
+
+
 def test_remembered_sizes_need_enough_cells_and_stay_bounded():
     from napari_cell_unet.inference import taught_diameters as taught
 

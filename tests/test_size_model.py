@@ -105,3 +105,21 @@ def test_a_regression_fitted_to_another_encoder_is_not_used(tiny_model, tmp_path
 def test_a_malformed_size_model_entry_falls_back_to_the_probes(tiny_model, entry):
     tiny_model.metadata[METADATA_KEY] = entry
     assert size_regression(tiny_model, tiny_model.network) is None
+
+
+def test_busiest_windows_are_distinct_and_busiest_first():
+    from napari_cell_unet.inference.diameter import _activity, _busiest_windows
+
+    image = np.zeros((400, 600), np.float32)
+    image[20:80:4, 400:460] = 1.0  # the busiest texture (stripes)
+    image[300:360:6, 50:110] = 1.0  # a sparser one
+    corners = _busiest_windows(_activity(image[None]), image.shape, 100, 3)
+    assert len(corners) == 3
+    (y0, x0), (y1, x1) = corners[:2]
+    assert y0 <= 20 < 80 <= y0 + 100 and x0 <= 400 < 460 <= x0 + 100
+    assert y1 <= 300 < 360 <= y1 + 100 and x1 <= 50 < 110 <= x1 + 100
+    for i, (ya, xa) in enumerate(corners):
+        for yb, xb in corners[i + 1:]:
+            assert abs(ya - yb) >= 100 or abs(xa - xb) >= 100  # no two overlap
+    only = _busiest_windows(_activity(image[None]), image.shape, 400, 3)
+    assert len(only) == 1 and only[0][0] == 0  # a second 400-px square would overlap the first

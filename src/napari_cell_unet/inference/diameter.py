@@ -124,8 +124,8 @@ def _iter_regressed(regression, predictor, plane, rgb, ranges, activity, thresho
     yield Progress(0, 2, "estimating cell size")
     model = predictor.model
     features = size_features(predictor.network, plane, rgb, model.in_channels, ranges, reference,
-                             lambda side: _busiest_window(activity, plane.shape[:2], side), predictor.autocast,
-                             predictor.channels_last)
+                             lambda side: _busiest_windows(activity, plane.shape[:2], side, regression.windows),
+                             predictor.autocast, predictor.channels_last)
     guess = regression.predict(features)
     yield Progress(1, 2, f"estimating cell size: refining around {guess:.0f} px")
     probe = _probe(predictor, plane, rgb, ranges, activity, guess, reference, FINE_PROBE, thresholds)
@@ -220,17 +220,25 @@ def _activity(channels: np.ndarray, size: int = 256) -> tuple[np.ndarray, int]:
 
 def _busiest_window(activity: tuple[np.ndarray, int], shape: tuple[int, int], window: int) -> tuple[int, int]:
     """(top, left) of the `window`-px square with the most local contrast (cells rather than empty background)."""
+    return _busiest_windows(activity, shape, window, 1)[0]
+
+
+def _busiest_windows(activity: tuple[np.ndarray, int], shape: tuple[int, int], window: int, count: int
+                     ) -> list[tuple[int, int]]:
+    """(top, left) of up to `count` non-overlapping `window`-px squares, the most local contrast first."""
     grid, step = activity
     cells = max(1, window // step)
     if cells >= min(grid.shape):
-        return (shape[0] - window) // 2, (shape[1] - window) // 2
+        return [((shape[0] - window) // 2, (shape[1] - window) // 2)]
     totals = ndimage.uniform_filter(grid, size=cells, mode="constant")
     half = cells // 2
-    inner = totals[half:grid.shape[0] - (cells - half) + 1, half:grid.shape[1] - (cells - half) + 1]
-    y, x = np.unravel_index(int(np.argmax(inner)), inner.shape)
-    top = min(max(0, y * step), shape[0] - window)
-    left = min(max(0, x * step), shape[1] - window)
-    return top, left
+    inner = totals[half:grid.shape[0] - (cells - half) + 1, half:grid.shape[1] - (cells - half) + 1].copy()
+    corners = []
+    while len(corners) < count and np.isfinite(inner).any():
+        y, x = np.unravel_index(int(np.argmax(inner)), inner.shape)
+        corners.append((min(max(0, y * step), shape[0] - window), min(max(0, x * step), shape[1] - window)))
+        inner[max(0, y - cells + 1):y + cells, max(0, x - cells + 1):x + cells] = -np.inf  # no overlap with it
+    return corners
 
 
 def _instance_thresholds(model: Any) -> dict[str, Any]:

@@ -22,6 +22,11 @@ from .taught_diameters import taught_diameter
 
 AUTO = "auto"
 TAUGHT = "training labels"  # DiameterEstimate.source when the model was fine-tuned on this image
+# The median size of the cells annotated on an image the model was trained on is used as that image's diameter when
+# at least this many cells were annotated, or when it is 1.5x away from the automatic estimate (which then failed);
+# a few painted cells' median is otherwise less exact than the estimate (validation, benchmarks/RESULTS.md)
+TRUSTED_CELLS = 30
+TAUGHT_DISAGREEMENT = 1.5
 
 
 @dataclass
@@ -87,10 +92,12 @@ def iter_segment(image: Any, model: Any = None, *, device: str = "auto", tile_si
         estimate = None
         if auto:
             taught = taught_diameter(model, image, slices)
-            if taught is not None:  # an image this model was fine-tuned on: the size of its annotated cells
+            if taught is not None and taught[1] >= TRUSTED_CELLS:  # an image this model was fine-tuned on
                 estimate = DiameterEstimate(taught[0], taught[1], source=TAUGHT)
             else:
                 estimate = yield from _iter_auto_diameter(predictor, _probe_model(model), image, slices, rgb)
+                if taught is not None and _far_apart(taught[0], estimate.diameter):
+                    estimate = DiameterEstimate(taught[0], taught[1], estimate.probes, source=TAUGHT)
             diameter = estimate.diameter
             if diameter is None:
                 warnings.warn("found no cells of any size to measure the cell diameter from: segmenting at the "
@@ -122,6 +129,10 @@ def iter_segment(image: Any, model: Any = None, *, device: str = "auto", tile_si
                                   predictor.device_name, None if diameter is None else float(diameter), estimate)
     finally:
         predictor.close()
+
+
+def _far_apart(taught: float, estimated: float | None) -> bool:
+    return estimated is None or max(taught, estimated) / min(taught, estimated) >= TAUGHT_DISAGREEMENT
 
 
 def segment(image: Any, model: Any = None, *, progress: Callable[[Progress], None] | None = None,

@@ -26,27 +26,31 @@ from .rescale import model_diameter, rescale_plane
 
 PROBE_DIAMETERS = tuple(round(50.0 * 1.5 ** k, 1) for k in range(-4, 5))  # 9.9 to 253 px, 1.5x apart
 WINDOW = 256  # side, in zoomed pixels, of the window each zoom shows the encoder
+WINDOWS = 1  # busiest non-overlapping windows averaged at each zoom, for a new fit (a fitted one says its own)
 STAGES = (-2, -1)  # encoder stages pooled (stride 16 and 32)
 METADATA_KEY = "size_model"
 _FINGERPRINTS: "weakref.WeakKeyDictionary[torch.nn.Module, tuple]" = weakref.WeakKeyDictionary()
 
 
 def size_features(network: torch.nn.Module, plane: np.ndarray, rgb: bool, in_channels: int,
-                  ranges: list[tuple[float, float]], reference: float, window_of: Any,
+                  ranges: list[tuple[float, float]], reference: float, windows_of: Any,
                   autocast: torch.dtype | None = None, channels_last: bool = False) -> np.ndarray:
     """(len(PROBE_DIAMETERS) * features,) pooled encoder features of `plane` at each probe zoom.
 
-    `window_of(side)` -> (top, left) of the `side`-px square to look at (the busiest one); `ranges` are the whole
-    plane's normalisation ranges, as segmentation uses."""
+    `windows_of(side)` -> [(top, left), ...] of the `side`-px squares to look at (the busiest ones; their features
+    are averaged); `ranges` are the whole plane's normalisation ranges, as segmentation uses."""
     height, width = plane.shape[:2]
     rows = []
     for diameter in PROBE_DIAMETERS:
         zoom = reference / diameter
         side = int(min(height, width, max(8, round(WINDOW / zoom))))
-        top, left = window_of(side)
-        crop = rescale_plane(plane[top:top + side, left:left + side], zoom, rgb)
-        x = normalize_channels(to_model_channels(crop, in_channels, rgb), ranges)
-        rows.append(_pooled_encoder_features(network, x, autocast, channels_last))
+        pooled = []
+        for top, left in windows_of(side):
+            crop = rescale_plane(plane[top:top + side, left:left + side], zoom, rgb)
+            x = normalize_channels(to_model_channels(crop, in_channels, rgb), ranges)
+            pooled.append(_pooled_encoder_features(network, x, autocast, channels_last))
+        mean = np.mean(pooled, axis=0)
+        rows.append(mean / max(float(np.linalg.norm(mean)), 1e-12))
     return np.concatenate(rows)
 
 
@@ -94,7 +98,8 @@ class SizeRegression:
         self.weights = np.asarray(entry["weights"], np.float64)
         self.bias = float(entry["bias"])
         self.fitted_to = str(entry.get("fitted_to", ""))
-        if not (self.mean.shape == self.scale.shape == self.weights.shape) or self.mean.ndim != 1:
+        self.windows = int(entry.get("windows", 1))
+        if not (self.mean.shape == self.scale.shape == self.weights.shape) or self.mean.ndim != 1 or self.windows < 1:
             raise ValueError("size_model: mean, scale and weights must be vectors of one length")
 
     def predict(self, features: np.ndarray) -> float:
@@ -103,12 +108,13 @@ class SizeRegression:
 
     def to_metadata(self) -> dict[str, Any]:
         return {"probe_diameters": list(self.diameters), "reference": self.reference, "fitted_to": self.fitted_to,
+                "windows": self.windows,
                 "mean": _rounded(self.mean), "scale": _rounded(self.scale), "weights": _rounded(self.weights),
                 "bias": self.bias}
 
     @classmethod
     def fit(cls, features: np.ndarray, diameters: np.ndarray, alpha: float, sample_weight: np.ndarray | None = None,
-            reference: float = 50.0, fitted_to: str = "") -> "SizeRegression":
+            reference: float = 50.0, fitted_to: str = "", windows: int = 1) -> "SizeRegression":
         """Ridge regression of log(diameters) on standardised features (closed form, dual when wide)."""
         x = np.asarray(features, np.float64)
         y = np.log(np.asarray(diameters, np.float64))
@@ -125,7 +131,7 @@ class SizeRegression:
         else:
             coef = np.linalg.solve(a.T @ a + alpha * np.eye(a.shape[1]), a.T @ b)
         entry = {"probe_diameters": PROBE_DIAMETERS, "reference": reference, "mean": mean, "scale": scale,
-                 "weights": coef, "bias": bias, "fitted_to": fitted_to}
+                 "weights": coef, "bias": bias, "fitted_to": fitted_to, "windows": windows}
         return cls(entry)
 
 
