@@ -56,13 +56,13 @@ def collect(args):
     from napari_cell_unet.model import load_model
 
     torch.set_num_threads(args.threads)
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(args.seed)
     model = load_model(None if args.model == "default" else args.model)
     predictor = TiledPredictor(model, device="cpu", threads=args.threads)
     split = all_items(args.data)
     rows = {"x": [], "y": [], "domain": [], "name": [], "zoom": [], "part": []}
     start = time.perf_counter()
-    for part in ("train", "validation"):
+    for part in ("train",) if args.skip_validation else ("train", "validation"):
         for number, item in enumerate(split[part]):
             image, labels = item.load()
             true = estimate_diameter(labels)
@@ -101,10 +101,22 @@ def evaluate(regression, x, y, domains):
             "by_domain": by_domain, "errors": error}
 
 
+def load_features(paths):
+    """The samples of one or more feature files (the same window count), concatenated."""
+    files = [np.load(path, allow_pickle=False) for path in paths]
+    windows = {int(f["windows"]) if "windows" in f.files else 1 for f in files}
+    if len(windows) != 1:
+        raise SystemExit(f"feature files of different window counts: {sorted(windows)}")
+    keys = ("x", "y", "domain", "name", "zoom", "part")
+    data = {key: np.concatenate([f[key] for f in files]) for key in keys}
+    data["windows"] = windows.pop()
+    return data
+
+
 def fit(args):
     from napari_cell_unet.inference.size_model import SizeRegression
 
-    data = np.load(args.features, allow_pickle=False)
+    data = load_features(args.features)
     train, validation = data["part"] == "train", data["part"] == "validation"
     domains = data["domain"]
     results = []
@@ -132,7 +144,7 @@ def write(args, data, train, domains, alpha):
     both = train | (data["part"] == "validation") if args.with_validation else train
     regression = SizeRegression.fit(data["x"][both], data["y"][both], alpha, domain_weights(domains[both]),
                                     reference=model_diameter(model), fitted_to=encoder_fingerprint(model.network),
-                                    windows=int(data["windows"]))
+                                    windows=data["windows"])
     model.metadata[METADATA_KEY] = regression.to_metadata()
     model.metadata[METADATA_KEY]["fitted"] = {"samples": int(both.sum()), "alpha": alpha,
                                               "script": "scripts/fit_size_model.py"}
@@ -149,8 +161,10 @@ def main(argv=None):
     c.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
     c.add_argument("--threads", type=int, default=2)
     c.add_argument("--windows", type=int, default=None, help="windows averaged per zoom (default: the product's)")
+    c.add_argument("--seed", type=int, default=0, help="of the training zooms (another seed: more samples)")
+    c.add_argument("--skip-validation", action="store_true", help="training images only")
     f = sub.add_parser("fit")
-    f.add_argument("features", type=Path)
+    f.add_argument("features", type=Path, nargs="+", help="feature files (training samples of all are pooled)")
     f.add_argument("--write", type=Path, default=None, help="model file to store the regression in")
     f.add_argument("--with-validation", action="store_true", help="refit on train + validation before writing")
     args = p.parse_args(argv)
