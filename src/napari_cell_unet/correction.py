@@ -186,10 +186,10 @@ SPLIT_COMPACTNESS = 0.1  # divided by the cell's length scale (square root of it
 def split_cell(labels: np.ndarray, p1: Point, p2: Point, probs=None, new_label: int | None = None) -> Edit:
     """Split the cell under `p1` and `p2` (both must be on the same cell) into two.
 
-    A watershed inside the cell from the two clicks, on the border map minus the cell map when `probs` is given,
-    minus the normalised distance to the cell's edge (so a waist between two round cells is the split line even
-    where the model drew no border); without `probs`, each pixel goes to the click nearer along the cell. The
-    part of `p1` keeps the id; the other gets `new_label` or max + 1.
+    A compact watershed inside the cell from the two clicks, on the border map minus the cell map when `probs` is
+    given, minus a quarter of the normalised distance to the cell's edge (so a waist between two round cells is the
+    split line even where the model drew no border); without `probs`, each pixel goes to the click nearer along the
+    cell. The part of `p1` keeps the id; the other gets `new_label` or max + 1.
     """
     labels = _check(labels)
     a, b = _pixel(labels, p1), _pixel(labels, p2)

@@ -1,12 +1,11 @@
 """Find the cells' diameter in an image from the image itself (`diameter="auto"`).
 
-A model that carries a size regression (`size_model.py`, the bundled default does) guesses the size from its
-encoder's features of the image at nine zooms, then one segmentation probe zoomed to that guess measures the
-median diameter of the cells it outlines whole; the guess and the measurement are averaged in log space
-(cellpose's size model and its refinement). Cost: the encoder on nine small windows and one 320-px probe.
-
-Models without one (or whose encoder differs from the one it was fitted on) use the probes alone: the network is
-shown small probes of the image zoomed as if the cells were a few candidate sizes apart (12 to 135 px). At the
+Two estimates, averaged in log space (they fail on different images). (1) A model that carries a size regression
+(`size_model.py`; the bundled default does) guesses the size from its encoder's features of the image at nine
+zooms, then one segmentation probe zoomed to that guess measures the median diameter of the cells it outlines
+whole; guess and measurement are averaged in log space (cellpose's size model and its refinement). Cost: the
+encoder on nine small windows and one 320-px probe. (2) The probes, which models without a regression (or whose
+encoder differs from the one it was fitted on) use alone: the network is shown small probes of the image zoomed as if the cells were a few candidate sizes apart (12 to 135 px). At the
 candidate nearest the truth it sees cells of the size it was trained on and outlines them; far from it, it finds
 nothing, or fragments much smaller than the candidate. The median diameter of the cells found whole inside the
 probe (not cut by its edge) is the estimate, corrected for big cells touching the probe's edge more often. The two
@@ -35,8 +34,9 @@ COARSE_PROBE = 256  # side of a coarse probe, in the model's (zoomed) pixels
 FINE_PROBE = 320
 REFINED = 2  # the two most convincing coarse probes are refined; the more convincing refinement wins
 MIN_CELLS = 2  # whole cells a probe must find for its estimate to count
-CONFIRM_CELLS = 5  # whole cells the probe zoomed to the size regression's guess must find to confirm it (validation:
-# 46/69 checks within 15 % with 5, 44-45 with 2, 3, 4, 6 or 8)
+# whole cells the probe zoomed to the size regression's guess must find to confirm it (replayed offline on the
+# validation checks' probes: 46/69 within 15 % with 5, 44-45 with 2, 3, 4, 6 or 8)
+CONFIRM_CELLS = 5
 CONSISTENT = (0.4, 2.5)  # estimate / candidate ratios of a probe that saw real cells, not fragments
 AGREEMENT = 0.35  # spread (natural log) of the estimate / candidate ratio weighting a probe's vote
 
@@ -83,8 +83,8 @@ def _iter_estimate(predictor: Any, plane: np.ndarray, rgb: bool) -> Generator[Pr
         found = probed if probed.diameter is not None else learned
         diameter = found.diameter if found.diameter is not None else learned.probes[0]["estimate"]
         return DiameterEstimate(round(diameter, 1), found.cells, probes, source="probes")
-    # the two fail on different images; their log-space mean was within 15 % of the truth on 45 of 69 validation
-    # checks, against 39 (probes) and 37 (regression) alone (benchmarks/RESULTS.md)
+    # the two fail on different images; their log-space mean was within 15 % of the truth on 43 of 69 validation
+    # checks, against 40 (probes) and 37 (regression) alone (benchmarks/RESULTS.md)
     diameter = float(np.sqrt(learned.diameter * probed.diameter))
     yield Progress(1, 1, f"estimated cell diameter: {diameter:.0f} px")
     return DiameterEstimate(round(diameter, 1), max(learned.cells, probed.cells), probes)

@@ -4,7 +4,8 @@ The automatic diameter of a model fine-tuned from the bundled one is measured by
 which a few corrections cannot move (issue 8, benchmarks/RESULTS.md). Where those probes misjudge an image,
 painting its cells would not help that image. So training records, per training image, the median diameter of
 its annotated cells, keyed by a fingerprint of the image's pixels, and segmenting that very image again uses it
-(chosen on the validation images over using it only where the probes were 1.5x off: benchmarks/RESULTS.md).
+when at least `segment.TRUSTED_CELLS` cells were annotated or the automatic estimate is 1.5x away from it (since
+the size model, the estimate beats the median of 20 painted cells elsewhere: benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
