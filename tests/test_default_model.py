@@ -28,6 +28,14 @@ def test_bundled_model_ships_with_its_card(default_model):
     assert meta["training"]["steps"] > 0 and "machine" in meta["training"]
 
 
+def test_bundled_model_measures_cell_size_with_its_own_size_regression(default_model):
+    from napari_cell_unet.inference.size_model import size_regression
+
+    regression = size_regression(default_model, default_model.network)
+    assert regression is not None  # fitted to this very encoder, so `diameter="auto"` uses it
+    assert default_model.metadata["size_model"]["fitted"]["samples"] > 1000
+
+
 def test_held_out_set_was_never_trained_on(default_model):
     records, training = [], default_model.metadata["training"]
     while training:
