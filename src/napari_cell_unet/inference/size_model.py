@@ -56,7 +56,7 @@ def size_features(network: torch.nn.Module, plane: np.ndarray, rgb: bool, in_cha
 
 def _pooled_encoder_features(network: torch.nn.Module, x: np.ndarray, autocast: torch.dtype | None,
                              channels_last: bool) -> np.ndarray:
-    multiple = 32
+    multiple = 32  # the deepest stage's stride; a side under 32 px is padded to 64 (that stage keeps 2 x 2 cells)
     pad = [(0, 0)] + [(0, (-s) % multiple + (multiple if s < multiple else 0)) for s in x.shape[1:]]
     padded = np.pad(x, pad, mode="symmetric") if any(p[1] for p in pad) else x
     device = next(network.parameters()).device
@@ -100,7 +100,7 @@ class SizeRegression:
         self.fitted_to = str(entry.get("fitted_to", ""))
         self.windows = int(entry.get("windows", 1))
         if not (self.mean.shape == self.scale.shape == self.weights.shape) or self.mean.ndim != 1 or self.windows < 1:
-            raise ValueError("size_model: mean, scale and weights must be vectors of one length")
+            raise ValueError("size_model: mean, scale and weights must be vectors of one length, windows >= 1")
 
     def predict(self, features: np.ndarray) -> float:
         z = (np.asarray(features, np.float64) - self.mean) / self.scale
@@ -108,9 +108,8 @@ class SizeRegression:
 
     def to_metadata(self) -> dict[str, Any]:
         return {"probe_diameters": list(self.diameters), "reference": self.reference, "fitted_to": self.fitted_to,
-                "windows": self.windows,
-                "mean": _rounded(self.mean), "scale": _rounded(self.scale), "weights": _rounded(self.weights),
-                "bias": self.bias}
+                "windows": self.windows, "mean": _rounded(self.mean), "scale": _rounded(self.scale),
+                "weights": _rounded(self.weights), "bias": self.bias}
 
     @classmethod
     def fit(cls, features: np.ndarray, diameters: np.ndarray, alpha: float, sample_weight: np.ndarray | None = None,
