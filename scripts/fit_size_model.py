@@ -32,19 +32,9 @@ ALPHAS = (1, 3, 10, 30, 100, 300, 1000, 3000)
 
 def features_of(predictor, image, windows=None):
     from napari_cell_unet.inference import size_model
-    from napari_cell_unet.inference.diameter import _activity, _busiest_windows
-    from napari_cell_unet.inference.normalize import to_model_channels
-    from napari_cell_unet.inference.rescale import model_diameter
-    from napari_cell_unet.inference.size_model import size_features
+    from napari_cell_unet.inference.diameter import regression_features
 
-    model = predictor.model
-    channels = to_model_channels(image, model.in_channels, False)
-    ranges = predictor.normalization_ranges(channels)
-    activity = _activity(channels)
-    return size_features(predictor.network, image, False, model.in_channels, ranges, model_diameter(model),
-                         lambda side: _busiest_windows(activity, image.shape[:2], side,
-                                                       windows or size_model.WINDOWS), predictor.autocast,
-                         predictor.channels_last)
+    return regression_features(predictor, image, windows=windows or size_model.WINDOWS)
 
 
 def collect(args):

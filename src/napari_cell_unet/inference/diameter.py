@@ -122,11 +122,8 @@ def _iter_regressed(regression, predictor, plane, rgb, ranges, activity, thresho
     cells it finds (cellpose's size model and its refinement); the two are averaged in log space. When that probe
     finds no whole cells of about the guessed size, the guess is unconfirmed: diameter None (the probes decide)."""
     yield Progress(0, 2, "estimating cell size")
-    model = predictor.model
-    features = size_features(predictor.network, plane, rgb, model.in_channels, ranges, reference,
-                             lambda side: _busiest_windows(activity, plane.shape[:2], side, regression.windows),
-                             predictor.autocast, predictor.channels_last)
-    guess = regression.predict(features)
+    guess = regression.predict(_regression_features(predictor, plane, rgb, ranges, activity, reference,
+                                                    regression.windows))
     yield Progress(1, 2, f"estimating cell size: refining around {guess:.0f} px")
     probe = _probe(predictor, plane, rgb, ranges, activity, guess, reference, FINE_PROBE, thresholds)
     probes = [{"candidate": "regression", "cells": 0, "estimate": round(guess, 2), "confidence": 0.0}, probe]
@@ -136,6 +133,21 @@ def _iter_regressed(regression, predictor, plane, rgb, ranges, activity, thresho
     # alone (37/69 checks) and off by more than half less often (10 vs 12; the guess alone 28 and 14)
     diameter = float(np.sqrt(guess * probe["estimate"]))
     return DiameterEstimate(round(diameter, 1), int(probe["cells"]), probes)
+
+
+def regression_features(predictor: Any, plane: np.ndarray, rgb: bool = False, windows: int = 1) -> np.ndarray:
+    """The size regression's input for a plane, exactly as `diameter="auto"` computes it (what
+    `scripts/fit_size_model.py` fits on). `predictor`: an active `TiledPredictor`."""
+    model = predictor.model
+    channels = to_model_channels(plane, model.in_channels, rgb)
+    return _regression_features(predictor, plane, rgb, predictor.normalization_ranges(channels), _activity(channels),
+                                model_diameter(model), windows)
+
+
+def _regression_features(predictor, plane, rgb, ranges, activity, reference, windows) -> np.ndarray:
+    return size_features(predictor.network, plane, rgb, predictor.model.in_channels, ranges, reference,
+                         lambda side: _busiest_windows(activity, plane.shape[:2], side, windows),
+                         predictor.autocast, predictor.channels_last)
 
 
 def estimate_cell_diameter(plane: np.ndarray, model: Any = None, *, device: str = "auto", rgb: bool | None = None,
