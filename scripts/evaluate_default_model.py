@@ -50,6 +50,8 @@ def parse_args(argv):
     p.add_argument("--tta", action="store_true", help="test-time augmentation: mean over the four flips")
     p.add_argument("--validation-only", action="store_true",
                    help="with --tune: report the validation scores and stop (to compare candidates; no test image)")
+    p.add_argument("--domains", nargs="+", choices=("fluorescence", "tissue", "usiigaci"), default=None,
+                   help="tune and report on these domains only (a specialist model's own; default: all)")
     p.add_argument("--report", type=Path, default=None)
     p.add_argument("--markdown", type=Path, default=None, help="also write the tables as Markdown")
     return p.parse_args(argv)
@@ -187,8 +189,9 @@ def main(argv=None):
 
     torch.set_num_threads(args.threads)
     model = load_model(None if args.model == "default" else args.model)
-    split = all_items(args.data)
-    out = {"model": args.model, "grid": GRID, "diameter": args.diameter, "tta": args.tta}
+    split = {part: [i for i in items if args.domains is None or i.domain in args.domains]
+             for part, items in all_items(args.data).items()}
+    out = {"model": args.model, "grid": GRID, "diameter": args.diameter, "tta": args.tta, "domains": args.domains}
     if args.tune:
         params, top = tune(model, split["validation"], start)
         model.metadata["postprocessing"] = {**model.postprocessing, **params}
@@ -202,15 +205,16 @@ def main(argv=None):
     test += [i for i in split["test"] if i.domain != "usiigaci"][::args.dsb_test_every]
     out["postprocessing"] = model.postprocessing
     out["test"] = test_report(model, test, args.zoom_every, start)
-    out["livecell"] = livecell(model)
-    log(start, f"LIVECell frame: {out['livecell']}")
+    if args.domains is None or "usiigaci" in args.domains:  # the LIVECell frame is phase contrast
+        out["livecell"] = livecell(model)
+        log(start, f"LIVECell frame: {out['livecell']}")
     for domain, row in out["test"]["domains"].items():
         log(start, f"test {domain}: {row}")
     log(start, f"auto diameter within 15 %: {out['test']['diameter']['within_15_percent']}/"
                f"{out['test']['diameter']['checked']} {out['test']['diameter']['by_domain_zoom']}")
     if args.write_model and args.tune and args.model != "default":
         model.metadata.setdefault("training", {})["evaluation"] = {
-            "test_domains": out["test"]["domains"], "livecell": out["livecell"],
+            "test_domains": out["test"]["domains"], "livecell": out.get("livecell"),
             "diameter_within_15_percent": out["test"]["diameter"]["fraction"]}
         save_model(model, args.model, half=True)
     if args.markdown:
@@ -246,7 +250,7 @@ def markdown(out) -> str:
     lines += ["", f"Automatic diameter within 15 % of the true median: {diameter['within_15_percent']}/"
                   f"{diameter['checked']} ({diameter['by_domain_zoom']}); median extra time of the estimate: "
                   f"{diameter['estimate_overhead_median']}",
-              "", f"LIVECell A172 frame at the default call: {out['livecell']}"]
+              "", f"LIVECell A172 frame at the default call: {out.get('livecell', 'not measured (not phase contrast)')}"]
     if "tuning" in out:
         lines += ["", f"Thresholds chosen on the validation split: {out['tuning']['chosen']}"]
     return "\n".join(lines) + "\n"

@@ -53,7 +53,8 @@ def collect(args):
     rows = {"x": [], "y": [], "domain": [], "name": [], "zoom": [], "part": []}
     start = time.perf_counter()
     for part in ("train",) if args.skip_validation else ("train", "validation"):
-        for number, item in enumerate(split[part]):
+        items = [item for item in split[part] if not args.domains or item.domain in args.domains]
+        for number, item in enumerate(items):
             image, labels = item.load()
             true = estimate_diameter(labels)
             if not np.isfinite(true) or true <= 0:
@@ -67,7 +68,7 @@ def collect(args):
                 for key, value in (("domain", item.domain), ("name", item.name), ("zoom", zoom), ("part", part)):
                     rows[key].append(value)
             if number % 50 == 0:
-                print(f"[{time.perf_counter() - start:6.0f}s] {part} {number + 1}/{len(split[part])}", flush=True)
+                print(f"[{time.perf_counter() - start:6.0f}s] {part} {number + 1}/{len(items)}", flush=True)
     predictor.close()
     np.savez_compressed(args.output, windows=args.windows or size_model.WINDOWS,
                         **{k: np.asarray(v) for k, v in rows.items()})
@@ -152,6 +153,8 @@ def main(argv=None):
     c.add_argument("--threads", type=int, default=2)
     c.add_argument("--windows", type=int, default=None, help="windows averaged per zoom (default: the product's)")
     c.add_argument("--seed", type=int, default=0, help="of the training zooms (another seed: more samples)")
+    c.add_argument("--domains", nargs="+", choices=sorted(ZOOMS_PER_IMAGE), default=None,
+                   help="images of these domains only (a specialist model's own)")
     c.add_argument("--skip-validation", action="store_true", help="training images only")
     f = sub.add_parser("fit")
     f.add_argument("features", type=Path, nargs="+", help="feature files (training samples of all are pooled)")

@@ -43,6 +43,9 @@ def parse_args(argv):
     p.add_argument("--crop-size", type=int, default=160)
     p.add_argument("--scale-range", type=float, nargs=2, default=(0.6, 1.6))
     p.add_argument("--validations", type=int, default=6)
+    p.add_argument("--domains", nargs="+", choices=sorted(DOMAIN_SHARE), default=sorted(DOMAIN_SHARE),
+                   help="train on these domains only (a specialist), their shares renormalised")
+    p.add_argument("--name", default="napari-cell-unet default (phase contrast + nuclei)")
     p.add_argument("--limit", type=int, default=None, help="at most this many images per domain (smoke runs)")
     p.add_argument("--device", default="auto")
     p.add_argument("--output", type=Path, default=REPO / "build" / "default_v2" / "model.safetensors")
@@ -50,13 +53,13 @@ def parse_args(argv):
     return p.parse_args(argv)
 
 
-def load_pairs(items, limit, crop=None):
-    """TrainingPairs at the reference size, weighted so each domain gets its share of crops."""
+def load_pairs(items, limit, crop=None, domains=tuple(DOMAIN_SHARE)):
+    """TrainingPairs at the reference size, weighted so each domain of `domains` gets its share of crops."""
     from napari_cell_unet.training import TrainingPair
 
     by_domain = {}
     for item in items:
-        if item.domain in DOMAIN_SHARE and (limit is None or len(by_domain.get(item.domain, [])) < limit):
+        if item.domain in domains and (limit is None or len(by_domain.get(item.domain, [])) < limit):
             by_domain.setdefault(item.domain, []).append(item)
 
     def prepare(item):
@@ -84,30 +87,49 @@ def _centre_crop(array, size):
     return array[top:top + size, left:left + size]
 
 
+def recipe_config(args):
+    """The recipe's `TrainConfig`: a full training run of the whole network, not a correction."""
+    from napari_cell_unet.training import TrainConfig
+
+    return TrainConfig(steps=args.steps, minutes=None if args.steps else args.minutes, batch_size=args.batch_size,
+                       crop_size=args.crop_size, lr=args.lr, validations=args.validations, threads=args.threads,
+                       freeze_encoder=False, freeze_batchnorm=False, scale_range=tuple(args.scale_range),
+                       # no pull back to the starting weights: the library's fine-tuning default (anchor 0.05, for
+                       # a few painted corrections) held the stage-4 run of this recipe near stage 3
+                       anchor=0.0, device=args.device, name=args.name)
+
+
+def as_default_model(model):
+    """Make a trained model a default: the reference cell size, and none of what the fine-tuning engine records for
+    a model fine-tuned from the bundled one (a default is measured by its own size model and probes, refitted to its
+    encoder by scripts/fit_size_model.py, and remembers no image's cell size)."""
+    model.metadata["cell_diameter"] = REFERENCE_DIAMETER
+    for key in ("diameter_model", "taught_diameters", "size_model"):
+        model.metadata.pop(key, None)
+    return model
+
+
 def main(argv=None):
     args = parse_args(argv)
     start = time.perf_counter()
     from napari_cell_unet.model import load_model, save_model
-    from napari_cell_unet.training import TrainConfig, iter_train
+    from napari_cell_unet.training import iter_train
 
     if args.output.exists() and not args.overwrite:
         raise SystemExit(f"error: {args.output} exists; pass --overwrite to replace it")
     split = all_items(args.data)
-    train_pairs = load_pairs(split["train"], args.limit)
-    val_pairs = load_pairs(split["validation"], args.limit, crop=VALIDATION_CROP)
+    train_pairs = load_pairs(split["train"], args.limit, domains=args.domains)
+    val_pairs = load_pairs(split["validation"], args.limit, crop=VALIDATION_CROP, domains=args.domains)
     log(start, f"{len(train_pairs)} training images, {len(val_pairs)} validation crops "
                f"(test and new-domain images are not loaded)")
-    config = TrainConfig(steps=args.steps, minutes=None if args.steps else args.minutes, batch_size=args.batch_size,
-                         crop_size=args.crop_size, lr=args.lr, validations=args.validations, threads=args.threads,
-                         freeze_encoder=False, freeze_batchnorm=False, scale_range=tuple(args.scale_range),
-                         device=args.device,
-                         name="napari-cell-unet default (phase contrast + nuclei)")
+    config = recipe_config(args)
     result = train_logged(iter_train(train_pairs, args.base, config, val_pairs=val_pairs), start, every_s=60)
     model = result.model
-    model.metadata["cell_diameter"] = REFERENCE_DIAMETER
+    as_default_model(model)
     record = model.metadata["training"]
     record["data"] = {"train": [p.name for p in train_pairs], "validation": [p.name for p in val_pairs]}
-    record["recipe"] = {"script": "scripts/train_default_all_data.py", "domain_share": DOMAIN_SHARE,
+    record["recipe"] = {"script": "scripts/train_default_all_data.py",
+                        "domain_share": {d: DOMAIN_SHARE[d] for d in args.domains}, "anchor": config.anchor,
                         "reference_diameter": REFERENCE_DIAMETER, "scale_range": list(args.scale_range),
                         "split": "scripts/default_model_data.py"}
     args.output.parent.mkdir(parents=True, exist_ok=True)

@@ -655,3 +655,34 @@ def test_an_error_about_a_layer_goes_when_the_layer_or_the_choice_goes(viewer, s
     viewer.add_image(np.zeros((32, 32), np.float32), name="new image")
     assert segment_widget.image_combo.currentText() == "new image"
     assert segment_widget.status.text() == ""
+
+
+def test_bundled_specialists_are_listed_and_segment_their_kind_of_image(make_napari_viewer):
+    """The Segment widget lists the bundled nuclei and cells specialists next to the default; choosing the nuclei
+    one segments held-out nuclei (the right half of the nuclei sample) into a labels layer."""
+    from napari_cell_unet._sample_data import sample_path
+    from napari_cell_unet.io import read_image, read_labels
+    from napari_cell_unet.metrics import instance_scores
+    from napari_cell_unet.model.files import bundled_names
+
+    if "nuclei" not in bundled_names():
+        pytest.skip("this installation has no bundled specialists")
+    right = (slice(None), slice(256, None))
+    image = read_image(sample_path("dsb2018_nuclei.tif"))[right]
+    truth = read_labels(sample_path("dsb2018_nuclei_labels.tif"))[right]
+    viewer = make_napari_viewer()
+    viewer.add_image(image, name="nuclei")
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Segment cells")
+    labels = [widget.model_combo.itemText(i) for i in range(widget.model_combo.count())]
+    assert labels[0].startswith("bundled default")
+    assert any(text.startswith("bundled cells") for text in labels)
+    index = next(i for i, text in enumerate(labels) if text.startswith("bundled nuclei"))
+    widget.model_combo.setCurrentIndex(index)
+    widget.model_combo.activated.emit(index)
+    assert widget.registry.current.kind == "bundled"
+    assert widget.cell_threshold.value() == pytest.approx(
+        widget.registry.load(widget.registry.current).postprocessing["cell_threshold"])
+    widget.segment(sync=True)
+    assert "nuclei" in widget.last_model.name
+    scores = instance_scores(viewer.layers["nuclei labels"].data, truth)
+    assert scores["f1_50"] >= 0.8, scores

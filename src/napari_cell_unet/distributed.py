@@ -196,7 +196,10 @@ def model_file(model: str | Path | None) -> Path:
         if not files.default_model_available():
             raise CellUnetError(f"{files.DEFAULT_MODEL_PATH}: the bundled default model is missing")
         return files.DEFAULT_MODEL_PATH
-    path = Path(model)
+    if isinstance(model, str) and model in files.BUNDLED_MODELS and not Path(model).exists():
+        path = files.bundled_model_path(model)
+    else:
+        path = Path(model)
     if not path.is_file():
         from .model import ModelFileError
 

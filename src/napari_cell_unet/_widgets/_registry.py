@@ -1,4 +1,4 @@
-"""The models a viewer's widgets can use: bundled default, trained this session, recent files.
+"""The models a viewer's widgets can use: bundled models (default, cells, nuclei), trained this session, recent files.
 
 One registry per viewer is shared by the segment and train widgets, so a model trained in
 the train widget is immediately the one the segment widget uses.
@@ -25,7 +25,7 @@ MAX_RECENT = 6
 @dataclass(eq=False)
 class ModelEntry:
     label: str
-    kind: str  # "default" | "session" | "file"
+    kind: str  # "default" | "bundled" (a bundled specialist) | "session" | "file"
     path: Path | None = None
     model: CellModel | None = None  # loaded on first use
 
@@ -60,10 +60,12 @@ class ModelRegistry(QObject):
         self._session: list[ModelEntry] = []
         self._files: dict[Path, ModelEntry] = {}
         self._default: ModelEntry | None = None
+        self._specialists: dict[str, ModelEntry] = {}
         self.current: ModelEntry | None = None
 
     def entries(self) -> list[ModelEntry]:
         out = [self._default_entry()] if self._default_available() else []
+        out += self._specialist_entries()
         out += list(reversed(self._session))
         out += [self._file_entry(p) for p in recent_files() if p.is_file() or p in self._files]
         return out
@@ -117,8 +119,17 @@ class ModelRegistry(QObject):
 
     def _default_entry(self) -> ModelEntry:
         if self._default is None:
-            self._default = ModelEntry(label="bundled default", kind="default", path=None)
+            self._default = ModelEntry(label="bundled default (phase contrast + nuclei)", kind="default", path=None)
         return self._default
+
+    def _specialist_entries(self) -> list[ModelEntry]:
+        from ..model.files import BUNDLED_MODELS, bundled_model_path, bundled_names
+
+        for name in bundled_names():
+            if name != "default" and name not in self._specialists:
+                self._specialists[name] = ModelEntry(label=f"bundled {name} ({BUNDLED_MODELS[name]})", kind="bundled",
+                                                     path=bundled_model_path(name))
+        return [entry for name, entry in self._specialists.items() if entry.path.is_file()]
 
     def _file_entry(self, path: Path) -> ModelEntry:
         if path not in self._files:

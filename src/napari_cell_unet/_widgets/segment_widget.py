@@ -102,7 +102,9 @@ class SegmentWidget(QWidget):
         set_tooltips({
             self.image_combo: "The image to segment. Follows the layer you select in the layer list.",
             self.model_combo: "The network that finds the cells: the bundled default (phase contrast and fluorescent "
-                              "nuclei), a model you trained in Train / fine-tune, or a model file.",
+                              "nuclei), a bundled specialist (cells: phase contrast; nuclei: fluorescent and stained "
+                              "nuclei; each more accurate on its kind of image), a model you trained in Train / "
+                              "fine-tune, or a model file.",
             self.device_combo: "Where the computation runs. 'auto' uses a graphics card (GPU) when there is one, "
                                "else the processor (CPU), which is slower but always works.",
             self.cell_threshold: "How sure the model must be that a pixel belongs to a cell. Higher: cells come out "

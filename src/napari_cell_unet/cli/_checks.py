@@ -59,3 +59,7 @@ positive_float = float_range(0.0, low_open=True)
 probability = float_range(0.0, 1.0, low_open=True, high_open=True)
 tile_size = int_range(MIN_TILE_SIZE, MAX_TILE_SIZE)
 val_fraction = float_range(0.0, MAX_VAL_FRACTION)
+
+
+MODEL_HELP = ("model: a .safetensors file, or a bundled model: default (phase contrast + nuclei), cells (phase "
+              "contrast specialist) or nuclei (fluorescent and stained nuclei specialist); default: default")

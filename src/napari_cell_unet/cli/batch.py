@@ -23,7 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="+", metavar="INPUT",
                         help="image files, folders, globs, file lists (.txt) or COCO .json files")
     parser.add_argument("--output-dir", "-o", required=True, help="folder for the *_labels.tif files and the report")
-    parser.add_argument("--model", default=None, help="model .safetensors file (default: the bundled model)")
+    parser.add_argument("--model", default=None, help=checks.MODEL_HELP)
     add_diameter_argument(parser)
     parser.add_argument("--workers", type=checks.int_range(1, 256), default=None,
                         help="worker processes of the local cluster (default: one per 2 cores, at least 1)")

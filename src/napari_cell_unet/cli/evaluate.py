@@ -21,7 +21,7 @@ COLUMNS = (("n_true", "true", "{:d}"), ("n_pred", "found", "{:d}"), ("f1_50", "F
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default=None, help="model .safetensors file (default: the bundled model)")
+    parser.add_argument("--model", default=None, help=checks.MODEL_HELP)
     add_data_arguments(parser, borders=False)
     parser.add_argument("--output", type=Path, help="write per-image and mean scores to this JSON file")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --output file")

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from ..measure import ALL_CELLS_CSV
+from ._checks import MODEL_HELP
 from ._diameter import add_diameter_argument
 from ._segmentation_options import add_segmentation_options, segmentation_params
 
@@ -21,7 +22,7 @@ from ._segmentation_options import add_segmentation_options, segmentation_params
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="image files or folders of images")
     parser.add_argument("--output-dir", "-o", type=Path, required=True, help="folder for the *_labels.tif files")
-    parser.add_argument("--model", default=None, help="model .safetensors file (default: the bundled model)")
+    parser.add_argument("--model", default=None, help=MODEL_HELP)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
     add_segmentation_options(parser)
     add_diameter_argument(parser)

@@ -23,7 +23,8 @@ _DEFAULTS = {"lr": None, "val_fraction": 0.2}
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_data_arguments(parser, borders=True)
     parser.add_argument("--init", default="default",
-                        help="start from: default (the bundled model), scratch, or a model file (default: default)")
+                        help="start from: a bundled model (default, cells or nuclei), scratch, or a model file "
+                             "(default: default)")
     parser.add_argument("--output", type=Path, required=True, help="where to save the model (.safetensors)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
     length = parser.add_mutually_exclusive_group()
@@ -64,8 +65,10 @@ def _check_arguments(args: argparse.Namespace) -> None:
     if args.output.suffix != ".safetensors":
         raise CellUnetError(f"{args.output}: the output must be a .safetensors file")
     check_before_work(args)
-    if args.init not in ("default", "scratch") and not Path(args.init).is_file():
-        raise CellUnetError(f"--init {args.init}: no such model file (or use default or scratch)")
+    from ..model import BUNDLED_MODELS
+
+    if args.init not in (*BUNDLED_MODELS, "scratch") and not Path(args.init).is_file():
+        raise CellUnetError(f"--init {args.init}: no such model file (or use {', '.join(BUNDLED_MODELS)} or scratch)")
 
 
 def _train(pairs, args: argparse.Namespace):

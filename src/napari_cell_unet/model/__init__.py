@@ -2,6 +2,7 @@
 
 from .architecture import DEFAULT_ARCHITECTURE, OUTPUT_CLASSES, build_network
 from .files import (
+    BUNDLED_MODELS,
     DEFAULT_MODEL_PATH,
     ModelFileError,
     default_model_available,
@@ -12,6 +13,7 @@ from .cell_model import CellModel
 from .bioimageio import BioimageioError, export_bioimageio, from_bioimageio
 
 __all__ = [
+    "BUNDLED_MODELS",
     "BioimageioError",
     "CellModel",
     "DEFAULT_ARCHITECTURE",

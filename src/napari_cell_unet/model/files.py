@@ -19,7 +19,12 @@ from .cell_model import CellModel
 
 METADATA_KEY = "napari_cell_unet"
 FORMAT_VERSION = 1
-DEFAULT_MODEL_PATH = Path(__file__).parent / "weights" / "default.safetensors"
+WEIGHTS = Path(__file__).parent / "weights"
+DEFAULT_MODEL_PATH = WEIGHTS / "default.safetensors"
+# the models shipped in the package, by the name `load_model`, `--model` and the widgets accept: one model for
+# phase contrast and nuclei, and a specialist for each (each beat the generalist trained the same way on its own
+# validation images, issue 9; model card in README)
+BUNDLED_MODELS = {"default": "phase contrast + nuclei", "cells": "phase contrast", "nuclei": "fluorescent and stained nuclei"}
 _TORCH_SUFFIXES = (".pt", ".pth", ".ckpt")
 
 
@@ -29,6 +34,18 @@ class ModelFileError(CellUnetError, ValueError):
 
 def default_model_available() -> bool:
     return DEFAULT_MODEL_PATH.is_file()
+
+
+def bundled_model_path(name: str) -> Path:
+    """The file of the bundled model called `name` (a key of `BUNDLED_MODELS`)."""
+    if name not in BUNDLED_MODELS:
+        raise ModelFileError(f"{name}: no bundled model of that name (bundled: {', '.join(BUNDLED_MODELS)})")
+    return DEFAULT_MODEL_PATH if name == "default" else WEIGHTS / f"{name}.safetensors"
+
+
+def bundled_names() -> list[str]:
+    """The bundled models this installation has, default first."""
+    return [name for name in BUNDLED_MODELS if bundled_model_path(name).is_file()]
 
 
 def library_versions() -> dict[str, str]:
@@ -86,7 +103,8 @@ def descends_from_bundled(model: CellModel) -> bool:
 
 
 def load_model(path: str | os.PathLike | None = None) -> CellModel:
-    """Load a model on the CPU. `None` loads the bundled default model.
+    """Load a model on the CPU. `None` loads the bundled default model; "default", "cells" or "nuclei" (a name
+    of `BUNDLED_MODELS`, when no file of that name exists) loads that bundled model.
 
     `.safetensors` files written by this package carry their own architecture, and so do bioimage.io packages
     exported by it (a folder, .zip or rdf.yaml: `bioimageio.from_bioimageio`). A plain
@@ -97,6 +115,10 @@ def load_model(path: str | os.PathLike | None = None) -> CellModel:
         if not default_model_available():
             raise ModelFileError(f"{DEFAULT_MODEL_PATH}: the bundled default model is missing from this installation")
         path = DEFAULT_MODEL_PATH
+    elif isinstance(path, str) and path in BUNDLED_MODELS and not Path(path).exists():
+        path = bundled_model_path(path)
+        if not path.is_file():
+            raise ModelFileError(f"{path}: this bundled model is missing from this installation")
     path = Path(path)
     if path.suffix == ".zip" or path.is_dir() or path.name == "rdf.yaml" or path.name.endswith("bioimageio.yaml"):
         from .bioimageio import from_bioimageio  # a bioimage.io package exported by `cell-unet export-bioimageio`
