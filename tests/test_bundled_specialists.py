@@ -14,6 +14,7 @@ from napari_cell_unet.model.files import bundled_names
 pytestmark = pytest.mark.skipif(not {"cells", "nuclei"} <= set(bundled_names()),
                                 reason="this installation has no bundled specialists")
 HELD_OUT_SET = "set21"  # a Usiigaci test set: no model of this package was trained on it
+TEST_SETS = ("set5", "set13", "set21", "set29", "set35", "set41")
 
 
 @pytest.fixture(scope="module")
@@ -49,16 +50,22 @@ def test_loaded_by_name_with_their_own_size_regression(specialists):
         load_model("cellz")
 
 
-def test_cells_specialist_on_held_out_phase_contrast_at_least_as_good_as_the_default(specialists):
+def test_cells_specialist_beats_the_default_on_the_held_out_phase_contrast_sets(specialists):
+    """Pooled over the six Usiigaci test sets (single sets go either way: set41 0.835 -> 0.802, set29 0.796 ->
+    0.907)."""
     from napari_cell_unet import load_model, segment
-    from napari_cell_unet.metrics import instance_scores
+    from napari_cell_unet.metrics import aggregate, instance_scores
 
-    data = load_usiigaci_set(HELD_OUT_SET) if _has_shared() else pytest.skip("needs ../shared/data")
-    cells = instance_scores(segment(data["image"], specialists["cells"], device="cpu"), data["labels"])
-    default = instance_scores(segment(data["image"], load_model(), device="cpu"), data["labels"])
-    # measured: 0.822 / 0.800 (the default 0.822 / 0.796); over the six test sets 0.813 vs 0.794 (model card)
-    assert cells["f1_50"] >= 0.8 and cells["pixel_iou"] >= 0.75, cells
-    assert cells["f1_50"] >= default["f1_50"] and cells["pixel_iou"] >= default["pixel_iou"], (cells, default)
+    if not _has_shared():
+        pytest.skip("needs ../shared/data")
+    scores = {"cells": [], "default": []}
+    for name in TEST_SETS:
+        data = load_usiigaci_set(name)
+        for model_name, model in (("cells", specialists["cells"]), ("default", load_model())):
+            scores[model_name].append(instance_scores(segment(data["image"], model, device="cpu"), data["labels"]))
+    cells, default = (aggregate(scores[name])["pooled_f1_50"] for name in ("cells", "default"))
+    # measured: 0.820 vs 0.794 (model card)
+    assert cells >= 0.8 and cells > default + 0.01, (cells, default)
 
 
 def test_nuclei_specialist_on_held_out_nuclei(specialists):
@@ -67,7 +74,7 @@ def test_nuclei_specialist_on_held_out_nuclei(specialists):
 
     image, truth = _nuclei_sample_right_half()
     scores = instance_scores(segment(image, specialists["nuclei"], device="cpu"), truth)
-    assert scores["f1_50"] >= 0.85, scores  # measured 0.907 (the default 0.826)
+    assert scores["f1_50"] >= 0.85, scores  # measured 0.899 (the default 0.826)
 
 
 def test_cli_segments_with_a_bundled_model_named(tmp_path, capsys):
