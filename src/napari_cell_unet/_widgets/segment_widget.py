@@ -14,7 +14,7 @@ from superqt import QCollapsible
 
 from .._progress import Progress, relay
 from ..inference import iter_segment
-from ..inference.segment import TAUGHT
+from ..inference.segment import TAUGHT, TYPICAL
 from ..model import OUTPUT_CLASSES
 from . import _features, _layers, _maps
 from ._common import (ModelComboBox, button, clear_stale_errors, device_names, double_spin, error_message, notify_error,
@@ -387,12 +387,15 @@ class SegmentWidget(QWidget):
 
 def diameter_text(results: list[TaskDone]) -> str:
     """'cell diameter: auto, 27 px' (or 'auto, 25-31 px' over several images, '40 px' when typed in; 'as the
-    cells you trained on, 42 px' for an image the model was fine-tuned on)."""
+    cells you trained on, 42 px' for an image the model was fine-tuned on; 'typical of the cells this model was trained
+    on, 16 px' where the estimate failed on the model's training images and again here)."""
     diameters = [done.result.diameter for done in results if done.result.diameter is not None]
     estimates = [done.result.diameter_estimate for done in results if done.result.diameter_estimate is not None]
     auto = bool(estimates)
     taught = auto and all(estimate.source == TAUGHT for estimate in estimates)
+    typical = auto and all(estimate.source == TYPICAL for estimate in estimates)
     prefix = ("cell diameter: as the cells you trained on, " if taught else
+              "cell diameter: typical of the cells this model was trained on, " if typical else
               "cell diameter: auto, " if auto else "cell diameter: ")
     if not diameters:
         return prefix + ("no cells to measure, model's own size" if auto else "model's own size")

@@ -13,6 +13,7 @@ from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QHBo
 
 from .._progress import Progress
 from ..inference.taught_diameters import METADATA_KEY as TAUGHT_SIZES
+from ..inference.taught_diameters import typical_diameter
 from ..model import save_model
 from ..training import TrainConfig, TrainingPair, TrainResult, TrainStep, Validation, iter_train
 from . import _layers, _maps
@@ -330,6 +331,10 @@ class TrainWidget(QWidget):
         self.revert_button.setEnabled(not worse and self.previous_entry is not None)
         self.use_new_button.setEnabled(worse)
         head = "Training cancelled; kept the best model so far" if cancelled else "Training finished"
+        typical = typical_diameter(result.model)
+        size_note = (f" The automatic cell size misjudged your images: on new images this model uses the typical "
+                     f"size of your cells, {typical:.0f} px, wherever its estimate is 2x away from it (type a "
+                     f"diameter to override)." if typical is not None else "")
         if worse:
             kept = self.previous_entry.label if self.previous_entry is not None else "the previous model"
             why = ("got worse" if result.improved is False else
@@ -337,10 +342,11 @@ class TrainWidget(QWidget):
             sizes = (" It also knows the size of the cells you annotated: on those images it segments at that size."
                      if result.model.metadata.get(TAUGHT_SIZES) else "")
             notify_info(self.status, f"{head}: {before_after(result)}: {why}, kept '{kept}' "
-                                     f"in Segment cells ('Use the new model anyway' selects '{entry.label}').{sizes}")
+                                     f"in Segment cells ('Use the new model anyway' selects '{entry.label}')."
+                                     f"{sizes}{size_note}")
         else:
             notify_info(self.status, f"{head}: {before_after(self.result)}. '{entry.label}' is now selected "
-                                     "in Segment cells.")
+                                     f"in Segment cells.{size_note}")
 
     def revert(self) -> None:
         """Select the model that was selected before the last training."""

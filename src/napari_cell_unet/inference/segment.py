@@ -17,11 +17,14 @@ from .instances import BAND_MARGIN, instance_params, instances_in_bands
 from .normalize import ImageError, is_rgb
 from .predict import DEFAULT_BATCH_SIZE, DEFAULT_OVERLAP, DEFAULT_TILE_SIZE, TiledPredictor
 from .rescale import diameter_scale, rescale_plane, resize_probabilities, scaled_shape
-from .taught_diameters import taught_diameter
+from .taught_diameters import misjudged, taught_diameter, typical_diameter
 
 
 AUTO = "auto"
 TAUGHT = "training labels"  # DiameterEstimate.source when the model was fine-tuned on this image
+# DiameterEstimate.source when the estimate is far from the typical size of the cells a model was taught, on whose
+# training images the estimate failed (`taught_diameters.size_check`)
+TYPICAL = "typical training cells"
 # The median size of the cells annotated on an image the model was trained on is used as that image's diameter when
 # at least this many cells were annotated, or when it is 1.5x away from the automatic estimate (which then failed);
 # a few painted cells' median is otherwise less exact than the estimate (validation, benchmarks/RESULTS.md)
@@ -98,6 +101,8 @@ def iter_segment(image: Any, model: Any = None, *, device: str = "auto", tile_si
                 estimate = yield from _iter_auto_diameter(predictor, _probe_model(model), image, slices, rgb)
                 if taught is not None and _far_apart(taught[0], estimate.diameter):
                     estimate = DiameterEstimate(taught[0], taught[1], estimate.probes, source=TAUGHT)
+                else:
+                    estimate = _typical_if_misjudged(model, estimate)
             diameter = estimate.diameter
             if diameter is None:
                 warnings.warn("found no cells of any size to measure the cell diameter from: segmenting at the "
@@ -129,6 +134,15 @@ def iter_segment(image: Any, model: Any = None, *, device: str = "auto", tile_si
                                   predictor.device_name, None if diameter is None else float(diameter), estimate)
     finally:
         predictor.close()
+
+
+def _typical_if_misjudged(model: Any, estimate: DiameterEstimate) -> DiameterEstimate:
+    """The typical size of the model's training cells instead of an estimate that far from it, for a model whose
+    training images the estimate misjudged (a kind of image the measuring model does not know)."""
+    typical = typical_diameter(model)
+    if typical is None or not misjudged(typical, estimate.diameter):
+        return estimate
+    return DiameterEstimate(typical, 0, estimate.probes, source=TYPICAL)
 
 
 def _far_apart(taught: float, estimated: float | None) -> bool:
@@ -163,6 +177,19 @@ def _iter_auto_diameter(predictor: TiledPredictor, probe_model: Any, image: Any,
     if estimate is None or estimate.diameter is None:
         estimate = yield from _iter_middle_slice_estimate(predictor, image, slices, rgb)
     return estimate
+
+
+def iter_measured_diameter(model: Any, plane: np.ndarray, *, device: str = "auto", threads: int | None = None
+                           ) -> Generator[Progress, None, float | None]:
+    """The automatic estimate of a 2-D (or colour) plane as `diameter="auto"` measures it for `model`, before
+    anything the model remembers of its training images is consulted (what `taught_diameters.size_check` judges);
+    None when no cells were found."""
+    predictor = TiledPredictor(model, device=device, threads=threads)
+    try:
+        estimate = yield from _iter_auto_diameter(predictor, _probe_model(model), plane, [()], is_rgb(np.shape(plane)))
+    finally:
+        predictor.close()
+    return estimate.diameter
 
 
 def _iter_middle_slice_estimate(predictor: TiledPredictor, image: Any, slices: list[tuple[int, ...]], rgb: bool

@@ -23,7 +23,7 @@ import torch
 
 from .._progress import Progress, result_of
 from ..inference.devices import native_bf16_cpu
-from ..inference.taught_diameters import remember
+from ..inference.taught_diameters import CHECKED_IMAGES, MIN_CELLS, remember, size_check
 from ..model import CellModel
 from ..model.files import BUNDLED_PROBES, descends_from_bundled
 from .augment import AugmentConfig, CropSampler
@@ -142,6 +142,7 @@ class _Run:
         self.optimizer = None
         self.anchors: list = []  # (trained weight, its starting value) with TrainConfig.anchor
         self.from_bundled = False  # fine-tuned from the bundled model: it keeps measuring the cell size
+        self.size_checks: list[tuple[float, float | None]] = []  # (annotated, estimated) diameter per checked image
         self.device = _resolve_device(cfg.device)
         self.batch_size = cfg.batch_size or (8 if self.device.type == "cuda" else 4)
         self.total_steps = 0
@@ -185,7 +186,25 @@ class _Run:
         if cfg.threads and self.device.type == "cpu":
             torch.set_num_threads(int(cfg.threads))  # restored in release()
         every = cfg.validate_every or max(1, self.total_steps // max(1, cfg.validations))
+        if not self._scratch:
+            yield from self._check_size_estimate()
         yield from self._train(sampler, every)
+
+    def _check_size_estimate(self) -> Iterator[TrainEvent]:
+        """The automatic cell size on the first training images with enough annotated cells, against their median
+        annotated size (`taught_diameters.size_check`, recorded with the model at the end). Done before training:
+        the measuring model is the start (or the bundled one), not what training makes of it."""
+        from ..inference.rescale import estimate_diameter
+        from ..inference.segment import iter_measured_diameter
+
+        labelled = [(pair.image, annotated_cells(pair)) for pair in self.trainer.pairs]
+        labelled = [(image, labels) for image, labels in labelled
+                    if np.count_nonzero(np.unique(labels)) >= MIN_CELLS][:CHECKED_IMAGES]
+        for number, (image, labels) in enumerate(labelled):
+            yield Progress(number, len(labelled), "checking the automatic cell size on your images")
+            estimated = result_of(iter_measured_diameter(self.model, image, device=str(self.device),
+                                                         threads=self.config.threads))
+            self.size_checks.append((float(estimate_diameter(labels)), estimated))
 
     @property
     def _scratch(self) -> bool:
@@ -399,6 +418,7 @@ class _Run:
             meta["diameter_model"] = BUNDLED_PROBES  # see inference.segment._probe_model
         if self.trainer.model_spec != "scratch":
             remember(meta, [(pair.image, annotated_cells(pair)) for pair in self.trainer.pairs])
+            size_check(meta, self.size_checks)
         meta["name"] = cfg.name or (f"{self.model.name} (fine-tuned)" if self.trainer.model_spec != "scratch" else "trained from scratch")
 
     def release(self) -> None:
