@@ -30,7 +30,8 @@ def test_folded_network_computes_what_the_network_computes(tiny_model):
     assert sum(isinstance(m, nn.BatchNorm2d) for m in network.modules()) > 0  # the original keeps its own
     x = torch.rand(2, 1, 64, 64, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        np.testing.assert_allclose(folded(x).numpy(), network(x).numpy(), atol=1e-4, rtol=1e-4)
+        # folding rounds differently: on an AVX2 CPU a few of 16k logits (of magnitude ~10) moved by 1.6e-4
+        np.testing.assert_allclose(folded(x).numpy(), network(x).numpy(), atol=1e-3, rtol=1e-4)
 
 
 def test_the_bundled_model_folds_every_batch_norm_and_agrees_with_fp32():

@@ -165,7 +165,7 @@ def test_status_says_when_the_size_is_that_of_the_cells_trained_on():
 
     from napari_cell_unet._widgets.segment_widget import diameter_text
     from napari_cell_unet.inference.diameter import DiameterEstimate
-    from napari_cell_unet.inference.segment import TAUGHT
+    from napari_cell_unet.inference.segment import TAUGHT, TYPICAL
 
     def done(diameter, source):
         estimate = DiameterEstimate(diameter, 5, source=source)
@@ -174,6 +174,7 @@ def test_status_says_when_the_size_is_that_of_the_cells_trained_on():
     assert diameter_text([done(64.2, TAUGHT)]) == "cell diameter: as the cells you trained on, 64 px"
     assert diameter_text([done(27.0, "probes")]) == "cell diameter: auto, 27 px"
     assert diameter_text([done(64.0, TAUGHT), done(27.0, "probes")]) == "cell diameter: auto, 27-64 px"
+    assert diameter_text([done(16.4, TYPICAL)]) == "cell diameter: typical of the cells this model was trained on, 16 px"
 
 
 def test_resegment_is_undoable_and_asks_before_overwriting_edits(viewer, segment_widget):
@@ -686,3 +687,38 @@ def test_bundled_specialists_are_listed_and_segment_their_kind_of_image(make_nap
     assert "nuclei" in widget.last_model.name
     scores = instance_scores(viewer.layers["nuclei labels"].data, truth)
     assert scores["f1_50"] >= 0.8, scores
+
+
+@pytest.mark.usefixtures("shared_data")
+def test_teaching_bright_field_in_the_widgets_teaches_its_cell_size(make_napari_viewer):
+    """Bright field, which the bundled models size 5x wrong: paint (here: load) the nuclei of one image, train from
+    the bundled default, and the Train widget says the model keeps the cells' typical size; Segment then uses it on
+    another bright-field image (issue 9 §4)."""
+    from test_size_check import BRIGHT_FIELD, _bright_field
+
+    from napari_cell_unet._widgets import train_widget as train_module
+    from napari_cell_unet.inference import estimate_diameter
+
+    image, labels = _bright_field(BRIGHT_FIELD["train"])
+    other, _ = _bright_field(BRIGHT_FIELD["new"])
+    viewer = make_napari_viewer()
+    viewer.add_image(image[256:768, 256:768], name="bf")
+    viewer.add_labels(labels[256:768, 256:768].astype(np.int32), name="bf annotations")
+    _, segment_widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Segment cells")
+    _, train_widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Train / fine-tune")
+    train_widget.image_combo.setCurrentText("bf")
+    train_widget.labels_combo.setCurrentText("bf annotations")
+    train_widget.start_combo.setCurrentText(train_module.FROM_DEFAULT)
+    train_widget.length.setValue(2)
+    train_widget.crop_size.setValue(128)
+    train_widget.train(sync=True)
+    typical = estimate_diameter(labels[256:768, 256:768])
+    assert f"typical size of your cells, {typical:.0f} px" in train_widget.status.text()
+    if train_widget.use_new_button.isEnabled():
+        train_widget.use_new_button.click()
+    viewer.add_image(other[:384, :384], name="bf 2")
+    viewer.layers.selection.active = viewer.layers["bf 2"]
+    segment_widget.segment(sync=True)
+    assert segment_widget.last_model is train_widget.result.model
+    assert f"typical of the cells this model was trained on, {typical:.0f} px" in segment_widget.status.text()
+    assert viewer.layers["bf 2 labels"].data.max() > 10
