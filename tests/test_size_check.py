@@ -83,3 +83,28 @@ def test_fine_tuning_where_the_estimate_works_records_no_typical_size():
     result = train([TrainingPair(data["image"], data["labels"], name="set1")], "default",
                    TrainConfig(steps=1, validations=0, threads=2))
     assert "typical_diameter" not in result.model.metadata
+
+
+def test_a_validation_item_costs_at_most_one_tile_whatever_the_image_size():
+    """A held-back image zoomed to the model's cell size can be thousands of pixels a side (small nuclei); its
+    validation item is the 1024-px span of each long axis holding the most annotated cells."""
+    from napari_cell_unet.model import CellModel
+    from napari_cell_unet.training.pairs import TrainingPair
+    from napari_cell_unet.training.validation import MAX_VALIDATION_SIDE, prepare_validation
+
+    from conftest import TINY_ARCHITECTURE
+
+    labels = np.zeros((3000, 700), np.int32)
+    for number, (y, x) in enumerate([(2100, 100), (2300, 300), (2500, 500), (200, 200)], start=1):
+        labels[y:y + 40, x:x + 40] = number  # three cells at the bottom, one far above them
+    image = np.random.default_rng(0).random(labels.shape).astype(np.float32) + (labels > 0)
+    region = np.ones(labels.shape, bool)
+    model = CellModel.create(architecture=dict(TINY_ARCHITECTURE))
+    item = prepare_validation(TrainingPair(image, labels), model, border_thickness=2)
+    assert item["image"].shape == (MAX_VALIDATION_SIDE, 700)
+    assert set(np.unique(item["instances"])) == {0, 1, 2, 3}
+    region[:, 350:] = False  # only the left half annotated: the span with the most annotated cell pixels
+    item = prepare_validation(TrainingPair(image, labels, region=region), model, border_thickness=2)
+    assert set(np.unique(item["instances"])) == {0, 1, 2}  # cell 3 lies outside the annotated region
+    small = prepare_validation(TrainingPair(image[:500], labels[:500]), model, border_thickness=2)
+    assert small["image"].shape == (500, 700)
