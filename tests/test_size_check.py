@@ -3,6 +3,8 @@ training cells' typical size and segments new images of that kind at it, instead
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
@@ -15,10 +17,7 @@ BRIGHT_FIELD = {"train": "1a11552569160f0b1ea10bedbd628ce6c14f29edec5092034c2309
 def test_size_check_records_the_typical_size_only_when_the_estimate_failed_on_most_images():
     from napari_cell_unet.inference.taught_diameters import TYPICAL_KEY, size_check, typical_diameter
 
-    class Model:
-        metadata: dict = {}
-
-    model = Model()
+    model = SimpleNamespace(metadata={})
     size_check(model.metadata, [(18.0, 102.4), (20.0, 140.0), (16.0, 17.0)])  # 2 of 3 misjudged (>= 2x)
     assert typical_diameter(model) == 18.0
     assert model.metadata[TYPICAL_KEY]["misjudged"] == 2

@@ -17,7 +17,7 @@ from .instances import BAND_MARGIN, instance_params, instances_in_bands
 from .normalize import ImageError, is_rgb
 from .predict import DEFAULT_BATCH_SIZE, DEFAULT_OVERLAP, DEFAULT_TILE_SIZE, TiledPredictor
 from .rescale import diameter_scale, rescale_plane, resize_probabilities, scaled_shape
-from .taught_diameters import misjudged, taught_diameter, typical_diameter
+from .taught_diameters import far_apart, taught_diameter, typical_diameter
 
 
 AUTO = "auto"
@@ -99,7 +99,7 @@ def iter_segment(image: Any, model: Any = None, *, device: str = "auto", tile_si
                 estimate = DiameterEstimate(taught[0], taught[1], source=TAUGHT)
             else:
                 estimate = yield from _iter_auto_diameter(predictor, _probe_model(model), image, slices, rgb)
-                if taught is not None and _far_apart(taught[0], estimate.diameter):
+                if taught is not None and far_apart(taught[0], estimate.diameter, TAUGHT_DISAGREEMENT):
                     estimate = DiameterEstimate(taught[0], taught[1], estimate.probes, source=TAUGHT)
                 else:
                     estimate = _typical_if_misjudged(model, estimate)
@@ -140,13 +140,9 @@ def _typical_if_misjudged(model: Any, estimate: DiameterEstimate) -> DiameterEst
     """The typical size of the model's training cells instead of an estimate that far from it, for a model whose
     training images the estimate misjudged (a kind of image the measuring model does not know)."""
     typical = typical_diameter(model)
-    if typical is None or not misjudged(typical, estimate.diameter):
+    if typical is None or not far_apart(typical, estimate.diameter):
         return estimate
     return DiameterEstimate(typical, 0, estimate.probes, source=TYPICAL)
-
-
-def _far_apart(taught: float, estimated: float | None) -> bool:
-    return estimated is None or max(taught, estimated) / min(taught, estimated) >= TAUGHT_DISAGREEMENT
 
 
 def segment(image: Any, model: Any = None, *, progress: Callable[[Progress], None] | None = None,

@@ -36,18 +36,25 @@ CHECKED_IMAGES = 4  # training images the estimate is checked on (each costs one
 
 def remember(metadata: dict[str, Any], images_and_labels: Sequence[tuple[Any, np.ndarray]]) -> None:
     """Record each image's median annotated cell diameter (images with at least `MIN_CELLS` cells)."""
-    from .rescale import estimate_diameter
-
     known = dict(metadata.get(METADATA_KEY) or {})
     for image, labels in images_and_labels:
-        cells = int(np.count_nonzero(np.unique(labels)))
-        if cells < MIN_CELLS:
+        size = annotated_size(labels)
+        if size is None:
             continue
         key = fingerprint(image)
         known.pop(key, None)  # re-inserted last: the most recent stays
-        known[key] = {"diameter": round(float(estimate_diameter(labels)), 2), "cells": cells}
+        known[key] = {"diameter": round(size[0], 2), "cells": size[1]}
     if known:
         metadata[METADATA_KEY] = dict(list(known.items())[-MAX_REMEMBERED:])
+
+
+def annotated_size(labels: np.ndarray) -> tuple[float, int] | None:
+    """(median diameter, cells) of annotated instance labels; None with fewer than `MIN_CELLS` cells, whose median
+    is not trusted."""
+    from .rescale import estimate_diameter
+
+    cells = int(np.count_nonzero(np.unique(labels)))
+    return (float(estimate_diameter(labels)), cells) if cells >= MIN_CELLS else None
 
 
 def taught_diameter(model: Any, image: Any, slices: list[tuple[int, ...]]) -> tuple[float, int] | None:
@@ -67,9 +74,9 @@ def taught_diameter(model: Any, image: Any, slices: list[tuple[int, ...]]) -> tu
     return None
 
 
-def misjudged(taught: float, estimated: float | None) -> bool:
-    """Whether an estimate is `MISJUDGED` times (or more) away from the annotated size, or missing."""
-    return estimated is None or max(taught, estimated) / min(taught, estimated) >= MISJUDGED
+def far_apart(known: float, estimated: float | None, ratio: float = MISJUDGED) -> bool:
+    """Whether an estimate is `ratio` times (or more) away from a known size, or missing."""
+    return estimated is None or max(known, estimated) / min(known, estimated) >= ratio
 
 
 def size_check(metadata: dict[str, Any], checks: Sequence[tuple[float, float | None]]) -> None:
@@ -79,7 +86,7 @@ def size_check(metadata: dict[str, Any], checks: Sequence[tuple[float, float | N
     estimate did well removes an earlier run's record (the estimate works on this model's images again)."""
     if not checks:
         return
-    wrong = [taught for taught, estimated in checks if misjudged(taught, estimated)]
+    wrong = [taught for taught, estimated in checks if far_apart(taught, estimated)]
     if 2 * len(wrong) <= len(checks):
         metadata.pop(TYPICAL_KEY, None)
         return

@@ -23,7 +23,7 @@ import torch
 
 from .._progress import Progress, result_of
 from ..inference.devices import native_bf16_cpu
-from ..inference.taught_diameters import CHECKED_IMAGES, MIN_CELLS, remember, size_check
+from ..inference.taught_diameters import CHECKED_IMAGES, annotated_size, remember, size_check
 from ..model import CellModel
 from ..model.files import BUNDLED_PROBES, descends_from_bundled
 from .augment import AugmentConfig, CropSampler
@@ -194,17 +194,15 @@ class _Run:
         """The automatic cell size on the first training images with enough annotated cells, against their median
         annotated size (`taught_diameters.size_check`, recorded with the model at the end). Done before training:
         the measuring model is the start (or the bundled one), not what training makes of it."""
-        from ..inference.rescale import estimate_diameter
         from ..inference.segment import iter_measured_diameter
 
-        labelled = [(pair.image, annotated_cells(pair)) for pair in self.trainer.pairs]
-        labelled = [(image, labels) for image, labels in labelled
-                    if np.count_nonzero(np.unique(labels)) >= MIN_CELLS][:CHECKED_IMAGES]
-        for number, (image, labels) in enumerate(labelled):
-            yield Progress(number, len(labelled), "checking the automatic cell size on your images")
+        sized = [(pair.image, annotated_size(annotated_cells(pair))) for pair in self.trainer.pairs]
+        sized = [(image, size[0]) for image, size in sized if size is not None][:CHECKED_IMAGES]
+        for number, (image, annotated) in enumerate(sized):
+            yield Progress(number, len(sized), "checking the automatic cell size on your images")
             estimated = result_of(iter_measured_diameter(self.model, image, device=str(self.device),
                                                          threads=self.config.threads))
-            self.size_checks.append((float(estimate_diameter(labels)), estimated))
+            self.size_checks.append((annotated, estimated))
 
     @property
     def _scratch(self) -> bool:
