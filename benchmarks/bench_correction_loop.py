@@ -91,6 +91,7 @@ DIAMETER = "auto"  # or "true": each image segmented at its true median cell dia
 BASE, BASE_DIAMETERS = None, {}  # with "base": the starting model estimates every image's diameter, once
 A_REGION = "image"  # route A trains on the whole image, or "changed": only around the corrected cells
 TAUGHT = "use"  # "ignore": the trained model forgets the sizes of its training images' cells before scoring
+INTERPOLATE: list[float] = []  # also score start + a * (trained - start) for each a (weight-space interpolation)
 
 
 def evaluate(model, images: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, dict[str, float]]:
@@ -141,11 +142,24 @@ def run_route(route: str, base, images, steps: int, n_cells: int, overrides: dic
     seconds = time.perf_counter() - started
     if TAUGHT == "ignore":
         result.model.metadata.pop("taught_diameters", None)
-    return {"route": route, "steps": steps, "n_cells": n_cells if route == "B" else None,
+    interpolated = {str(a): evaluate(interpolated_model(base, result.model, a), images) for a in INTERPOLATE}
+    return {"interpolated": interpolated, "route": route, "steps": steps, "n_cells": n_cells if route == "B" else None,
             "seconds": round(seconds, 1), "best_step": result.best_step,
             "improved": getattr(result, "improved", None),
             "after": evaluate(result.model, images),
             "metrics_on_validation": {"base": result.base_metrics, "best": result.metrics}}
+
+
+def interpolated_model(start, trained, fraction: float):
+    """A copy of `trained` (its metadata too) whose weights are start + fraction * (trained - start)."""
+    import copy
+
+    blended = copy.deepcopy(trained)
+    first = start.network.state_dict()
+    state = {key: first[key] + fraction * (value - first[key]) if value.is_floating_point() else value
+             for key, value in trained.network.state_dict().items()}
+    blended.network.load_state_dict(state)
+    return blended
 
 
 def _log(event) -> None:
@@ -224,6 +238,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--a-region", choices=("image", "changed"), default="image",
                         help="route A trains on the whole image, or only around the cells the correction changed "
                              "(the rest kept close to the starting model)")
+    parser.add_argument("--interpolate", type=float, nargs="*", default=[],
+                        help="also score each trained model with its weights moved back towards the start: "
+                             "start + a * (trained - start) for each a")
     args = parser.parse_args(argv)
     import ast
 
@@ -236,8 +253,8 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {k: ast.literal_eval(v) for k, v in (item.split("=", 1) for item in args.set)}
     if args.threads:
         overrides.setdefault("threads", args.threads)
-    global DIAMETER, A_REGION, TAUGHT
-    DIAMETER, A_REGION, TAUGHT = args.diameter, args.a_region, args.taught
+    global DIAMETER, A_REGION, TAUGHT, INTERPOLATE
+    DIAMETER, A_REGION, TAUGHT, INTERPOLATE = args.diameter, args.a_region, args.taught, args.interpolate
     if args.split == "validation":
         global CORRECTED, SAME_EXPERIMENT, OTHER_EXPERIMENTS
         # set27 (sets 17-29) has no other validation set of its experiment

@@ -239,3 +239,52 @@ def test_bf16_channels_last_prediction_matches_fp32(tiny_model, crop):
     bf16 = predict_probabilities(image, tiny_model, device="cpu", tile_size=64, overlap=8, precision="bf16")
     assert np.abs(bf16 - fp32).max() < 0.05
     assert next(tiny_model.network.parameters()).is_contiguous()  # memory format restored afterwards
+
+
+def test_a_plane_in_bands_gets_its_instances_while_later_rows_are_predicted(monkeypatch, usiigaci):
+    """A plane done in row bands hands each band to the instance thread as soon as its rows (and the margin below)
+    are predicted, bands ending a margin above a row of tiles; the labels are exactly those of the finished maps
+    done in the same bands afterwards."""
+    import importlib
+
+    from napari_cell_unet.inference import instances
+    from napari_cell_unet.inference.tiling import make_grid
+    from napari_cell_unet.model import files
+
+    model = files.bundled_model()
+    image = load_usiigaci_set("set20")["image"][:1024, :512]
+    band_pixels = 420 * image.shape[1]
+    early = []
+
+    class Watched(instances.BandedInstances):
+        def rows_final(self, cell_prob, border_prob, stop):
+            super().rows_final(cell_prob, border_prob, stop)
+            if stop < self.shape[0]:
+                early.append(len(self.pending))
+
+    monkeypatch.setattr(instances, "BAND_PIXELS", band_pixels)
+    monkeypatch.setattr(importlib.import_module("napari_cell_unet.inference.segment"), "BandedInstances", Watched)
+    progress = []
+    result = result_of(iter_segment(image, model, device="cpu", tile_size=192, overlap=32, diameter=None,
+                                    return_probabilities=True), on_event=progress.append)
+    starts = make_grid(image.shape, 192, 32, 32).starts_y
+    bands = instances.BandedInstances(image.shape, band_pixels=band_pixels, final_rows=starts, **model.postprocessing)
+    assert len(bands.bounds) >= 3 and bands.bounds[-1][0] == starts[-1] - instances.BAND_MARGIN
+    assert max(early) == len(bands.bounds) - 1  # every band but the last started before the plane was done
+    cell, border = result.probabilities
+    expected = bands.labels_of(cell, border)
+    assert expected.max() > 50
+    np.testing.assert_array_equal(result.labels, expected)
+    assert [p.done for p in progress] == sorted(p.done for p in progress)
+    assert progress[-1].done == progress[-1].total
+
+
+def test_an_error_in_the_instance_thread_reaches_the_caller(monkeypatch, tiny_model, crop):
+    from napari_cell_unet.inference import instances
+
+    def broken(*args, **kwargs):
+        raise MemoryError("no room for the watershed")
+
+    monkeypatch.setattr(instances, "instances_from_probabilities", broken)
+    with pytest.raises(MemoryError, match="watershed"):
+        segment(np.stack([crop, crop]), tiny_model, device="cpu", diameter=None)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from typing import Any
 
 import numpy as np
@@ -97,31 +99,96 @@ def instances_in_bands(cell_prob: np.ndarray, border_prob: np.ndarray, cell_thre
     Peak memory is that of one band instead of the whole plane (skimage's watershed copies its input to
     float64 and pads it: ~25 bytes per pixel). Planes of at most one band are done in one piece.
     """
-    height, width = cell_prob.shape
-    band_rows = max(1, band_pixels // max(1, width), 2 * margin)
-    params = {"cell_threshold": cell_threshold, "border_threshold": border_threshold, "min_size": min_size,
-              "merge_threshold": merge_threshold}
-    if height <= band_rows + margin:
-        return instances_from_probabilities(cell_prob, border_prob, **params)
-    dtype = keyed_label_dtype(height, width)
-    labels = np.zeros((height, width), np.uint32)  # each band's local ids first, final ids at the end
-    bands, keys = [], []
-    for start in range(0, height, band_rows):
-        stop = min(height, start + band_rows)
-        top, bottom = max(0, start - margin), min(height, stop + margin)
-        local, lut = keyed_window(cell_prob[top:bottom], border_prob[top:bottom], (top, 0), width, dtype, **params)
-        labels[start:stop] = local[start - top:stop - top]
-        present = np.flatnonzero(np.bincount(labels[start:stop].ravel(), minlength=lut.size))
-        present = present[present > 0]
-        bands.append((start, stop, lut, present))
-        keys.append(lut[present])
-    # one id per key, numbered in key order (as a sort of the keyed image would): a table per band, no sort of pixels
-    keys = np.unique(np.concatenate(keys)) if keys else np.empty(0, dtype)
-    for start, stop, lut, present in bands:
-        table = np.zeros(lut.size, np.uint32)
-        table[present] = np.searchsorted(keys, lut[present]) + 1
-        labels[start:stop] = table[labels[start:stop]]
-    return labels
+    bands = BandedInstances(np.shape(cell_prob), cell_threshold=cell_threshold, border_threshold=border_threshold,
+                            min_size=min_size, band_pixels=band_pixels, margin=margin,
+                            merge_threshold=merge_threshold)
+    return bands.labels_of(cell_prob, border_prob)
+
+
+class BandedInstances:
+    """`instances_in_bands` fed while the probability maps are being written: `rows_final(cell, border, stop)` says
+    that rows above `stop` will not change any more, and each band whose rows and `margin` rows below are final
+    is handed to `submit` (a thread pool's `submit`, returning a `Future`, so that the instance step runs while
+    later rows are predicted; by default it runs at once). `labels_of(cell, border)` computes what is left and
+    returns the labels, the same as `instances_in_bands` gives for the finished maps.
+
+    `final_rows`: the rows at which the maps will be reported final (the tile rows' starts); bands then end
+    `margin` rows above them, so each starts as soon as a row of tiles is done and only the rows of the last
+    row of tiles wait for the end (bands still of at most about `band_pixels`).
+    """
+
+    def __init__(self, shape: tuple[int, int], *, cell_threshold: float = 0.5, border_threshold: float = 0.5,
+                 min_size: int = 30, band_pixels: int | None = None, margin: int = BAND_MARGIN,
+                 merge_threshold: float = 0.0, submit: Callable[..., Any] | None = None,
+                 final_rows: Sequence[int] = ()):
+        self.shape = tuple(shape)
+        height, width = self.shape
+        self.params = {"cell_threshold": cell_threshold, "border_threshold": border_threshold,
+                       "min_size": min_size, "merge_threshold": merge_threshold}
+        band_rows = max(1, (band_pixels or BAND_PIXELS) // max(1, width), 2 * margin)
+        self.whole = height <= band_rows + margin
+        self.margin = margin
+        self.bounds = [(0, height)] if self.whole else _band_bounds(height, band_rows, margin, final_rows)
+        self.dtype = keyed_label_dtype(height, width)
+        self.labels = None if self.whole else np.zeros(self.shape, np.uint32)  # band-local ids, then final ids
+        self.submit = submit or _run_now
+        self.pending: list[Future] = []
+
+    def rows_final(self, cell_prob: np.ndarray, border_prob: np.ndarray, stop: int) -> None:
+        """Rows `[0, stop)` of the maps are final: start every band that needs no other rows."""
+        height = self.shape[0]
+        while len(self.pending) < len(self.bounds):
+            band = self.bounds[len(self.pending)]
+            if (height if self.whole else min(height, band[1] + self.margin)) > stop:
+                return
+            self.pending.append(self.submit(self._band, cell_prob, border_prob, band))
+
+    def labels_of(self, cell_prob: np.ndarray, border_prob: np.ndarray) -> np.ndarray:
+        """The instance labels (uint32, ids 1..N) of the finished maps."""
+        self.rows_final(cell_prob, border_prob, self.shape[0])
+        results = [band.result() for band in self.pending]
+        if self.whole:
+            return results[0]
+        # one id per key, numbered in key order (as a sort of the keyed image would): a table per band, no sort
+        keys = np.unique(np.concatenate([lut[present] for _, lut, present in results]))
+        for (start, stop), lut, present in results:
+            table = np.zeros(lut.size, np.uint32)
+            table[present] = np.searchsorted(keys, lut[present]) + 1
+            self.labels[start:stop] = table[self.labels[start:stop]]
+        return self.labels
+
+    def _band(self, cell_prob: np.ndarray, border_prob: np.ndarray, band: tuple[int, int]):
+        if self.whole:
+            return instances_from_probabilities(cell_prob, border_prob, **self.params)
+        height, width = self.shape
+        start, stop = band
+        top, bottom = max(0, start - self.margin), min(height, stop + self.margin)
+        local, lut = keyed_window(cell_prob[top:bottom], border_prob[top:bottom], (top, 0), width, self.dtype,
+                                  **self.params)
+        self.labels[start:stop] = local[start - top:stop - top]
+        present = np.flatnonzero(np.bincount(self.labels[start:stop].ravel(), minlength=lut.size))
+        return band, lut, present[present > 0]
+
+
+def _band_bounds(height: int, band_rows: int, margin: int, final_rows: Sequence[int]) -> list[tuple[int, int]]:
+    """(start, stop) of each band: at most `band_rows` rows, ending `margin` rows above the last of `final_rows`
+    that allows (every `band_rows` rows when none does)."""
+    ends = sorted({row - margin for row in final_rows if 2 * margin <= row - margin <= height - 2 * margin})
+    if not ends:
+        return [(start, min(height, start + band_rows)) for start in range(0, height, band_rows)]
+    bounds, start = [], 0
+    while start < height:
+        fitting = [end for end in ends if start + 2 * margin <= end <= start + band_rows]
+        stop = fitting[-1] if fitting else min(height, start + band_rows)
+        bounds.append((start, stop))
+        start = stop
+    return bounds
+
+
+def _run_now(function: Callable[..., Any], *args: Any) -> Future:
+    done: Future = Future()
+    done.set_result(function(*args))
+    return done
 
 
 def seed_mask(cell_prob: np.ndarray, border_prob: np.ndarray, cell_threshold: float,

@@ -8,7 +8,7 @@ blending weights are separable, so their sum is two 1-D arrays, not another imag
 from __future__ import annotations
 
 import warnings
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from typing import Any
 
 import numpy as np
@@ -19,6 +19,9 @@ from .devices import autocast_dtype, channels_last, cpu_threads, resolve_device,
 from .inference_network import inference_network
 from .normalize import channel_ranges, is_rgb, normalize_channels, to_model_channels
 from .tiling import TileGrid, make_grid
+
+# on_rows_final(probabilities being filled, stop): rows [0, stop) of them are final
+RowsFinal = Callable[[np.ndarray, int], None]
 
 DEFAULT_TILE_SIZE = 1024
 DEFAULT_OVERLAP = 64
@@ -78,11 +81,15 @@ class TiledPredictor:
         return make_grid(shape, self.tile_size, self.overlap, self.multiple)
 
     def iter_predict(self, image: np.ndarray, rgb: bool | None = None,
-                     ranges: list[tuple[float, float]] | None = None) -> Generator[Progress, None, np.ndarray]:
+                     ranges: list[tuple[float, float]] | None = None,
+                     on_rows_final: RowsFinal | None = None) -> Generator[Progress, None, np.ndarray]:
         """Yield `Progress(tiles done, tiles total)` per tile batch; return the (classes, H, W) probabilities.
 
         `ranges`: per-channel (low, high) values mapped to 0 and 1; None = this image's own
         percentiles (pass the whole image's ranges when `image` is one chunk of a bigger one).
+        `on_rows_final(probabilities, stop)` is called whenever rows `[0, stop)` of the (classes, H, W) array being
+        filled are final (no later tile touches them), so their instances can be computed while the rest is
+        predicted.
         """
         if rgb is None:
             rgb = is_rgb(np.shape(image))
@@ -91,7 +98,7 @@ class TiledPredictor:
             ranges = self.normalization_ranges(channels)
         while True:
             try:
-                return (yield from self._iter_tiles(channels, ranges))
+                return (yield from self._iter_tiles(channels, ranges, on_rows_final))
             except torch.OutOfMemoryError:
                 self._recover_from_oom()
 
@@ -130,24 +137,30 @@ class TiledPredictor:
         self.requested_precision = "auto"
         self._activate(torch.device("cpu"))
 
-    def _iter_tiles(self, channels: np.ndarray, ranges: list[tuple[float, float]]
-                    ) -> Generator[Progress, None, np.ndarray]:
+    def _iter_tiles(self, channels: np.ndarray, ranges: list[tuple[float, float]],
+                    on_rows_final: RowsFinal | None = None) -> Generator[Progress, None, np.ndarray]:
         height, width = channels.shape[1:]
         grid = self.grid((height, width))
         wy, wx = grid.window()
         window = np.outer(wy, wx)
+        rows, cols = grid.weight_sums()
         probabilities = np.zeros((len(self.model.classes), height, width), dtype=np.float32)
-        positions = grid.positions()
+        positions = grid.positions()  # row-major: a row of tiles after another
+        final = 0
         for first in range(0, len(positions), self.batch_size):
             batch = positions[first:first + self.batch_size]
             tiles = np.stack([_cut_tile(channels, ranges, y, x, grid.tile) for y, x in batch])
             for (y, x), tile_probs in zip(batch, self._forward(tiles)):
                 h, w = min(grid.tile[0], height - y), min(grid.tile[1], width - x)
                 probabilities[:, y:y + h, x:x + w] += tile_probs[:, :h, :w] * window[:h, :w]
+            done_rows = (first + len(batch)) // len(grid.starts_x)
+            stop = grid.starts_y[done_rows] if done_rows < len(grid.starts_y) else height
+            if stop > final:  # rows no later tile reaches: blend weights divided out, handed on
+                _divide_rows(probabilities, rows, cols, final, stop)
+                final = stop
+                if on_rows_final is not None:
+                    on_rows_final(probabilities, stop)
             yield Progress(first + len(batch), len(positions), f"tile {first + len(batch)}/{len(positions)}")
-        rows, cols = grid.weight_sums()
-        probabilities /= rows[None, :, None]
-        probabilities /= cols[None, None, :]
         return probabilities
 
     def _forward(self, tiles: np.ndarray) -> np.ndarray:
@@ -168,6 +181,13 @@ class TiledPredictor:
         if not axes:
             return self.network(x)
         return torch.flip(self.network(torch.flip(x, axes)), axes)
+
+
+def _divide_rows(probabilities: np.ndarray, rows: np.ndarray, cols: np.ndarray, start: int, stop: int) -> None:
+    """Divide rows `[start, stop)` of blended (classes, H, W) maps by the sum of the blending weights there."""
+    part = probabilities[:, start:stop]
+    part /= rows[None, start:stop, None]
+    part /= cols[None, None, :]
 
 
 def size_multiple(architecture: dict[str, Any]) -> int:

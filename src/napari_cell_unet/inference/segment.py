@@ -6,6 +6,7 @@ import os
 import time
 import warnings
 from collections.abc import Callable, Generator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,9 +14,9 @@ import numpy as np
 
 from .._progress import Progress, result_of, relay
 from .diameter import DiameterEstimate, iter_estimate_diameter
-from .instances import BAND_MARGIN, instance_params, instances_in_bands
+from .instances import BAND_MARGIN, BandedInstances, instance_params
 from .normalize import ImageError, is_rgb
-from .predict import DEFAULT_BATCH_SIZE, DEFAULT_OVERLAP, DEFAULT_TILE_SIZE, TiledPredictor
+from .predict import DEFAULT_BATCH_SIZE, DEFAULT_OVERLAP, DEFAULT_TILE_SIZE, RowsFinal, TiledPredictor
 from .rescale import diameter_scale, rescale_plane, resize_probabilities, scaled_shape
 from .taught_diameters import far_apart, taught_diameter, typical_diameter
 
@@ -113,27 +114,57 @@ def iter_segment(image: Any, model: Any = None, *, device: str = "auto", tile_si
         labels = np.zeros(leading + plane, dtype=np.uint32)
         probabilities = (np.zeros(leading + (len(model.classes),) + plane, dtype=np.float32)
                          if return_probabilities else None)
-        steps = predictor.grid(scaled_shape(plane, scale)).n_tiles + 1  # tiles, then instances
-        for number, index in enumerate(slices):
-            prefix = f"slice {number + 1}/{len(slices)}: " if leading else ""
-            try:
-                probs = yield from _iter_slice(predictor, np.asarray(image[index]), rgb, scale, number * steps,
-                                               steps, len(slices) * steps, prefix)
-            except ImageError as exc:
-                if not leading or len(slices) == 1:
-                    raise
-                warnings.warn(f"slice {index}: {exc}; left empty", RuntimeWarning, stacklevel=2)
-                continue
-            labels[index] = instances_in_bands(probs[0], probs[1], **post_params)
-            if probabilities is not None:
-                probabilities[index] = probs
-            del probs
-            yield Progress((number + 1) * steps, len(slices) * steps, f"{prefix}instances done")
+        yield from _iter_slices(predictor, image, slices, rgb, scale, post_params, labels, probabilities)
         n_cells = sum(int(labels[index].max(initial=0)) for index in slices)
         return SegmentationResult(labels, probabilities, n_cells, time.perf_counter() - started,
                                   predictor.device_name, None if diameter is None else float(diameter), estimate)
     finally:
         predictor.close()
+
+
+def _iter_slices(predictor: TiledPredictor, image: Any, slices: list[tuple[int, ...]], rgb: bool, scale: float,
+                 post_params: dict[str, Any], labels: np.ndarray, probabilities: np.ndarray | None
+                 ) -> Generator[Progress, None, None]:
+    """Predict the slices one after another into `labels` (and `probabilities`). The instance step runs in a
+    background thread while the network works: a slice's instances while the next slice is predicted, and a plane
+    big enough to be done in bands (at the model's own cell size) band by band as its rows are predicted."""
+    plane = labels.shape[-2:]
+    steps = predictor.grid(scaled_shape(plane, scale)).n_tiles + 1  # tiles, then instances
+    total = len(slices) * steps
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cell-unet-instances")
+    waiting = None
+    try:
+        for number, index in enumerate(slices):
+            prefix = f"slice {number + 1}/{len(slices)}: " if labels.ndim > 2 else ""
+            # a plane predicted at its own size has its rows final as each row of tiles is done; a zoomed one at its end
+            rows = predictor.grid(plane).starts_y if scale == 1.0 else ()
+            bands = BandedInstances(plane, submit=pool.submit, final_rows=rows, **post_params)
+            streamed = (lambda maps, stop, bands=bands: bands.rows_final(maps[0], maps[1], stop)) if rows else None
+            try:
+                probs = yield from _iter_slice(predictor, np.asarray(image[index]), rgb, scale, number * steps,
+                                               steps, total, prefix, streamed)
+            except ImageError as exc:
+                if len(slices) == 1:
+                    raise
+                warnings.warn(f"slice {index}: {exc}; left empty", RuntimeWarning, stacklevel=2)
+                continue
+            bands.rows_final(probs[0], probs[1], plane[0])
+            if probabilities is not None:
+                probabilities[index] = probs
+            if waiting is not None:
+                yield _collect(labels, *waiting, Progress(number * steps + steps - 1, total))
+            waiting = (index, bands, probs, prefix)
+        if waiting is not None:
+            yield _collect(labels, *waiting, Progress(total, total))
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _collect(labels: np.ndarray, index: tuple[int, ...], bands: BandedInstances, probs: np.ndarray, prefix: str,
+             progress: Progress) -> Progress:
+    """Wait for a slice's instances, write them to `labels`; the progress event that says so."""
+    labels[index] = bands.labels_of(probs[0], probs[1])
+    return progress._replace(message=f"{prefix}instances done")
 
 
 def _typical_if_misjudged(model: Any, estimate: DiameterEstimate) -> DiameterEstimate:
@@ -202,10 +233,11 @@ def _iter_middle_slice_estimate(predictor: TiledPredictor, image: Any, slices: l
 
 
 def _iter_slice(predictor: TiledPredictor, plane: np.ndarray, rgb: bool, scale: float, offset: int, steps: int,
-                total: int, prefix: str) -> Generator[Progress, None, np.ndarray]:
+                total: int, prefix: str, on_rows_final: RowsFinal | None = None
+                ) -> Generator[Progress, None, np.ndarray]:
     """Predict one 2-D slice (zoomed by `scale`, probabilities resized back to the slice's shape),
     turning its tile progress into progress over the whole run."""
-    tiles = predictor.iter_predict(rescale_plane(plane, scale, rgb), rgb=rgb)
+    tiles = predictor.iter_predict(rescale_plane(plane, scale, rgb), rgb=rgb, on_rows_final=on_rows_final)
     probabilities = yield from relay(tiles, lambda step: Progress(offset + round(step.fraction * (steps - 1)), total,
                                                                   prefix + step.message))
     return resize_probabilities(probabilities, plane.shape[:2])
