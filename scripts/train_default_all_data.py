@@ -94,9 +94,10 @@ def recipe_config(args):
     return TrainConfig(steps=args.steps, minutes=None if args.steps else args.minutes, batch_size=args.batch_size,
                        crop_size=args.crop_size, lr=args.lr, validations=args.validations, threads=args.threads,
                        freeze_encoder=False, freeze_batchnorm=False, scale_range=tuple(args.scale_range),
-                       # no pull back to the starting weights: the library's fine-tuning default (anchor 0.05, for
-                       # a few painted corrections) held the stage-4 run of this recipe near stage 3
-                       anchor=0.0, device=args.device, name=args.name)
+                       # no pull back to the starting weights: the library's fine-tuning defaults (anchor 0.05 and
+                       # half the change kept, for a few painted corrections) held the stage-4 run of this recipe
+                       # near stage 3
+                       anchor=0.0, blend=1.0, device=args.device, name=args.name)
 
 
 def as_default_model(model):

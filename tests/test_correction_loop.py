@@ -169,6 +169,48 @@ def test_anchored_fine_tuning_keeps_the_weights_near_the_start(held_out_crop):
     assert TrainConfig().anchor > 0  # on by default when fine-tuning
 
 
+def test_fine_tuning_keeps_half_the_change_unless_the_held_back_cells_want_all_of_it(held_out_crop, monkeypatch):
+    """The kept model is start + blend x (trained - start); when the held-back cells score that blend lower than the
+    whole change, the whole change is kept, and the before -> after the widget shows is that of the kept model."""
+    import torch
+
+    from napari_cell_unet.model.files import bundled_model
+    from napari_cell_unet.training import TrainConfig, TrainingPair, loop, train
+
+    image, truth, _ = held_out_crop
+    start = [p.detach().clone() for p in bundled_model().network.parameters()]
+
+    def weights(**settings):
+        config = TrainConfig(steps=3, batch_size=1, crop_size=64, val_fraction=0.0, lr=1e-3, seed=1, threads=1,
+                             **settings)
+        tuned = train([TrainingPair(image, truth)], "default", config).model
+        return [p.detach() for p in tuned.network.parameters()], tuned.metadata["training"]
+
+    whole, record = weights(blend=1.0)
+    assert record["kept_change"] == 1.0
+    half, record = weights()
+    assert TrainConfig().blend == 0.5 and record["kept_change"] == 0.5
+    moved = [not torch.equal(w, s) for w, s in zip(whole, start)]
+    assert any(moved)
+    for w, h, s in zip(whole, half, start):
+        torch.testing.assert_close(h, s + 0.5 * (w - s), atol=1e-6, rtol=1e-5)
+
+    # with held-back cells: the blend is validated, and kept only when its F1 is no lower than the whole change's
+    scores = iter([0.5, 0.9, 0.6])  # the starting model's, the trained step's, then the blend's
+
+    def fake_validate(*args, **kwargs):
+        return {"val_loss": 1.0, "dice": 0.8, "f1": next(scores, 0.9)}
+
+    monkeypatch.setattr(loop, "validate", fake_validate)
+    config = TrainConfig(steps=2, batch_size=1, crop_size=64, val_fraction=0.3, lr=1e-3, validations=1, threads=1)
+    result = train([TrainingPair(image, truth)], "default", config)
+    assert result.model.metadata["training"]["kept_change"] == 1.0
+    assert result.metrics["f1"] == 0.9 and next(scores, None) is None  # all three validations ran
+    scores = iter([0.5, 0.8, 0.85])
+    result = train([TrainingPair(image, truth)], "default", config)
+    assert result.model.metadata["training"]["kept_change"] == 0.5 and result.metrics["f1"] == 0.85
+
+
 def test_a_model_is_not_called_better_when_the_f1_it_shows_dropped():
     """The widget shows 'F1 on your held-back cells: before -> after'; a lower F1 is never selected by itself,
     even when Dice rose enough to lift the combined score."""

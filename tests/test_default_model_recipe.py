@@ -39,7 +39,7 @@ def test_recipe_is_not_pulled_back_to_its_starting_weights(recipe, tiny_model):
     args = recipe.parse_args(["--steps", "4", "--batch-size", "2", "--crop-size", "64", "--validations", "0",
                               "--threads", "1", "--scale-range", "1", "1", "--device", "cpu"])
     config = recipe.recipe_config(args)
-    assert config.anchor == 0 and config.freeze_encoder is False and config.freeze_batchnorm is False
+    assert config.anchor == 0 and config.blend == 1.0 and config.freeze_encoder is False and config.freeze_batchnorm is False
     start = {k: v.clone() for k, v in tiny_model.network.state_dict().items()}
     free = train([pair], tiny_model, config).model
     pulled = train([pair], tiny_model, config.__class__(**{**vars(config), "anchor": 0.5})).model

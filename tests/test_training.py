@@ -155,8 +155,10 @@ def _tiny(seed: int = 0):
 def _fast_config(**overrides):
     from napari_cell_unet.training import TrainConfig
 
+    # blend=1: these tests train tiny random models and check what the steps do; keeping half of the change
+    # (the fine-tuning default) is tested in test_correction_loop.py
     settings = dict(steps=20, batch_size=4, crop_size=64, lr=3e-3, val_fraction=0.0, device="cpu", seed=0,
-                    freeze_encoder=False)
+                    freeze_encoder=False, blend=1.0)
     settings.update(overrides)
     return TrainConfig(**settings)
 

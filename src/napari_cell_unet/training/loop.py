@@ -272,6 +272,7 @@ class _Run:
         self.optimizer = torch.optim.AdamW(trainable, lr=self.lr, weight_decay=cfg.weight_decay)
         self.anchors = ([(p, p.detach().clone()) for p in trainable]
                         if cfg.anchor > 0 and not self._scratch else [])
+        self.start_state = _state_copy(network) if cfg.blend < 1 and not self._scratch else None
         amp_dtype = _amp_dtype(self.device) if cfg.amp else None
         scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
         budget = cfg.minutes * 60.0 if cfg.minutes is not None else None
@@ -379,6 +380,7 @@ class _Run:
             network.load_state_dict(self.best_state)
         else:
             self.best_step = self.step
+        self.kept_change = self._blend(network)
         network.to("cpu", memory_format=torch.contiguous_format).eval()
         network.requires_grad_(True)  # undo freeze_encoder
         self._record()
@@ -387,6 +389,25 @@ class _Run:
         self.model.metadata["training"].update(improved=improved, held_out_cells=n_cells)
         return TrainResult(self.model, self.history, self.best_step, self.stopped_early, self.cancelled,
                            self.base_metrics, dict(self.best_metrics) or None, improved, n_cells)
+
+    def _blend(self, network: torch.nn.Module) -> float:
+        """Move the trained weights back to the start by 1 - `TrainConfig.blend` of their change, unless the
+        held-back cells score that blend lower than the whole change; the fraction of the change kept."""
+        start = getattr(self, "start_state", None)
+        if start is None or self.step == 0:
+            return 1.0
+        trained = _state_copy(network)
+        fraction = self.config.blend
+        network.load_state_dict({key: (start[key] + fraction * (value - start[key])) if value.is_floating_point()
+                                 else value for key, value in trained.items()})
+        if not getattr(self, "val_data", None) or not self.best_metrics:
+            return fraction
+        metrics = validate(self.model, self.val_data, self.config.border_weight, self.device)
+        if metrics["f1"] < self.best_metrics["f1"]:
+            network.load_state_dict(trained)
+            return 1.0
+        self.best_metrics = metrics
+        return fraction
 
     def _record(self) -> None:
         cfg = self.config
@@ -406,6 +427,7 @@ class _Run:
             "machine": machine_description(self.device),
             "config": {k: v for k, v in asdict(cfg).items()},
             "cancelled": self.cancelled, "stopped_early": self.stopped_early,
+            "kept_change": getattr(self, "kept_change", 1.0),
         }
         if previous:
             record["previous"] = previous
