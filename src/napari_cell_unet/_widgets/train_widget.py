@@ -335,6 +335,7 @@ class TrainWidget(QWidget):
         size_note = (f" The automatic cell size misjudged your images: on new images this model uses the typical "
                      f"size of your cells, {typical:.0f} px, wherever its estimate is 2x away from it (type a "
                      f"diameter to override)." if typical is not None else "")
+        size_note += blend_note(result)
         if worse:
             kept = self.previous_entry.label if self.previous_entry is not None else "the previous model"
             why = ("got worse" if result.improved is False else
@@ -409,6 +410,15 @@ def best_scores(result) -> str:
     scores = [f"{label} {metrics[key]:.3f}" for key, label in names.items()
               if isinstance(metrics.get(key), (int, float))]
     return f"best at step {result.best_step}" + (": " + ", ".join(scores) if scores else "")
+
+
+def blend_note(result) -> str:
+    """What the status says when the model kept only part of the training's change of its weights."""
+    kept = (result.model.metadata.get("training") or {}).get("kept_change", 1.0)
+    if kept >= 1.0:
+        return ""
+    return (f" It keeps {kept:.0%} of what training changed in the weights (scored no lower on your held-back "
+            f"cells), so images you did not correct move less.")
 
 
 def before_after(result) -> str:
