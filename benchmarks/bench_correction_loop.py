@@ -154,11 +154,10 @@ def interpolated_model(start, trained, fraction: float):
     """A copy of `trained` (its metadata too) whose weights are start + fraction * (trained - start)."""
     import copy
 
+    from napari_cell_unet.training.loop import blended_state
+
     blended = copy.deepcopy(trained)
-    first = start.network.state_dict()
-    state = {key: first[key] + fraction * (value - first[key]) if value.is_floating_point() else value
-             for key, value in trained.network.state_dict().items()}
-    blended.network.load_state_dict(state)
+    blended.network.load_state_dict(blended_state(start.network.state_dict(), trained.network.state_dict(), fraction))
     return blended
 
 

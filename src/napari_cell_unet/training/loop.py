@@ -141,6 +141,8 @@ class _Run:
         self.model: CellModel | None = None
         self.optimizer = None
         self.anchors: list = []  # (trained weight, its starting value) with TrainConfig.anchor
+        self.start_state: dict[str, torch.Tensor] | None = None  # the starting weights, with TrainConfig.blend < 1
+        self.kept_change = 1.0  # the fraction of the weights' change the kept model has (TrainConfig.blend)
         self.from_bundled = False  # fine-tuned from the bundled model: it keeps measuring the cell size
         self.size_checks: list[tuple[float, float | None]] = []  # (annotated, estimated) diameter per checked image
         self.device = _resolve_device(cfg.device)
@@ -393,13 +395,11 @@ class _Run:
     def _blend(self, network: torch.nn.Module) -> float:
         """Move the trained weights back to the start by 1 - `TrainConfig.blend` of their change, unless the
         held-back cells score that blend lower than the whole change; the fraction of the change kept."""
-        start = getattr(self, "start_state", None)
-        if start is None or self.step == 0:
+        if self.start_state is None or self.step == 0:
             return 1.0
         trained = _state_copy(network)
         fraction = self.config.blend
-        network.load_state_dict({key: (start[key] + fraction * (value - start[key])) if value.is_floating_point()
-                                 else value for key, value in trained.items()})
+        network.load_state_dict(blended_state(self.start_state, trained, fraction))
         if not getattr(self, "val_data", None) or not self.best_metrics:
             return fraction
         metrics = validate(self.model, self.val_data, self.config.border_weight, self.device)
@@ -427,7 +427,7 @@ class _Run:
             "machine": machine_description(self.device),
             "config": {k: v for k, v in asdict(cfg).items()},
             "cancelled": self.cancelled, "stopped_early": self.stopped_early,
-            "kept_change": getattr(self, "kept_change", 1.0),
+            "kept_change": self.kept_change,
         }
         if previous:
             record["previous"] = previous
@@ -535,6 +535,13 @@ def _describe_init(spec: ModelSpec) -> str:
     if isinstance(spec, CellModel):
         return spec.name
     return str(spec)
+
+
+def blended_state(start: dict[str, torch.Tensor], trained: dict[str, torch.Tensor], fraction: float
+                  ) -> dict[str, torch.Tensor]:
+    """The state dict start + fraction * (trained - start); integer entries (batch counts) as trained."""
+    return {key: start[key] + fraction * (value - start[key]) if value.is_floating_point() else value
+            for key, value in trained.items()}
 
 
 def _state_copy(network: torch.nn.Module) -> dict[str, torch.Tensor]:
