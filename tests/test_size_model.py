@@ -70,12 +70,27 @@ def test_a_confirmed_guess_and_the_probes_are_averaged(monkeypatch, radius):
     image, labels = disc_field(radius)
     model = pointwise_model(cell_diameter=30.0)
     probes_alone = estimate_cell_diameter(image, model, device="cpu").diameter  # no size regression
-    _guessing(monkeypatch, 1.1 * estimate_diameter(labels))  # 10 % off: the probe zoomed to it finds discs whole
+    _guessing(monkeypatch, 1.4 * estimate_diameter(labels))  # 40 % off: the probe zoomed to it finds discs whole
     estimate = estimate_cell_diameter(image, model, device="cpu")
     guess, refinement = estimate.probes[0], estimate.probes[1]
     assert refinement["cells"] >= diameter.CONFIRM_CELLS
+    assert guess["estimate"] / refinement["estimate"] > diameter.AGREED  # not close: the coarse probes are asked too
+    assert len(estimate.probes) > 2
     learned = np.sqrt(guess["estimate"] * refinement["estimate"])
     assert estimate.diameter == pytest.approx(np.sqrt(learned * probes_alone), abs=0.1)
+    assert estimate.diameter == pytest.approx(estimate_diameter(labels), rel=0.15)
+
+
+@pytest.mark.parametrize("radius", [5, 9, 16])
+def test_a_closely_confirmed_guess_skips_the_coarse_probes(monkeypatch, radius):
+    from napari_cell_unet.inference import diameter
+
+    image, labels = disc_field(radius)
+    _guessing(monkeypatch, 1.05 * estimate_diameter(labels))  # 5 % off: its probe measures the discs within 15 %
+    estimate = estimate_cell_diameter(image, pointwise_model(cell_diameter=30.0), device="cpu")
+    guess, refinement = estimate.probes
+    assert refinement["cells"] >= diameter.CONFIRM_CELLS
+    assert estimate.diameter == pytest.approx(np.sqrt(guess["estimate"] * refinement["estimate"]), abs=0.1)
     assert estimate.diameter == pytest.approx(estimate_diameter(labels), rel=0.15)
 
 

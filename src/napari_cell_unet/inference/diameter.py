@@ -4,7 +4,8 @@ Two estimates, averaged in log space (they fail on different images). (1) A mode
 (`size_model.py`; the bundled default does) guesses the size from its encoder's features of the image at nine
 zooms, then one segmentation probe zoomed to that guess measures the median diameter of the cells it outlines
 whole; guess and measurement are averaged in log space (cellpose's size model and its refinement). Cost: the
-encoder on nine small windows and one 320-px probe. (2) The probes, which models without a regression (or whose
+encoder on nine small windows and one 320-px probe. When that probe measures cells within 15 % of the guess, this
+is the estimate and the probes below are skipped. (2) The probes, which models without a regression (or whose
 encoder differs from the one it was fitted on) use alone: the network is shown small probes of the image zoomed as if the cells were a few candidate sizes apart (12 to 135 px). At the
 candidate nearest the truth it sees cells of the size it was trained on and outlines them; far from it, it finds
 nothing, or fragments much smaller than the candidate. The median diameter of the cells found whole inside the
@@ -37,6 +38,10 @@ MIN_CELLS = 2  # whole cells a probe must find for its estimate to count
 # whole cells the probe zoomed to the size regression's guess must find to confirm it (replayed offline on the
 # validation checks' probes: 46/69 within 15 % with 5, 44-45 with 2, 3, 4, 6 or 8)
 CONFIRM_CELLS = 5
+# the guess's probe measured within this ratio of the guess: the coarse probes are skipped. Replayed on the
+# validation checks: within 15 % as often or more for all three bundled models (default 42 instead of 41 of 69,
+# skipped on 13), at 1.25 the cells model lost one of 12 (benchmarks/RESULTS.md)
+AGREED = 1.15
 CONSISTENT = (0.4, 2.5)  # estimate / candidate ratios of a probe that saw real cells, not fragments
 AGREEMENT = 0.35  # spread (natural log) of the estimate / candidate ratio weighting a probe's vote
 
@@ -76,6 +81,9 @@ def _iter_estimate(predictor: Any, plane: np.ndarray, rgb: bool) -> Generator[Pr
     if regression is None:
         return (yield from _iter_probed(*context))
     learned = yield from _iter_regressed(regression, *context)
+    if _closely_confirmed(learned):
+        yield Progress(1, 1, f"estimated cell diameter: {learned.diameter:.0f} px")
+        return learned
     probed = yield from _iter_probed(*context)
     probes = learned.probes + probed.probes
     if learned.diameter is None or probed.diameter is None:
@@ -133,6 +141,15 @@ def _iter_regressed(regression, predictor, plane, rgb, ranges, activity, thresho
     # alone (37/69 checks) and off by more than half less often (10 vs 12; the guess alone 28 and 14)
     diameter = float(np.sqrt(guess * probe["estimate"]))
     return DiameterEstimate(round(diameter, 1), int(probe["cells"]), probes)
+
+
+def _closely_confirmed(learned: DiameterEstimate) -> bool:
+    """Whether the probe zoomed to the regression's guess measured cells within `AGREED` of it: then the coarse
+    probes are not needed (they cost twice the regression and its probe)."""
+    if learned.diameter is None:
+        return False
+    guess, measured = learned.probes[0]["estimate"], learned.probes[1]["estimate"]
+    return max(guess, measured) / min(guess, measured) < AGREED
 
 
 def regression_features(predictor: Any, plane: np.ndarray, rgb: bool = False, windows: int = 1) -> np.ndarray:
