@@ -138,3 +138,20 @@ def test_busiest_windows_are_distinct_and_busiest_first():
             assert abs(ya - yb) >= 100 or abs(xa - xb) >= 100  # no two overlap
     only = _busiest_windows(_activity(image[None]), image.shape, 400, 3)
     assert len(only) == 1 and only[0][0] == 0  # a second 400-px square would overlap the first
+
+
+def test_a_probe_leader_its_refinement_does_not_confirm_gives_way_to_a_confirmed_guess(monkeypatch):
+    """set27 at 1x (validation): the 12-px probe voted for 21 fragments of 7 px, whose 7-px refinement found 2-px
+    ones; averaged with the confirmed guess (52 px) that made 22 px for 63-px cells."""
+    from napari_cell_unet._progress import result_of
+    from napari_cell_unet.inference import diameter
+
+    def canned(predictor, plane, rgb, ranges, activity, candidate, reference, side, thresholds):
+        found = {12.0: (21, 7.0), 7.0: (14, 2.0)}.get(round(candidate, 1), (0, float("nan")))
+        return {"candidate": round(candidate, 1), "cells": found[0], "estimate": found[1], "confidence": 0.9}
+
+    monkeypatch.setattr(diameter, "_probe", canned)
+    context = (None, np.zeros((64, 64)), False, None, None, None, 50.0)
+    trusted = result_of(diameter._iter_probed(*context))
+    assert trusted.diameter == pytest.approx(np.sqrt(12.0 * 7.0), abs=0.1)  # alone, the leader is all there is
+    assert result_of(diameter._iter_probed(*context, unrefined_leader=False)).diameter is None

@@ -84,7 +84,8 @@ def _iter_estimate(predictor: Any, plane: np.ndarray, rgb: bool) -> Generator[Pr
     if _closely_confirmed(learned):
         yield Progress(1, 1, f"estimated cell diameter: {learned.diameter:.0f} px")
         return learned
-    probed = yield from _iter_probed(*context)
+    # a confirmed guess outweighs a probe leader that its own refinement did not confirm (fragments, most often)
+    probed = yield from _iter_probed(*context, unrefined_leader=learned.diameter is None)
     probes = learned.probes + probed.probes
     if learned.diameter is None or probed.diameter is None:
         # one of them found nothing: the other one (the regression's guess, unconfirmed, as a last resort)
@@ -98,9 +99,10 @@ def _iter_estimate(predictor: Any, plane: np.ndarray, rgb: bool) -> Generator[Pr
     return DiameterEstimate(round(diameter, 1), max(learned.cells, probed.cells), probes)
 
 
-def _iter_probed(predictor, plane, rgb, ranges, activity, thresholds, reference
+def _iter_probed(predictor, plane, rgb, ranges, activity, thresholds, reference, unrefined_leader: bool = True
                  ) -> Generator[Progress, None, DiameterEstimate]:
-    """The coarse probes' vote and its two refinements (module doc); diameter None when no probe found cells."""
+    """The coarse probes' vote and its two refinements (module doc); diameter None when no probe found cells, or
+    when no refinement confirmed its leader and `unrefined_leader` is False."""
     total = len(CANDIDATE_DIAMETERS) + REFINED
     probes = []
     for number, candidate in enumerate(CANDIDATE_DIAMETERS):
@@ -117,7 +119,11 @@ def _iter_probed(predictor, plane, rgb, ranges, activity, thresholds, reference
         refined.append(_probe(predictor, plane, rgb, ranges, activity, leader["estimate"], reference, FINE_PROBE,
                               thresholds))
     probes += refined
-    best = (_ranked(refined) or leaders)[0]
+    confirmed = _ranked(refined)
+    if not confirmed and not unrefined_leader:
+        yield Progress(total, total, "estimating cell size: no probe confirmed")
+        return DiameterEstimate(None, 0, probes)
+    best = (confirmed or leaders)[0]
     # two measurements of the same cells at two zooms (the leader's, and the refinement's): their mean in log space
     diameter = float(np.sqrt(best["candidate"] * best["estimate"]))
     yield Progress(total, total, f"estimated cell diameter: {diameter:.0f} px")
