@@ -29,6 +29,7 @@ from .instances import instances_from_probabilities
 from .normalize import to_model_channels
 from .rescale import model_diameter, rescale_plane
 from .size_model import size_features, size_regression
+from .taught_diameters import far_apart
 
 CANDIDATE_DIAMETERS = (12.0, 27.0, 60.0, 135.0)  # px; neighbours 2.2x apart
 COARSE_PROBE = 256  # side of a coarse probe, in the model's (zoomed) pixels
@@ -154,8 +155,7 @@ def _closely_confirmed(learned: DiameterEstimate) -> bool:
     probes are not needed (they cost twice the regression and its probe)."""
     if learned.diameter is None:
         return False
-    guess, measured = learned.probes[0]["estimate"], learned.probes[1]["estimate"]
-    return max(guess, measured) / min(guess, measured) < AGREED
+    return not far_apart(learned.probes[0]["estimate"], learned.probes[1]["estimate"], AGREED)
 
 
 def regression_features(predictor: Any, plane: np.ndarray, rgb: bool = False, windows: int = 1) -> np.ndarray:
