@@ -141,6 +141,8 @@ class _Run:
         self.model: CellModel | None = None
         self.optimizer = None
         self.anchors: list = []  # (trained weight, its starting value) with TrainConfig.anchor
+        self.train_data: list = []  # prepared training and validation items, once the data is loaded
+        self.val_data: list = []
         self.start_state: dict[str, torch.Tensor] | None = None  # the starting weights, with TrainConfig.blend < 1
         self.kept_change = 1.0  # the fraction of the weights' change the kept model has (TrainConfig.blend)
         self.from_bundled = False  # fine-tuned from the bundled model: it keeps measuring the cell size
@@ -386,7 +388,7 @@ class _Run:
         network.to("cpu", memory_format=torch.contiguous_format).eval()
         network.requires_grad_(True)  # undo freeze_encoder
         self._record()
-        n_cells = held_out_cells(getattr(self, "val_data", None) or [])
+        n_cells = held_out_cells(self.val_data)
         improved = improvement(self.base_metrics, self.best_metrics if self.best_state is not None else None, n_cells)
         self.model.metadata["training"].update(improved=improved, held_out_cells=n_cells)
         return TrainResult(self.model, self.history, self.best_step, self.stopped_early, self.cancelled,
@@ -400,7 +402,7 @@ class _Run:
         trained = _state_copy(network)
         fraction = self.config.blend
         network.load_state_dict(blended_state(self.start_state, trained, fraction))
-        if not getattr(self, "val_data", None) or not self.best_metrics:
+        if not self.val_data or not self.best_metrics:
             return fraction
         metrics = validate(self.model, self.val_data, self.config.border_weight, self.device)
         if metrics["f1"] < self.best_metrics["f1"]:
