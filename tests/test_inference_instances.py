@@ -159,3 +159,28 @@ def test_touching_pieces_without_a_border_between_them_are_merged():
     split = instances_from_probabilities(cell, border, 0.5, 0.1, 10)
     assert split.max() == 4
     assert instances_from_probabilities(cell, border, 0.5, 0.1, 10, merge_threshold=0.3).max() == 3
+
+
+def test_seeds_flood_each_part_of_the_mask_as_one_watershed_of_the_plane(usiigaci):
+    """`flood_seeds` (one watershed per connected part of the mask, parts with one seed filled directly) gives
+    skimage's whole-plane watershed labels on maps of real cells (tie-free: real network outputs rarely tie)."""
+    from skimage.segmentation import watershed
+
+    from napari_cell_unet.inference.instances import flood_seeds, seed_mask
+
+    truth = load_usiigaci_set("set20")["labels"]
+    cell, border = maps_from_labels(truth)
+    cell = cell + np.random.default_rng(0).uniform(0, 1e-4, cell.shape).astype(np.float32)
+    mask = cell > 0.5
+    seeds, n_seeds = ndimage.label(seed_mask(cell, border, 0.5, 0.5))
+    flooded = flood_seeds(cell, seeds, mask)
+    np.testing.assert_array_equal(flooded, watershed(-cell, seeds, mask=mask))
+    parts, n_parts = ndimage.label(mask)
+    assert 1 < n_parts < n_seeds  # some parts have several seeds, so both ways are exercised
+    # a part without a seed stays background
+    lonely = np.zeros((20, 40), np.float32)
+    lonely[2:8, 2:8] = lonely[10:18, 20:38] = 0.9
+    seeds = np.zeros(lonely.shape, np.int32)
+    seeds[12:16, 22:26], seeds[12:16, 32:36] = 1, 2
+    flooded = flood_seeds(lonely, seeds, lonely > 0.5)
+    assert not flooded[2:8, 2:8].any() and set(np.unique(flooded[10:18, 20:38])) == {1, 2}
