@@ -6,6 +6,7 @@ import argparse
 import math
 from collections.abc import Callable
 
+DEFAULT_TILE_SIZE = 1152  # inference.DEFAULT_TILE_SIZE (the CLI reads its options before importing torch)
 MIN_TILE_SIZE = 256  # twice the tiles' 64-px blended overlap on each side, with room left to predict
 MAX_TILE_SIZE = 16384
 MAX_VAL_FRACTION = 0.5

@@ -11,7 +11,7 @@ def add_segmentation_options(parser: argparse.ArgumentParser) -> None:
     """`--tile-size`, `--min-size`, `--cell-threshold`, `--border-threshold`, `--precision`, `--tta` (device apart: its help
     differs between one process and a cluster's workers)."""
     parser.add_argument("--tile-size", type=checks.tile_size, default=None,
-                        help=f"tile side in pixels, {checks.MIN_TILE_SIZE} or more (default: 1024)")
+                        help=f"tile side in pixels, {checks.MIN_TILE_SIZE} or more (default: {checks.DEFAULT_TILE_SIZE})")
     parser.add_argument("--min-size", type=checks.non_negative_int,
                         help="smallest object kept, in pixels (default: the model's)")
     parser.add_argument("--cell-threshold", type=checks.probability,

@@ -27,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
     parser.add_argument("--tile-size", type=checks.tile_size,
-                        help=f"tile side for prediction, {checks.MIN_TILE_SIZE} or more (default: 1024)")
+                        help=f"tile side for prediction, {checks.MIN_TILE_SIZE} or more (default: {checks.DEFAULT_TILE_SIZE})")
     parser.add_argument("--cell-threshold", type=checks.probability, help="cell probability threshold (default: the model's)")
     parser.add_argument("--border-threshold", type=checks.probability, help="border probability threshold (default: the model's)")
     parser.add_argument("--min-size", type=checks.non_negative_int, help="smallest object kept, in pixels (default: the model's)")
