@@ -65,6 +65,7 @@ def flood_seeds(cell_prob: np.ndarray, seeds: np.ndarray, mask: np.ndarray) -> n
     ids, first = first_pixels(seeds)
     part_of_seed = parts.ravel()[first]
     seeds_per_part = np.bincount(part_of_seed, minlength=int(parts.max()) + 1)
+    seeds_per_part[0] = 0  # seeds outside the mask grow nowhere (as in skimage, which leaves them out)
     single = np.zeros(seeds_per_part.size, seeds.dtype)
     alone = seeds_per_part[part_of_seed] == 1
     single[part_of_seed[alone]] = ids[alone]
