@@ -49,8 +49,10 @@ def instances_from_probabilities(cell_prob: np.ndarray, border_prob: np.ndarray,
         seeds = remove_small_instances(seeds, max(2, min_size // 2))
         n_seeds = int(seeds.max())
     labels = flood_seeds(cell_prob, seeds, mask) if n_seeds else seeds
-    unreached, _ = ndimage.label(mask & (labels == 0))
-    labels = np.where(unreached > 0, unreached + n_seeds, labels)
+    unreached, n_unreached = ndimage.label(mask & (labels == 0))
+    if n_unreached:  # few pixels: written in place (a whole-plane np.where made two int64 copies of a band)
+        where = np.nonzero(unreached)
+        labels[where] = unreached[where] + n_seeds
     if merge_threshold > 0:
         labels = merge_weak_contacts(labels, border_prob, merge_threshold)
     return remove_small_instances(labels, min_size)
