@@ -61,13 +61,13 @@ def instances_from_probabilities(cell_prob: np.ndarray, border_prob: np.ndarray,
 def flood_seeds(cell_prob: np.ndarray, seeds: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """Grow `seeds` (labels inside `mask`) over `mask`: watershed on -`cell_prob`, one connected part of the mask at
     a time. A part with one seed is all that seed's; the others are flooded each in its bounding box. Each part
-    floods as in one watershed of the whole plane (up to the order of exactly equal probabilities), 5x faster on
-    a band of a large image, where skimage's single heap of every seed pixel is what costs."""
+    floods as in one watershed of the whole plane (up to the order of exactly equal probabilities), 7x faster on
+    a band of a large image, where skimage's single heap of every seed pixel is what costs (benchmarks/RESULTS.md)."""
     parts, _ = ndimage.label(mask)
     ids, first = first_pixels(seeds)
     part_of_seed = parts.ravel()[first]
     seeds_per_part = np.bincount(part_of_seed, minlength=int(parts.max()) + 1)
-    seeds_per_part[0] = 0  # seeds outside the mask grow nowhere (as in skimage, which leaves them out)
+    seeds_per_part[0] = 0  # a seed whose first pixel lies outside the mask claims no part of it
     single = np.zeros(seeds_per_part.size, seeds.dtype)
     alone = seeds_per_part[part_of_seed] == 1
     single[part_of_seed[alone]] = ids[alone]

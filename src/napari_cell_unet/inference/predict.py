@@ -24,7 +24,7 @@ from .tiling import TileGrid, make_grid
 RowsFinal = Callable[[np.ndarray, int], None]
 
 # Tiles of up to 1152 px: 8000 px take 8 tiles of 1056 px where 1024 took 9 of 960 (4 % less work, 9 % on
-# 2048 px, 8 % on a 1040 x 1392 camera frame), at the same speed per pixel (bench_speed.py).
+# 2048 px, 8 % on a 1040 x 1392 camera frame), at the same speed per pixel (benchmarks/RESULTS.md).
 DEFAULT_TILE_SIZE = 1152
 DEFAULT_OVERLAP = 64
 DEFAULT_BATCH_SIZE = None  # 4 tiles per forward on a GPU, 1 on the CPU (no faster batched, ~1 GB more RSS)
