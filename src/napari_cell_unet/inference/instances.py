@@ -63,10 +63,10 @@ def flood_seeds(cell_prob: np.ndarray, seeds: np.ndarray, mask: np.ndarray) -> n
     a time. A part with one seed is all that seed's; the others are flooded each in its bounding box. Each part
     floods as in one watershed of the whole plane (up to the order of exactly equal probabilities), 7x faster on
     a band of a large image, where skimage's single heap of every seed pixel is what costs (benchmarks/RESULTS.md)."""
-    parts, _ = ndimage.label(mask)
+    parts, n_parts = ndimage.label(mask)
     ids, first = first_pixels(seeds)
     part_of_seed = parts.ravel()[first]
-    seeds_per_part = np.bincount(part_of_seed, minlength=int(parts.max()) + 1)
+    seeds_per_part = np.bincount(part_of_seed, minlength=n_parts + 1)
     seeds_per_part[0] = 0  # a seed whose first pixel lies outside the mask claims no part of it
     single = np.zeros(seeds_per_part.size, seeds.dtype)
     alone = seeds_per_part[part_of_seed] == 1
