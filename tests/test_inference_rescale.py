@@ -98,3 +98,55 @@ def test_estimate_diameter_of_discs_and_real_cells(usiigaci):
         estimate_diameter(np.zeros((10, 10), np.uint16))
     usiigaci_diameter = estimate_diameter(load_usiigaci_set("set20")["labels"])
     assert 35 < usiigaci_diameter < 70
+
+
+@pytest.mark.parametrize(("shape", "target", "axes", "dtype"), [
+    ((37, 53), (80, 20), (0, 1), np.uint16),   # up in rows, down in columns
+    ((37, 53, 3), (37, 90), (0, 1), np.float32),  # colour, rows unchanged
+    ((2, 301, 53), (11, 7), (1, 2), np.float32),  # probability maps shrunk 27x
+    ((1, 1), (4, 5), (0, 1), np.float64),
+])
+def test_bilinear_resize_matches_scipy_zoom_in_grid_mode(shape, target, axes, dtype):
+    """The separable resize is scipy's `zoom(order=1, grid_mode=True, mode="nearest")`, up to float rounding, and
+    NaN spreads no further (scipy's also spreads it across an axis whose size does not change); float64 stays
+    float64."""
+    from scipy import ndimage
+
+    from napari_cell_unet.inference.rescale import resize_bilinear
+
+    array = (np.random.default_rng(0).random(shape) * 1000).astype(dtype)
+    if dtype == np.float32:
+        for (y, x), value in [((5, 7), np.inf), ((20, 30), np.nan)]:
+            index = [0] * array.ndim
+            index[axes[0]], index[axes[1]] = y, x
+            array[tuple(index)] = value
+    zoom = [1.0] * array.ndim
+    for axis, size in zip(axes, target):
+        zoom[axis] = size / array.shape[axis]
+    expected = ndimage.zoom(array, zoom, order=1, mode="nearest", grid_mode=True, prefilter=False,
+                            output=np.float64 if dtype == np.float64 else np.float32)
+    resized = resize_bilinear(array, target, axes)
+    assert resized.dtype == expected.dtype and resized.shape == expected.shape
+    finite = np.isfinite(expected)
+    np.testing.assert_allclose(resized[finite], expected[finite], rtol=1e-6, atol=1e-3)
+    assert np.all(np.isinf(resized) == np.isinf(expected)) and np.all(np.isnan(resized) <= np.isnan(expected))
+
+
+@pytest.mark.parametrize(("source", "target"), [((100, 50), (180, 90)), ((180, 90), (100, 50))])
+def test_rows_resized_from_the_first_rows_of_a_plane_are_final(source, target):
+    """`rows_from(k)` output rows need only the first k source rows: resized from a plane whose later rows are
+    still garbage, they equal the whole plane's resize, and the next row would not."""
+    from napari_cell_unet.inference.rescale import BilinearRows, resize_bilinear
+
+    plane = np.random.default_rng(1).random((2,) + source).astype(np.float32)
+    whole = resize_bilinear(plane, target, axes=(1, 2))
+    resizer = BilinearRows(source, target, axis=1)
+    assert resizer.rows_from(0) == 0 and resizer.rows_from(source[0]) == target[0]
+    for known in (1, 17, source[0] // 2, source[0] - 1):
+        partial = plane.copy()
+        partial[:, known:] = np.nan
+        out = np.zeros_like(whole)
+        stop = resizer.rows_from(known)
+        resizer.resize(partial, out, 0, stop + 1)
+        np.testing.assert_array_equal(out[:, :stop], whole[:, :stop])
+        assert np.isnan(out[:, stop]).all()  # the first row that is not final reads a row not yet known

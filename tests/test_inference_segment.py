@@ -241,18 +241,22 @@ def test_bf16_channels_last_prediction_matches_fp32(tiny_model, crop):
     assert next(tiny_model.network.parameters()).is_contiguous()  # memory format restored afterwards
 
 
-def test_a_plane_in_bands_gets_its_instances_while_later_rows_are_predicted(monkeypatch, usiigaci):
+@pytest.mark.parametrize("zoom", [None, 1.25, 0.7])
+def test_a_plane_in_bands_gets_its_instances_while_later_rows_are_predicted(monkeypatch, usiigaci, zoom):
     """A plane done in row bands hands each band to the instance thread as soon as its rows (and the margin below)
-    are predicted, bands ending a margin above a row of tiles; the labels are exactly those of the finished maps
-    done in the same bands afterwards."""
+    are predicted (and, for a zoomed plane, resized back), bands ending a margin above a row of tiles; the labels
+    are exactly those of the finished maps done in the same bands afterwards, and the maps exactly the zoomed
+    prediction resized back in one piece."""
     import importlib
 
-    from napari_cell_unet.inference import instances
+    from napari_cell_unet.inference import instances, predict_probabilities
+    from napari_cell_unet.inference.rescale import BilinearRows, model_diameter, rescale_plane, resize_probabilities
     from napari_cell_unet.inference.tiling import make_grid
     from napari_cell_unet.model import files
 
     model = files.bundled_model()
     image = load_usiigaci_set("set20")["image"][:1024, :512]
+    diameter = None if zoom is None else model_diameter(model) / zoom
     band_pixels = 420 * image.shape[1]
     early = []
 
@@ -265,12 +269,24 @@ def test_a_plane_in_bands_gets_its_instances_while_later_rows_are_predicted(monk
     monkeypatch.setattr(instances, "BAND_PIXELS", band_pixels)
     monkeypatch.setattr(importlib.import_module("napari_cell_unet.inference.segment"), "BandedInstances", Watched)
     progress = []
-    result = result_of(iter_segment(image, model, device="cpu", tile_size=192, overlap=32, diameter=None,
+    result = result_of(iter_segment(image, model, device="cpu", tile_size=192, overlap=32, diameter=diameter,
                                     return_probabilities=True), on_event=progress.append)
-    starts = make_grid(image.shape, 192, 32, 32).starts_y
-    bands = instances.BandedInstances(image.shape, band_pixels=band_pixels, final_rows=starts, **model.postprocessing)
-    assert len(bands.bounds) >= 3 and bands.bounds[-1][0] == starts[-1] - instances.BAND_MARGIN
-    assert max(early) == len(bands.bounds) - 1  # every band but the last started before the plane was done
+    zoomed = rescale_plane(image, zoom or 1.0)
+    starts = make_grid(zoomed.shape, 192, 32, 32).starts_y
+    if zoom is not None:
+        starts = [BilinearRows(zoomed.shape, image.shape).rows_from(row) for row in starts]
+    margin = instances.BAND_MARGIN if zoom is None else max(instances.BAND_MARGIN, int(3 * diameter))
+    bands = instances.BandedInstances(image.shape, band_pixels=band_pixels, final_rows=starts, margin=margin,
+                                      **model.postprocessing)
+    assert len(bands.bounds) >= 3
+    if zoom is None:
+        assert bands.bounds[-1][0] == starts[-1] - margin
+        assert max(early) == len(bands.bounds) - 1  # every band but the last started before the plane was done
+    else:  # a margin of 3 diameters (up to 214 rows) leaves fewer bands room to start early on this small plane
+        assert max(early) >= 1
+    expected_maps = resize_probabilities(predict_probabilities(zoomed, model, device="cpu", tile_size=192,
+                                                               overlap=32), image.shape)
+    np.testing.assert_array_equal(result.probabilities, expected_maps)
     cell, border = result.probabilities
     expected = bands.labels_of(cell, border)
     assert expected.max() > 50

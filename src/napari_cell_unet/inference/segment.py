@@ -17,7 +17,7 @@ from .diameter import DiameterEstimate, iter_estimate_diameter
 from .instances import BAND_MARGIN, BandedInstances, instance_params
 from .normalize import ImageError, is_rgb
 from .predict import DEFAULT_BATCH_SIZE, DEFAULT_OVERLAP, DEFAULT_TILE_SIZE, RowsFinal, TiledPredictor
-from .rescale import diameter_scale, rescale_plane, resize_probabilities, scaled_shape
+from .rescale import BilinearRows, diameter_scale, rescale_plane, scaled_shape
 from .taught_diameters import far_apart, taught_diameter, typical_diameter
 
 
@@ -127,7 +127,7 @@ def _iter_slices(predictor: TiledPredictor, image: Any, slices: list[tuple[int, 
                  ) -> Generator[Progress, None, None]:
     """Predict the slices one after another into `labels` (and `probabilities`). The instance step runs in a
     background thread while the network works: a slice's instances while the next slice is predicted, and a plane
-    big enough to be done in bands (at the model's own cell size) band by band as its rows are predicted."""
+    big enough to be done in bands band by band as its rows are predicted (and resized back, when zoomed)."""
     plane = labels.shape[-2:]
     steps = predictor.grid(scaled_shape(plane, scale)).n_tiles + 1  # tiles, then instances
     total = len(slices) * steps
@@ -136,21 +136,19 @@ def _iter_slices(predictor: TiledPredictor, image: Any, slices: list[tuple[int, 
     try:
         for number, index in enumerate(slices):
             prefix = f"slice {number + 1}/{len(slices)}: " if labels.ndim > 2 else ""
-            # a plane predicted at its own size has its rows final as each row of tiles is done; a zoomed one at its end
-            rows = predictor.grid(plane).starts_y if scale == 1.0 else ()
-            bands = BandedInstances(plane, submit=pool.submit, final_rows=rows, **post_params)
-            streamed = (lambda maps, stop, bands=bands: bands.rows_final(maps[0], maps[1], stop)) if rows else None
+            rows = _PlaneRows(plane, scaled_shape(plane, scale), predictor, pool.submit, post_params)
             try:
-                probs = yield from _iter_slice(predictor, np.asarray(image[index]), rgb, scale, number * steps,
-                                               steps, total, prefix, streamed)
+                zoomed = yield from _iter_slice(predictor, np.asarray(image[index]), rgb, scale, number * steps,
+                                                steps, total, prefix, rows.rows_final)
             except ImageError as exc:
                 if len(slices) == 1:
                     raise
                 warnings.warn(f"slice {index}: {exc}; left empty", RuntimeWarning, stacklevel=2)
                 continue
-            bands.rows_final(probs[0], probs[1], plane[0])
+            probs = rows.finished(zoomed, wait=probabilities is not None)
             if probabilities is not None:
                 probabilities[index] = probs
+            bands = rows.bands
             if waiting is not None:
                 yield _collect(labels, *waiting, Progress(number * steps + steps - 1, total))
             waiting = (index, bands, probs, prefix)
@@ -165,6 +163,45 @@ def _collect(labels: np.ndarray, index: tuple[int, ...], bands: BandedInstances,
     """Wait for a slice's instances, write them to `labels`; the progress event that says so."""
     labels[index] = bands.labels_of(probs[0], probs[1])
     return progress._replace(message=f"{prefix}instances done")
+
+
+class _PlaneRows:
+    """One plane's probability maps at the plane's own size, taken from its (zoomed) prediction as rows of it become
+    final, and the plane's `BandedInstances` fed with them. Resizing and bands run in `submit`'s single worker
+    thread, in the order submitted, so a band only ever reads rows already resized."""
+
+    def __init__(self, plane: tuple[int, int], zoomed: tuple[int, int], predictor: TiledPredictor,
+                 submit: Callable[..., Any], post_params: dict[str, Any]):
+        self.resizer = None if tuple(zoomed) == tuple(plane) else BilinearRows(zoomed, plane, axis=1)
+        tile_rows = predictor.grid(zoomed).starts_y
+        final_rows = tile_rows if self.resizer is None else [self.resizer.rows_from(row) for row in tile_rows]
+        self.bands = BandedInstances(plane, submit=submit, final_rows=final_rows, **post_params)
+        self.submit = submit
+        self.maps: np.ndarray | None = None  # the resized maps (zoomed planes only)
+        self.resized = 0
+        self.resizing: list[Any] = []
+
+    def rows_final(self, zoomed: np.ndarray, stop: int) -> None:
+        """Rows [0, `stop`) of the prediction `zoomed` (classes, h, w) are final."""
+        if self.resizer is None:
+            self.maps = zoomed
+            self.bands.rows_final(zoomed[0], zoomed[1], stop)
+            return
+        if self.maps is None:
+            self.maps = np.empty((zoomed.shape[0],) + self.bands.shape, np.float32)
+        stop = self.resizer.rows_from(stop)
+        if stop > self.resized:
+            self.resizing.append(self.submit(self.resizer.resize, zoomed, self.maps, self.resized, stop))
+            self.resized = stop
+            self.bands.rows_final(self.maps[0], self.maps[1], stop)
+
+    def finished(self, zoomed: np.ndarray, wait: bool) -> np.ndarray:
+        """The whole prediction is in: the plane's maps at its own size (complete once `wait`ed for)."""
+        self.rows_final(zoomed, zoomed.shape[1])
+        if wait:
+            for future in self.resizing:
+                future.result()
+        return self.maps
 
 
 def _typical_if_misjudged(model: Any, estimate: DiameterEstimate) -> DiameterEstimate:
@@ -235,12 +272,11 @@ def _iter_middle_slice_estimate(predictor: TiledPredictor, image: Any, slices: l
 def _iter_slice(predictor: TiledPredictor, plane: np.ndarray, rgb: bool, scale: float, offset: int, steps: int,
                 total: int, prefix: str, on_rows_final: RowsFinal | None = None
                 ) -> Generator[Progress, None, np.ndarray]:
-    """Predict one 2-D slice (zoomed by `scale`, probabilities resized back to the slice's shape),
-    turning its tile progress into progress over the whole run."""
+    """Predict one 2-D slice zoomed by `scale` (the probabilities at the zoomed size), turning its tile progress
+    into progress over the whole run."""
     tiles = predictor.iter_predict(rescale_plane(plane, scale, rgb), rgb=rgb, on_rows_final=on_rows_final)
-    probabilities = yield from relay(tiles, lambda step: Progress(offset + round(step.fraction * (steps - 1)), total,
-                                                                  prefix + step.message))
-    return resize_probabilities(probabilities, plane.shape[:2])
+    return (yield from relay(tiles, lambda step: Progress(offset + round(step.fraction * (steps - 1)), total,
+                                                          prefix + step.message)))
 
 
 def _resolve_model(model: Any):
