@@ -72,6 +72,53 @@ def test_normalize_refuses_blank_images(image, message):
 # ------------------------------------------------------------------ devices
 
 
+@pytest.mark.parametrize("diameter", [None, 40.0])
+def test_several_instance_workers_give_the_labels_of_one(monkeypatch, tiny_model, diameter):
+    """Beside a GPU the instance step runs in several threads (slices in flight, bands of a plane, the zoomed
+    maps resized before the bands that read them): the labels and maps are those of one thread, progress still
+    runs forward to the end and every slice is reported done."""
+    import importlib
+
+    from napari_cell_unet.inference import instances
+
+    segment_module = importlib.import_module("napari_cell_unet.inference.segment")
+    crop = load_small_set("set20")["image"][:456, :160]
+    stack = np.stack([crop, crop[::-1], crop[:, ::-1], crop[::-1, ::-1], crop])
+    monkeypatch.setattr(instances, "BAND_PIXELS", 60 * crop.shape[1])  # two bands on these small planes too
+    bands = []
+
+    class Counted(instances.BandedInstances):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            bands.append(len(self.bounds))
+
+    monkeypatch.setattr(segment_module, "BandedInstances", Counted)
+    runs = {}
+    for workers in (1, 3):
+        monkeypatch.setattr(segment_module, "instance_workers", lambda device, workers=workers: workers)
+        progress = []
+        result = result_of(iter_segment(stack, tiny_model, device="cpu", tile_size=64, overlap=16, min_size=0,
+                                        return_probabilities=True, diameter=diameter), on_event=progress.append)
+        assert [p.done for p in progress] == sorted(p.done for p in progress)
+        assert progress[-1].done == progress[-1].total
+        assert sum("instances done" in (p.message or "") for p in progress) == len(stack)
+        runs[workers] = result
+    assert min(bands) == 2
+    assert runs[1].labels.max() > 0
+    np.testing.assert_array_equal(runs[3].labels, runs[1].labels)
+    np.testing.assert_array_equal(runs[3].probabilities, runs[1].probabilities)
+
+
+def test_instance_workers_one_beside_the_cpu_several_beside_a_gpu(monkeypatch):
+    from napari_cell_unet.inference import devices
+
+    monkeypatch.setattr(devices, "cpu_threads", lambda: 16)
+    assert devices.instance_workers(torch.device("cpu")) == 1
+    assert devices.instance_workers(torch.device("cuda")) == 8
+    monkeypatch.setattr(devices, "cpu_threads", lambda: 2)
+    assert devices.instance_workers(torch.device("cuda")) == 1
+
+
 def test_devices():
     names = available_devices()
     assert names[:2] == ["auto", "cpu"]

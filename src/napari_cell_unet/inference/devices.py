@@ -70,6 +70,16 @@ def cpu_threads() -> int:
     return max(1, count)
 
 
+def instance_workers(device: torch.device) -> int:
+    """Threads for the instance step beside the network. One where the network runs on the CPU (it uses every
+    core); beside a GPU, the cores the GPU does not need to be fed (two kept for cutting and blending tiles), up to
+    8: bands of a plane and whole slices are independent, and the instance step's C code mostly runs outside the
+    GIL (two threads did one 1824 x 8000 band's halves 1.5-2.2x faster than one; benchmarks/RESULTS.md)."""
+    if device.type == "cpu":
+        return 1
+    return max(1, min(8, cpu_threads() - 2))
+
+
 def native_bf16_cpu() -> bool:
     """True when the CPU does bf16 matrix work natively (AVX512-BF16 or AMX).
 

@@ -73,6 +73,7 @@ class TiledPredictor:
         self.multiple = size_multiple(model.metadata.get("architecture") or {})
         self.requested_precision = precision
         self._threads_before = torch.get_num_threads()
+        self._cudnn_benchmark_before = torch.backends.cudnn.benchmark
         self._activate(resolve_device(device))
 
     @property
@@ -113,6 +114,7 @@ class TiledPredictor:
         was_cuda = self.device.type == "cuda"
         self.network = self.model.network
         torch.set_num_threads(self._threads_before)
+        torch.backends.cudnn.benchmark = self._cudnn_benchmark_before
         if was_cuda:
             torch.cuda.empty_cache()
 
@@ -123,6 +125,8 @@ class TiledPredictor:
         default_batch = 1 if device.type == "cpu" else 4
         self.batch_size = max(1, int(self.requested_batch_size or default_batch))
         torch.set_num_threads(self.threads or (cpu_threads() if device.type == "cpu" else self._threads_before))
+        # every tile of a run has one shape: cuDNN picks its fastest kernels once (as training does)
+        torch.backends.cudnn.benchmark = device.type == "cuda" or self._cudnn_benchmark_before
         self.channels_last = channels_last(device, self.precision)
         self.network = inference_network(self.model.network, device, channels_last=self.channels_last,
                                          fold=self.autocast is None)  # folding under autocast: see that module

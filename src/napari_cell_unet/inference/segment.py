@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 import warnings
+from collections import deque
 from collections.abc import Callable, Generator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from .._progress import Progress, result_of, relay
+from .devices import instance_workers
 from .diameter import DiameterEstimate, iter_estimate_diameter
 from .instances import BAND_MARGIN, BandedInstances, instance_params
 from .normalize import ImageError, is_rgb
@@ -131,8 +133,9 @@ def _iter_slices(predictor: TiledPredictor, image: Any, slices: list[tuple[int, 
     plane = labels.shape[-2:]
     steps = predictor.grid(scaled_shape(plane, scale)).n_tiles + 1  # tiles, then instances
     total = len(slices) * steps
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cell-unet-instances")
-    waiting = None
+    workers = instance_workers(predictor.device)
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cell-unet-instances")
+    waiting: deque = deque()  # slices predicted whose instances are still being computed, as many as workers
     try:
         for number, index in enumerate(slices):
             prefix = f"slice {number + 1}/{len(slices)}: " if labels.ndim > 2 else ""
@@ -148,12 +151,11 @@ def _iter_slices(predictor: TiledPredictor, image: Any, slices: list[tuple[int, 
             probs = rows.finished(zoomed, wait=probabilities is not None)
             if probabilities is not None:
                 probabilities[index] = probs
-            bands = rows.bands
-            if waiting is not None:
-                yield _collect(labels, *waiting, Progress(number * steps + steps - 1, total))
-            waiting = (index, bands, probs, prefix)
-        if waiting is not None:
-            yield _collect(labels, *waiting, Progress(total, total))
+            waiting.append((index, rows.bands, probs, prefix))
+            while len(waiting) > workers:
+                yield _collect(labels, *waiting.popleft(), Progress(number * steps + steps - 1, total))
+        while waiting:
+            yield _collect(labels, *waiting.popleft(), Progress(total - (1 if waiting else 0), total))
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
@@ -167,16 +169,17 @@ def _collect(labels: np.ndarray, index: tuple[int, ...], bands: BandedInstances,
 
 class _PlaneRows:
     """One plane's probability maps at the plane's own size, taken from its (zoomed) prediction as rows of it become
-    final, and the plane's `BandedInstances` fed with them. Resizing and bands run in `submit`'s single worker
-    thread, in the order submitted, so a band only ever reads rows already resized."""
+    final, and the plane's `BandedInstances` fed with them. Resizing and bands run in `submit`'s thread pool; a
+    band first waits for the resizing submitted before it (which a pool takes up in the order submitted, so it is
+    running or done: no worker waits for a task queued behind it)."""
 
     def __init__(self, plane: tuple[int, int], zoomed: tuple[int, int], predictor: TiledPredictor,
                  submit: Callable[..., Any], post_params: dict[str, Any]):
         self.resizer = None if tuple(zoomed) == tuple(plane) else BilinearRows(zoomed, plane, axis=1)
         tile_rows = predictor.grid(zoomed).starts_y
         final_rows = tile_rows if self.resizer is None else [self.resizer.rows_from(row) for row in tile_rows]
-        self.bands = BandedInstances(plane, submit=submit, final_rows=final_rows, **post_params)
         self.submit = submit
+        self.bands = BandedInstances(plane, submit=self._submit_band, final_rows=final_rows, **post_params)
         self.maps: np.ndarray | None = None  # the resized maps (zoomed planes only)
         self.resized = 0
         self.resizing: list[Any] = []
@@ -195,6 +198,9 @@ class _PlaneRows:
             self.resized = stop
             self.bands.rows_final(self.maps[0], self.maps[1], stop)
 
+    def _submit_band(self, function: Callable[..., Any], *args: Any) -> Any:
+        return self.submit(_after, list(self.resizing), function, *args)
+
     def finished(self, zoomed: np.ndarray, wait: bool) -> np.ndarray:
         """The whole prediction is in: the plane's maps at its own size (complete once `wait`ed for)."""
         self.rows_final(zoomed, zoomed.shape[1])
@@ -202,6 +208,12 @@ class _PlaneRows:
             for future in self.resizing:
                 future.result()
         return self.maps
+
+
+def _after(futures: list[Any], function: Callable[..., Any], *args: Any) -> Any:
+    for future in futures:
+        future.result()
+    return function(*args)
 
 
 def _typical_if_misjudged(model: Any, estimate: DiameterEstimate) -> DiameterEstimate:
