@@ -30,13 +30,13 @@ class PixelCounter:
 
         self.pixels = 0
         self._predictor = predict.TiledPredictor
-        self._forward = predict.TiledPredictor._forward
+        self._launch = predict.TiledPredictor._launch
 
         def counting(predictor, tiles):
             self.pixels += int(tiles.shape[0] * tiles.shape[-2] * tiles.shape[-1])
-            return self._forward(predictor, tiles)
+            return self._launch(predictor, tiles)
 
-        self._predictor._forward = counting
+        self._predictor._launch = counting
 
     def take(self) -> int:
         pixels, self.pixels = self.pixels, 0

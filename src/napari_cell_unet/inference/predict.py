@@ -153,10 +153,10 @@ class TiledPredictor:
         probabilities = np.zeros((len(self.model.classes), height, width), dtype=np.float32)
         positions = grid.positions()  # row-major: a row of tiles after another
         final = 0
-        for first in range(0, len(positions), self.batch_size):
-            batch = positions[first:first + self.batch_size]
-            tiles = np.stack([_cut_tile(channels, ranges, y, x, grid.tile) for y, x in batch])
-            for (y, x), tile_probs in zip(batch, self._forward(tiles)):
+
+        def blend(first: int, batch: list[tuple[int, int]], launched: Any) -> Progress:
+            nonlocal final
+            for (y, x), tile_probs in zip(batch, self._result(launched)):
                 h, w = min(grid.tile[0], height - y), min(grid.tile[1], width - x)
                 probabilities[:, y:y + h, x:x + w] += tile_probs[:, :h, :w] * window[:h, :w]
             done_rows = (first + len(batch)) // len(grid.starts_x)
@@ -166,11 +166,34 @@ class TiledPredictor:
                 final = stop
                 if on_rows_final is not None:
                     on_rows_final(probabilities, stop)
-            yield Progress(first + len(batch), len(positions), f"tile {first + len(batch)}/{len(positions)}")
+            return Progress(first + len(batch), len(positions), f"tile {first + len(batch)}/{len(positions)}")
+
+        previous = None
+        for first in range(0, len(positions), self.batch_size):
+            batch = positions[first:first + self.batch_size]
+            tiles = np.stack([_cut_tile(channels, ranges, y, x, grid.tile) for y, x in batch])
+            launched = (first, batch, self._launch(tiles))
+            if not self._queues_work():  # done already: nothing to overlap, progress and cancelling at once
+                yield blend(*launched)
+                continue
+            if previous is not None:  # the GPU computes this batch while the previous one is blended here
+                yield blend(*previous)
+            previous = launched
+        if previous is not None:
+            yield blend(*previous)
         return probabilities
 
     def _forward(self, tiles: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(tiles).to(self.device)
+        """The (n, classes, h, w) probabilities of a batch of normalised (n, channels, h, w) tiles."""
+        return self._result(self._launch(tiles))
+
+    def _launch(self, tiles: np.ndarray) -> Any:
+        """Start the network on a batch of tiles. On a GPU the work is only queued and this returns at once: tiles
+        go in from pinned memory and the probabilities come back into pinned memory, without blocking; elsewhere
+        the probabilities are computed. `_result` waits for them."""
+        cuda = self.device.type == "cuda"
+        x = torch.from_numpy(tiles)
+        x = x.pin_memory().to(self.device, non_blocking=True) if cuda else x.to(self.device)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.autocast or torch.float32,
@@ -178,9 +201,27 @@ class TiledPredictor:
             if self.tta:
                 flips = ((), (-1,), (-2,), (-2, -1))
                 probabilities = sum(torch.sigmoid(self._flipped(x, axes).float()) for axes in flips) / len(flips)
+            else:
+                probabilities = torch.sigmoid(self.network(x).float())
+            if not cuda:
                 return probabilities.cpu().numpy()
-            logits = self.network(x)
-        return torch.sigmoid(logits.float()).cpu().numpy()
+            host = torch.empty(probabilities.shape, dtype=torch.float32, pin_memory=True)
+            host.copy_(probabilities, non_blocking=True)
+        copied = torch.cuda.Event()
+        copied.record(torch.cuda.current_stream(self.device))
+        return host, copied
+
+    def _queues_work(self) -> bool:
+        """Whether `_launch` only queues the work (CUDA) instead of doing it."""
+        return self.device.type == "cuda"
+
+    @staticmethod
+    def _result(launched: Any) -> np.ndarray:
+        if isinstance(launched, np.ndarray):
+            return launched
+        host, copied = launched
+        copied.synchronize()
+        return host.numpy()
 
     def _flipped(self, x: torch.Tensor, axes: tuple[int, ...]) -> torch.Tensor:
         """The network's logits for `x` flipped along `axes`, flipped back."""
