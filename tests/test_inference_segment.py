@@ -119,6 +119,45 @@ def test_instance_workers_one_beside_the_cpu_several_beside_a_gpu(monkeypatch):
     assert devices.instance_workers(torch.device("cuda")) == 1
 
 
+def test_several_images_in_one_run_give_each_its_own_result(tiny_model, crop):
+    """`iter_segment_many`: each image's result is what `iter_segment` gives it alone (a stack, a colour image,
+    probabilities asked for one of them), in order; an image's result comes after the next image's prediction
+    started (its last instances run meanwhile)."""
+    from napari_cell_unet.inference.segment import ImageProgress, SegmentedImage, iter_segment_many
+
+    colour = np.stack([crop, crop[::-1], crop[:, ::-1]], axis=-1)
+    images = [crop, np.stack([crop, crop[::-1]]), colour, crop[:64, :80]]
+    params = dict(device="cpu", tile_size=64, overlap=16, min_size=0, diameter=40.0)
+    events = list(iter_segment_many(iter(images), tiny_model, rgb=[False, False, True, False],
+                                    return_probabilities=[False, True, False, False], **params))
+    done = [event for event in events if isinstance(event, SegmentedImage)]
+    assert [event.index for event in done] == [0, 1, 2, 3]
+    for index in range(3):  # image k's result comes after image k + 1's first progress
+        first_next = next(i for i, e in enumerate(events) if isinstance(e, ImageProgress) and e.index == index + 1)
+        assert events.index(done[index]) > first_next
+    for index, image in enumerate(images):
+        alone = result_of(iter_segment(image, tiny_model, rgb=index == 2, return_probabilities=index == 1, **params))
+        np.testing.assert_array_equal(done[index].result.labels, alone.labels)
+        assert done[index].result.n_cells == alone.n_cells > 0 and done[index].result.diameter == 40.0
+        assert (done[index].result.probabilities is None) == (index != 1)
+    np.testing.assert_array_equal(done[1].result.probabilities, result_of(iter_segment(
+        images[1], tiny_model, return_probabilities=True, **params)).probabilities)
+
+
+def test_a_bad_image_ends_a_run_of_several_after_the_results_before_it(tiny_model, crop):
+    from napari_cell_unet.inference.segment import SegmentedImage, iter_segment_many
+
+    events = []
+    with pytest.raises(ImageError):
+        for event in iter_segment_many([crop, crop[::-1], np.zeros_like(crop), crop], tiny_model, device="cpu",
+                                       tile_size=64, overlap=16, diameter=None):
+            events.append(event)
+    assert [e.index for e in events if isinstance(e, SegmentedImage)] == [0, 1]
+    steps = iter_segment_many([crop, crop], tiny_model, device="cpu", tile_size=64, overlap=16, diameter=None)
+    next(steps)
+    steps.close()  # cancelled: nothing more, no error
+
+
 def test_devices():
     names = available_devices()
     assert names[:2] == ["auto", "cpu"]

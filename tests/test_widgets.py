@@ -120,8 +120,8 @@ def test_test_time_flips_are_an_advanced_choice_that_reaches_the_run(viewer, seg
     assert not segment_widget.tta_check.isChecked() and segment_widget._parameters()["tta"] is False
     segment_widget.tta_check.setChecked(True)
     seen = []
-    real = module.iter_segment
-    monkeypatch.setattr(module, "iter_segment", lambda *a, **k: seen.append(k.get("tta")) or real(*a, **k))
+    real = module.iter_segment_many
+    monkeypatch.setattr(module, "iter_segment_many", lambda *a, **k: seen.append(k.get("tta")) or real(*a, **k))
     job = segment_widget.segment(sync=True)
     assert job is not None and not job.cancelled and seen == [True]
     assert viewer.layers["cells labels"].data.max() > 0
@@ -447,7 +447,7 @@ def test_error_inside_worker_thread(viewer, segment_widget, qtbot, monkeypatch):
         raise RuntimeError("simulated failure inside the worker")
         yield  # a generator, like the real one
 
-    monkeypatch.setattr("napari_cell_unet._widgets.segment_widget.iter_segment", explode)
+    monkeypatch.setattr("napari_cell_unet._widgets.segment_widget.iter_segment_many", explode)
     segment_widget.segment(sync=False)
     qtbot.waitUntil(lambda: not segment_widget.busy, timeout=30_000)
     assert "simulated failure" in last_error(segment_widget)

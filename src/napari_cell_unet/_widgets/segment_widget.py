@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from napari.layers import Image, Labels
@@ -12,9 +14,8 @@ from qtpy.QtWidgets import (QCheckBox, QComboBox, QFormLayout, QHBoxLayout, QLab
                             QWidget)
 from superqt import QCollapsible
 
-from .._progress import Progress, relay
-from ..inference import iter_segment
-from ..inference.segment import TAUGHT, TYPICAL
+from .._progress import Progress
+from ..inference.segment import TAUGHT, TYPICAL, SegmentedImage, iter_segment_many
 from ..model import OUTPUT_CLASSES
 from . import _features, _layers, _maps
 from ._common import (ModelComboBox, button, clear_stale_errors, device_names, double_spin, error_message, notify_error,
@@ -279,13 +280,30 @@ class SegmentWidget(QWidget):
         return params
 
     def _run(self, tasks: list[SegmentTask], model, params: dict) -> Iterator:
-        """Runs in the worker thread: one Progress scale over all tasks, a TaskDone per task."""
-        for i, task in enumerate(tasks):
-            image = _layers.pixels(task.layer, task.plane)
-            task_params = dict(params, return_probabilities=params["return_probabilities"] or keeps_maps(task))
-            steps = iter_segment(image, model, rgb=bool(task.layer.rgb), **task_params)
-            result = yield from relay(steps, lambda event: overall_progress(event, i, len(tasks), task.layer.name))
-            yield TaskDone(task, result, measure_result(task, image, result))
+        """Runs in the worker thread: one Progress scale over all tasks, a TaskDone per task. The tasks go through
+        one run of the core (`iter_segment_many`), so an image's last instances overlap the next one's prediction."""
+        images: dict[int, Any] = {}
+
+        def pixels():
+            for index, task in enumerate(tasks):
+                images[index] = _layers.pixels(task.layer, task.plane)
+                yield images[index]
+
+        keep = [params["return_probabilities"] or keeps_maps(task) for task in tasks]
+        steps = iter_segment_many(pixels(), model, rgb=[bool(task.layer.rgb) for task in tasks],
+                                  return_probabilities=keep, **{k: v for k, v in params.items()
+                                                                if k != "return_probabilities"})
+        with closing(steps):  # cancelled: the core's network copy and threads are freed at once
+            yield from self._task_events(steps, tasks, images)
+
+    @staticmethod
+    def _task_events(steps: Iterator, tasks: list[SegmentTask], images: dict[int, Any]) -> Iterator:
+        for event in steps:
+            if isinstance(event, SegmentedImage):
+                task = tasks[event.index]
+                yield TaskDone(task, event.result, measure_result(task, images.pop(event.index), event.result))
+            else:
+                yield overall_progress(event.progress, event.index, len(tasks), tasks[event.index].layer.name)
 
     def _on_event(self, event) -> None:
         if isinstance(event, TaskDone):

@@ -6,9 +6,9 @@ import os
 import time
 import warnings
 from collections import deque
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -78,68 +78,144 @@ def iter_segment(image: Any, model: Any = None, *, device: str = "auto", tile_si
     gets empty labels and a warning; a single blank image raises `ImageError`.
     """
     model = _resolve_model(model)
-    post_params = instance_params(model, cell_threshold, border_threshold, min_size)
-    shape = tuple(np.shape(image))
-    rgb = is_rgb(shape) if rgb is None else rgb
-    plane_ndim = 3 if rgb else 2
-    if len(shape) < plane_ndim or min(shape[-plane_ndim:][:2], default=0) < 1:
-        raise ImageError(f"expected an image of shape (..., H, W){' x C' if rgb else ''}, got {shape}")
-    leading, plane = shape[:-plane_ndim], shape[-plane_ndim:][:2]
-    slices = list(np.ndindex(*leading))
-    auto = isinstance(diameter, str)
-    if auto and diameter != AUTO:
-        raise ValueError(f"diameter must be a number of pixels, 'auto' or None, not {diameter!r}")
-    if not auto:
-        diameter_scale(model, diameter, plane)  # a clear error before any work
-    started = time.perf_counter()
-    predictor = TiledPredictor(model, device=device, tile_size=tile_size, overlap=overlap,
-                               batch_size=batch_size, precision=precision, threads=threads, tta=tta)
+    run = _Run(model, instance_params(model, cell_threshold, border_threshold, min_size),
+               dict(device=device, tile_size=tile_size, overlap=overlap, batch_size=batch_size, precision=precision,
+                    threads=threads, tta=tta))
     try:
+        pending = yield from run.iter_start(image, rgb, diameter, return_probabilities)
+        return (yield from pending.iter_finish())
+    finally:
+        run.close()
+
+
+@dataclass
+class ImageProgress:
+    """`iter_segment_many`'s progress within image number `index` (from 0)."""
+
+    index: int
+    progress: Progress
+
+
+@dataclass
+class SegmentedImage:
+    """`iter_segment_many`'s result for image number `index` (from 0)."""
+
+    index: int
+    result: SegmentationResult
+
+
+def iter_segment_many(images: Iterable[Any], model: Any = None, *, rgb: bool | None | Sequence[bool | None] = None,
+                      return_probabilities: bool | Sequence[bool] = False, diameter: float | str | None = AUTO,
+                      cell_threshold: float | None = None, border_threshold: float | None = None,
+                      min_size: int | None = None, **predictor_params: Any
+                      ) -> Generator[ImageProgress | SegmentedImage, None, None]:
+    """Segment several images or stacks, each as `iter_segment` does (same parameters; `rgb` and
+    `return_probabilities` may also be given per image), with one copy of the network and one pool of instance
+    threads: an image's last instances are computed while the next image is sized and predicted, so the network
+    (a GPU above all) does not wait between images. `images` is read lazily, one image at a time.
+
+    Yields `ImageProgress(index, progress)` while working and one `SegmentedImage(index, result)` per image, in
+    order; an image's result comes once the next image is predicted. An error in one image ends the run after the
+    results of the images before it. Cancel by closing the generator.
+    """
+    model = _resolve_model(model)
+    run = _Run(model, instance_params(model, cell_threshold, border_threshold, min_size), predictor_params)
+    try:
+        pending = None
+        for index, image in enumerate(images):
+            steps = run.iter_start(image, _of_image(rgb, index), diameter, _of_image(return_probabilities, index))
+            try:
+                started = yield from relay(steps, lambda event, index=index: ImageProgress(index, event))
+            except Exception:  # (not on GeneratorExit: a cancelled run yields nothing more)
+                if pending is not None:
+                    yield SegmentedImage(index - 1, result_of(pending.iter_finish()))
+                raise
+            if pending is not None:
+                yield SegmentedImage(index - 1, result_of(pending.iter_finish()))
+            pending = started
+        if pending is not None:
+            yield SegmentedImage(index, result_of(pending.iter_finish()))
+    finally:
+        run.close()
+
+
+def _of_image(value: Any, index: int) -> Any:
+    """A per-image option: the `index`-th of a list or tuple, else the value itself."""
+    return value[index] if isinstance(value, (list, tuple)) else value
+
+
+class _Run:
+    """One copy of the network (a `TiledPredictor`, made at the first image) and one pool of instance threads for
+    one or more images; `close()` frees both."""
+
+    def __init__(self, model: Any, post_params: dict[str, Any], predictor_params: dict[str, Any]):
+        self.model, self.post_params, self.predictor_params = model, post_params, predictor_params
+        self.predictor: TiledPredictor | None = None
+        self.pool: ThreadPoolExecutor | None = None
+        self.workers = 1
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+        if self.predictor is not None:
+            self.predictor.close()
+
+    def iter_start(self, image: Any, rgb: bool | None, diameter: float | str | None, return_probabilities: bool
+                   ) -> Generator[Progress, None, "_Pending"]:
+        """Size and predict an image; its last slices' instances may still be running in the pool (`_Pending`)."""
+        model = self.model
+        shape = tuple(np.shape(image))
+        rgb = is_rgb(shape) if rgb is None else rgb
+        plane_ndim = 3 if rgb else 2
+        if len(shape) < plane_ndim or min(shape[-plane_ndim:][:2], default=0) < 1:
+            raise ImageError(f"expected an image of shape (..., H, W){' x C' if rgb else ''}, got {shape}")
+        leading, plane = shape[:-plane_ndim], shape[-plane_ndim:][:2]
+        slices = list(np.ndindex(*leading))
+        auto = isinstance(diameter, str)
+        if auto and diameter != AUTO:
+            raise ValueError(f"diameter must be a number of pixels, 'auto' or None, not {diameter!r}")
+        if not auto:
+            diameter_scale(model, diameter, plane)  # a clear error before any work
+        started = time.perf_counter()
+        predictor = self._predictor()
         estimate = None
         if auto:
-            taught = taught_diameter(model, image, slices)
-            if taught is not None and taught[1] >= TRUSTED_CELLS:  # an image this model was fine-tuned on
-                estimate = DiameterEstimate(taught[0], taught[1], source=TAUGHT)
-            else:
-                estimate = yield from _iter_auto_diameter(predictor, _probe_model(model), image, slices, rgb)
-                if taught is not None and far_apart(taught[0], estimate.diameter, TAUGHT_DISAGREEMENT):
-                    estimate = DiameterEstimate(taught[0], taught[1], estimate.probes, source=TAUGHT)
-                else:
-                    estimate = _typical_if_misjudged(model, estimate)
+            estimate = yield from _iter_estimate(predictor, model, image, slices, rgb)
             diameter = estimate.diameter
             if diameter is None:
                 warnings.warn("found no cells of any size to measure the cell diameter from: segmenting at the "
-                              "model's own cell size", RuntimeWarning, stacklevel=2)
+                              "model's own cell size", RuntimeWarning, stacklevel=3)
         scale = diameter_scale(model, diameter, plane)
         # rows of context around each band of the instance step: a few cell diameters
-        post_params["margin"] = max(BAND_MARGIN, int(3 * diameter)) if diameter else BAND_MARGIN
-        labels = np.zeros(leading + plane, dtype=np.uint32)
-        probabilities = (np.zeros(leading + (len(model.classes),) + plane, dtype=np.float32)
-                         if return_probabilities else None)
-        yield from _iter_slices(predictor, image, slices, rgb, scale, post_params, labels, probabilities)
-        n_cells = sum(int(labels[index].max(initial=0)) for index in slices)
-        return SegmentationResult(labels, probabilities, n_cells, time.perf_counter() - started,
-                                  predictor.device_name, None if diameter is None else float(diameter), estimate)
-    finally:
-        predictor.close()
+        margin = max(BAND_MARGIN, int(3 * diameter)) if diameter else BAND_MARGIN
+        pending = _Pending(np.zeros(leading + plane, dtype=np.uint32),
+                           np.zeros(leading + (len(model.classes),) + plane, dtype=np.float32)
+                           if return_probabilities else None,
+                           slices, started, predictor.device_name, None if diameter is None else float(diameter),
+                           estimate)
+        yield from self._iter_slices(image, rgb, scale, {**self.post_params, "margin": margin}, pending)
+        return pending
 
+    def _predictor(self) -> TiledPredictor:
+        if self.predictor is None:
+            self.predictor = TiledPredictor(self.model, **self.predictor_params)
+            self.workers = instance_workers(self.predictor.device)
+            self.pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="cell-unet-instances")
+        return self.predictor
 
-def _iter_slices(predictor: TiledPredictor, image: Any, slices: list[tuple[int, ...]], rgb: bool, scale: float,
-                 post_params: dict[str, Any], labels: np.ndarray, probabilities: np.ndarray | None
-                 ) -> Generator[Progress, None, None]:
-    """Predict the slices one after another into `labels` (and `probabilities`). The instance step runs in a
-    background thread while the network works: a slice's instances while the next slice is predicted, and a plane
-    big enough to be done in bands band by band as its rows are predicted (and resized back, when zoomed)."""
-    plane = labels.shape[-2:]
-    steps = predictor.grid(scaled_shape(plane, scale)).n_tiles + 1  # tiles, then instances
-    total = len(slices) * steps
-    workers = instance_workers(predictor.device)
-    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cell-unet-instances")
-    waiting: deque = deque()  # slices predicted whose instances are still being computed, as many as workers
-    try:
+    def _iter_slices(self, image: Any, rgb: bool, scale: float, post_params: dict[str, Any], pending: "_Pending"
+                     ) -> Generator[Progress, None, None]:
+        """Predict the slices one after another. The instance step runs in the pool while the network works: a
+        slice's instances while the next slices are predicted (as many slices in flight as the pool has threads,
+        the last ones left to `_Pending.iter_finish`), and a plane big enough to be done in bands band by band as
+        its rows are predicted (and resized back, when zoomed)."""
+        predictor, labels, probabilities, slices = self.predictor, pending.labels, pending.probabilities, pending.slices
+        plane = labels.shape[-2:]
+        steps = pending.steps = predictor.grid(scaled_shape(plane, scale)).n_tiles + 1  # tiles, then instances
+        total = len(slices) * steps
         for number, index in enumerate(slices):
             prefix = f"slice {number + 1}/{len(slices)}: " if labels.ndim > 2 else ""
-            rows = _PlaneRows(plane, scaled_shape(plane, scale), predictor, pool.submit, post_params)
+            rows = _PlaneRows(plane, scaled_shape(plane, scale), predictor, self.pool.submit, post_params)
             try:
                 zoomed = yield from _iter_slice(predictor, np.asarray(image[index]), rgb, scale, number * steps,
                                                 steps, total, prefix, rows.rows_final)
@@ -151,13 +227,46 @@ def _iter_slices(predictor: TiledPredictor, image: Any, slices: list[tuple[int, 
             probs = rows.finished(zoomed, wait=probabilities is not None)
             if probabilities is not None:
                 probabilities[index] = probs
-            waiting.append((index, rows.bands, probs, prefix))
-            while len(waiting) > workers:
-                yield _collect(labels, *waiting.popleft(), Progress(number * steps + steps - 1, total))
-        while waiting:
-            yield _collect(labels, *waiting.popleft(), Progress(total - (1 if waiting else 0), total))
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+            pending.waiting.append((index, rows.bands, probs, prefix))
+            while len(pending.waiting) > self.workers:
+                yield _collect(labels, *pending.waiting.popleft(), Progress(number * steps + steps - 1, total))
+
+
+@dataclass
+class _Pending:
+    """An image predicted whose last slices' instances may still be running (`waiting`)."""
+
+    labels: np.ndarray
+    probabilities: np.ndarray | None
+    slices: list[tuple[int, ...]]
+    started: float
+    device: str
+    diameter: float | None
+    estimate: DiameterEstimate | None
+    steps: int = 1
+    waiting: deque = field(default_factory=deque)
+
+    def iter_finish(self) -> Generator[Progress, None, SegmentationResult]:
+        """Wait for the instances still running; the `SegmentationResult`."""
+        total = len(self.slices) * self.steps
+        while self.waiting:
+            yield _collect(self.labels, *self.waiting.popleft(), Progress(total - (1 if self.waiting else 0), total))
+        n_cells = sum(int(self.labels[index].max(initial=0)) for index in self.slices)
+        return SegmentationResult(self.labels, self.probabilities, n_cells, time.perf_counter() - self.started,
+                                  self.device, self.diameter, self.estimate)
+
+
+def _iter_estimate(predictor: TiledPredictor, model: Any, image: Any, slices: list[tuple[int, ...]], rgb: bool
+                   ) -> Generator[Progress, None, DiameterEstimate]:
+    """`diameter="auto"`: the size of the cells annotated when the model was fine-tuned on this very image, else
+    the automatic estimate (corrected by what the model remembers of its training images)."""
+    taught = taught_diameter(model, image, slices)
+    if taught is not None and taught[1] >= TRUSTED_CELLS:  # an image this model was fine-tuned on
+        return DiameterEstimate(taught[0], taught[1], source=TAUGHT)
+    estimate = yield from _iter_auto_diameter(predictor, _probe_model(model), image, slices, rgb)
+    if taught is not None and far_apart(taught[0], estimate.diameter, TAUGHT_DISAGREEMENT):
+        return DiameterEstimate(taught[0], taught[1], estimate.probes, source=TAUGHT)
+    return _typical_if_misjudged(model, estimate)
 
 
 def _collect(labels: np.ndarray, index: tuple[int, ...], bands: BandedInstances, probs: np.ndarray, prefix: str,
