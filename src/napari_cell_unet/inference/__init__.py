@@ -7,7 +7,7 @@ from .instances import instances_from_probabilities, instances_in_bands, remove_
 from .normalize import ImageError, normalize_image
 from .predict import DEFAULT_OVERLAP, DEFAULT_TILE_SIZE, TiledPredictor, predict_probabilities
 from .rescale import FALLBACK_MODEL_DIAMETER, estimate_diameter, model_diameter
-from .segment import SegmentationResult, iter_segment, segment
+from .segment import ImageProgress, SegmentationResult, SegmentedImage, iter_segment, iter_segment_many, segment
 
 __all__ = [
     "DEFAULT_OVERLAP",
@@ -15,7 +15,9 @@ __all__ = [
     "DeviceError",
     "FALLBACK_MODEL_DIAMETER",
     "ImageError",
+    "ImageProgress",
     "SegmentationResult",
+    "SegmentedImage",
     "TiledPredictor",
     "available_devices",
     "estimate_diameter",
@@ -23,6 +25,7 @@ __all__ = [
     "instances_in_bands",
     "iter_segment",
     "iter_segment_dask",
+    "iter_segment_many",
     "model_diameter",
     "normalize_image",
     "predict_probabilities",
