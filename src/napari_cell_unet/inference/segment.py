@@ -191,8 +191,8 @@ class _Run:
         pending = _Pending(np.zeros(leading + plane, dtype=np.uint32),
                            np.zeros(leading + (len(model.classes),) + plane, dtype=np.float32)
                            if return_probabilities else None,
-                           slices, started, predictor.device_name, None if diameter is None else float(diameter),
-                           estimate)
+                           slices, predictor.grid(scaled_shape(plane, scale)).n_tiles + 1,  # tiles, then instances
+                           started, predictor.device_name, None if diameter is None else float(diameter), estimate)
         yield from self._iter_slices(image, rgb, scale, {**self.post_params, "margin": margin}, pending)
         return pending
 
@@ -211,7 +211,7 @@ class _Run:
         its rows are predicted (and resized back, when zoomed)."""
         predictor, labels, probabilities, slices = self.predictor, pending.labels, pending.probabilities, pending.slices
         plane = labels.shape[-2:]
-        steps = pending.steps = predictor.grid(scaled_shape(plane, scale)).n_tiles + 1  # tiles, then instances
+        steps = pending.steps
         total = len(slices) * steps
         for number, index in enumerate(slices):
             prefix = f"slice {number + 1}/{len(slices)}: " if labels.ndim > 2 else ""
@@ -239,11 +239,11 @@ class _Pending:
     labels: np.ndarray
     probabilities: np.ndarray | None
     slices: list[tuple[int, ...]]
+    steps: int  # progress steps per slice: its tiles, then its instances
     started: float
     device: str
     diameter: float | None
     estimate: DiameterEstimate | None
-    steps: int = 1
     waiting: deque = field(default_factory=deque)
 
     def iter_finish(self) -> Generator[Progress, None, SegmentationResult]:
