@@ -309,7 +309,9 @@ def test_train_on_painted_cells_then_segment_with_the_new_model(viewer, segment_
     assert train_widget.progress_bar.value() == 1000
     assert "F1 on your held-back cells" in train_widget.status.text()
     kept = result.model.metadata["training"]["kept_change"]
-    assert kept in (0.5, 1.0) and (f"It keeps {kept:.0%} of what training changed" in train_widget.status.text()) == (kept < 1)
+    from napari_cell_unet.training import TrainConfig
+
+    assert kept in (TrainConfig().blend, 1.0) and (f"It keeps {kept:.0%} of what training changed" in train_widget.status.text()) == (kept < 1)
     if result.improved is not True:  # kept the previous model; one click uses the new one
         assert "kept" in train_widget.status.text()
         train_widget.use_new_button.click()

@@ -58,9 +58,10 @@ class TrainConfig:
     anchor: float = 0.05
     # fine-tuning: the model kept is the starting one plus this fraction of the best step's change of the weights
     # (weight-space interpolation, as WiSE-FT), unless the held-back cells score the whole change higher; 1 = keep
-    # the whole change. Halves what one image's corrections cost other experiments (issue 8, benchmarks/RESULTS.md).
+    # the whole change. What one image's corrections cost other experiments falls to the measurement's floor with the
+    # corrected images' gain kept (0.35 chosen over 0.5 on the validation sets, issue 8, benchmarks/RESULTS.md).
     # Not used when training from scratch
-    blend: float = 0.5
+    blend: float = 0.35
     # in a partially annotated pair, a cell the base model finds that overlaps no painted cell is left out
     # of the region (it keeps the base model's prediction) instead of being taught as background
     protect_unpainted: bool = True
