@@ -31,8 +31,10 @@ from train_default_model import jsonable, log  # noqa: E402  (same folder)
 
 # 0.05 joined the border grid after 0.1, then its lowest, won every tuning; with the size model it was chosen
 # (benchmarks/RESULTS.md, 2026-12-02 evening)
-GRID = {"cell_threshold": [0.4, 0.5, 0.6, 0.7], "border_threshold": [0.05, 0.1, 0.2, 0.35, 0.5], "min_size": [20, 60],
-        "merge_threshold": [0.0, 0.25, 0.4]}
+# min_size_fraction (of a cell's area at the diameter segmented at) joined with 0.15 and 0.2; min_size 10 is its floor
+# (benchmarks/RESULTS.md, 2026-12-04)
+GRID = {"cell_threshold": [0.4, 0.5, 0.6, 0.7], "border_threshold": [0.05, 0.1, 0.2, 0.35, 0.5],
+        "min_size": [10, 20, 60], "merge_threshold": [0.0, 0.25, 0.4], "min_size_fraction": [0.0, 0.15, 0.2]}
 LIVECELL = REPO.parent / "shared" / "data" / "livecell_samples" / "A172_Phase_A7_1_00d00h00m_1.tif"
 
 
@@ -75,15 +77,19 @@ def segment_item(model, image, diameter=None, truth=None, **params):
 def tune(model, items, start):
     from napari_cell_unet.training.tune import _run_jobs, summarize
 
-    probabilities, truths, domains = [], [], []
+    from napari_cell_unet.inference.rescale import model_diameter
+
+    probabilities, truths, domains, diameters = [], [], [], []
     for item in items:
         image, labels = item.load()
-        probabilities.append(segment_item(model, image, truth=labels).probabilities)
+        result = segment_item(model, image, truth=labels)
+        probabilities.append(result.probabilities)
         truths.append(labels)
         domains.append(item.domain)
+        diameters.append(result.diameter or model_diameter(model))
     keys = list(GRID)
     candidates = [dict(zip(keys, values)) for values in itertools.product(*(GRID[k] for k in keys))]
-    per_image = _run_jobs([(p, t, candidates) for p, t in zip(probabilities, truths)], workers=2)
+    per_image = _run_jobs([(p, t, candidates, d) for p, t, d in zip(probabilities, truths, diameters)], workers=2)
     rows = []
     for i, params in enumerate(candidates):
         by_domain = {d: summarize([s[i] for s, dom in zip(per_image, domains) if dom == d]) for d in set(domains)}

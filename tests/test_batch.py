@@ -217,7 +217,7 @@ def test_a_model_without_min_size_removes_objects_under_30_px(tiny_model, fake_n
     del model.metadata["postprocessing"]["min_size"]
     model.metadata["normalization"] = dict(_FakeModel.normalization)
     assert model.postprocessing == {"cell_threshold": 0.5, "border_threshold": 0.5, "min_size": 30,
-                                    "merge_threshold": 0.0}
+                                    "merge_threshold": 0.0, "min_size_fraction": 0.0}
     image, _ = _disc_image()
     image[300:304, 20:24] = 1.0  # a 16-px speck, far from the discs
 
@@ -229,3 +229,22 @@ def test_a_model_without_min_size_removes_objects_under_30_px(tiny_model, fake_n
     assert default[301, 21] == 0
     np.testing.assert_array_equal(default, labelled(min_size=30))
     assert labelled(min_size=0)[301, 21] > 0  # the speck is an object when nothing is removed
+
+
+def test_huge_images_remove_pieces_under_the_models_fraction_of_a_cell(tiny_model, fake_network):
+    """`min_size_fraction` counts a cell's area at the diameter segmented at (the model's own without one)."""
+    model = tiny_model.copy()
+    model.metadata["normalization"] = dict(_FakeModel.normalization)
+    model.metadata["cell_diameter"] = 20.0  # a cell of 314 px: 10 % of it is 31 px
+    model.metadata["postprocessing"] = {"cell_threshold": 0.5, "border_threshold": 0.5, "min_size": 0,
+                                        "min_size_fraction": 0.1}
+    image, truth = _disc_image()
+    image[300:304, 20:24] = 1.0  # a 16-px speck, far from the discs
+
+    def labelled(**params):
+        return chunked.segment_dask(image, model, chunk=CHUNK, overlap=OVERLAP, predict=fake_network,
+                                    **params).compute(scheduler="synchronous")
+
+    default = labelled()
+    assert default[301, 21] == 0 and len(np.unique(default)) - 1 == len(np.unique(truth)) - 1
+    assert labelled(min_size=0)[301, 21] > 0  # a size given is the whole rule

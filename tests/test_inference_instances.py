@@ -63,6 +63,28 @@ def test_small_objects_removed_and_ids_consecutive():
     assert instances_from_probabilities(cell, border, min_size=5).max() == 3
 
 
+def test_the_size_rule_follows_the_cells_diameter_unless_a_size_is_given():
+    from types import SimpleNamespace
+
+    from napari_cell_unet.inference.instances import instance_params, sized_params
+
+    model = SimpleNamespace(postprocessing={"cell_threshold": 0.5, "border_threshold": 0.5, "min_size": 10,
+                                            "merge_threshold": 0.0, "min_size_fraction": 0.15})
+    params = instance_params(model)
+    # a cell 40 px across has 1,257 px: pieces under 15 % of it (188 px) go, whatever the floor of 10 px
+    assert sized_params(params, 40.0)["min_size"] == 188
+    assert sized_params(params, 8.0)["min_size"] == 10  # 7 px of a 50-px nucleus: the floor decides
+    assert "min_size_fraction" not in sized_params(params, 40.0)
+    assert sized_params(instance_params(model, min_size=3), 40.0)["min_size"] == 3  # a number given is the rule
+    cell = np.zeros((80, 80), np.float32)
+    cell[10:40, 10:40] = 0.9  # a 900-px cell (about 34 px across)
+    cell[60:70, 60:70] = 0.9  # a 100-px piece: 11 % of it
+    labels = instances_from_probabilities(cell, np.zeros_like(cell), **sized_params(params, 34.0))
+    assert labels.max() == 1 and labels[20, 20] == 1
+    labels = instances_from_probabilities(cell, np.zeros_like(cell), **sized_params(params, 20.0))
+    assert labels.max() == 2  # at half the size the piece is a whole small cell
+
+
 def test_a_cell_covered_by_border_probability_is_kept_as_its_own_object():
     cell = np.zeros((40, 40), np.float32)
     cell[10:20, 10:20] = 0.9

@@ -362,8 +362,8 @@ def test_a_plane_in_bands_gets_its_instances_while_later_rows_are_predicted(monk
     if zoom is not None:
         starts = [BilinearRows(zoomed.shape, image.shape).rows_from(row) for row in starts]
     margin = instances.BAND_MARGIN if zoom is None else max(instances.BAND_MARGIN, int(3 * diameter))
-    bands = instances.BandedInstances(image.shape, band_pixels=band_pixels, final_rows=starts, margin=margin,
-                                      **model.postprocessing)
+    post = instances.sized_params(instances.instance_params(model), diameter or model_diameter(model))
+    bands = instances.BandedInstances(image.shape, band_pixels=band_pixels, final_rows=starts, margin=margin, **post)
     assert len(bands.bounds) >= 3
     if zoom is None:
         assert bands.bounds[-1][0] == starts[-1] - margin
@@ -375,7 +375,7 @@ def test_a_plane_in_bands_gets_its_instances_while_later_rows_are_predicted(monk
     np.testing.assert_array_equal(result.probabilities, expected_maps)
     cell, border = result.probabilities
     expected = bands.labels_of(cell, border)
-    assert expected.max() > 50
+    assert expected.max() > 30  # set20's left half holds 54 cells (some cut by its edges)
     np.testing.assert_array_equal(result.labels, expected)
     assert [p.done for p in progress] == sorted(p.done for p in progress)
     assert progress[-1].done == progress[-1].total

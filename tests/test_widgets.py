@@ -274,7 +274,11 @@ def test_widget_follows_active_layer_and_model_defaults(viewer, segment_widget, 
     viewer.layers.selection.active = other
     assert segment_widget.image_combo.currentText() == "other"
     model = segment_widget.registry.load(segment_widget.model_combo.entry())
-    assert segment_widget.min_size.value() == model.postprocessing["min_size"]
+    # the bundled model removes pieces under a fraction of a cell's area: "auto", the model's own rule
+    assert model.postprocessing["min_size_fraction"] > 0
+    assert segment_widget.min_size.text() == "auto" and segment_widget._parameters()["min_size"] is None
+    segment_widget.min_size.setValue(25)
+    assert segment_widget._parameters()["min_size"] == 25
     assert segment_widget.cell_threshold.value() == pytest.approx(model.postprocessing["cell_threshold"])
     devices = [segment_widget.device_combo.itemText(i) for i in range(segment_widget.device_combo.count())]
     assert devices[0] == "auto" and "cpu" in devices

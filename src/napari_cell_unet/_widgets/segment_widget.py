@@ -23,6 +23,8 @@ from ._common import (ModelComboBox, button, clear_stale_errors, device_names, d
 from ._jobs import Job, run_sync_by_default
 from ._registry import registry_for
 
+AUTO_MIN_SIZE = -1  # the spin box's "auto": the model's rule (min_size=None)
+
 CURRENT_SLICE, WHOLE_STACK = "current slice", "whole stack"
 REPLACE, NEW_LAYER, SKIP = "replace", "new layer", "skip"
 
@@ -85,7 +87,8 @@ class SegmentWidget(QWidget):
         self.device_combo.addItems(device_names())
         self.cell_threshold = double_spin(0.05, 0.95, 0.5, 0.05)
         self.border_threshold = double_spin(0.05, 0.95, 0.5, 0.05)
-        self.min_size = spin(0, 100_000, 30, 5, " px")
+        self.min_size = spin(AUTO_MIN_SIZE, 100_000, 30, 5, " px")
+        self.min_size.setSpecialValueText("auto")
         self.diameter = double_spin(0.0, 1000.0, 0.0, 5.0)
         self.diameter.setSpecialValueText("auto")
         self.diameter.setSuffix(" px")
@@ -115,7 +118,9 @@ class SegmentWidget(QWidget):
                                    "cells. Lower: touching cells are split apart more readily, but a cell can be cut "
                                    "in two. Higher: touching cells merge into one object.",
             self.min_size: "Objects smaller than this area (in pixels) are removed. Higher: fewer specks and "
-                           "debris, but small cells disappear too. Lower: small cells are kept, and so is noise.",
+                           "debris, but small cells disappear too. Lower: small cells are kept, and so is noise. "
+                           "'auto' (the model's choice) removes pieces under a fraction of a typical cell's area "
+                           "at the cell diameter used, so it follows the cells' size.",
             self.stack_combo: "For a stack or time-lapse: segment only the plane shown now (fast, to check the "
                               "settings), or every plane.",
             self.probabilities_check: "Also add the model's raw maps (how likely each pixel is cell or edge, 0 to 1) "
@@ -183,7 +188,7 @@ class SegmentWidget(QWidget):
         post = model.postprocessing
         self.cell_threshold.setValue(float(post["cell_threshold"]))
         self.border_threshold.setValue(float(post["border_threshold"]))
-        self.min_size.setValue(int(post["min_size"]))
+        self.min_size.setValue(AUTO_MIN_SIZE if post["min_size_fraction"] > 0 else int(post["min_size"]))
 
     def _show_error(self, text: str) -> None:
         notify_error(self.status, text)
@@ -271,7 +276,7 @@ class SegmentWidget(QWidget):
         params = {"device": self.device_combo.currentText(),
                   "cell_threshold": self.cell_threshold.value(),
                   "border_threshold": self.border_threshold.value(),
-                  "min_size": self.min_size.value(),
+                  "min_size": None if self.min_size.value() == AUTO_MIN_SIZE else self.min_size.value(),
                   "return_probabilities": self.probabilities_check.isChecked(),
                   "tta": self.tta_check.isChecked()}
         if self.tile_size.value() > 0:

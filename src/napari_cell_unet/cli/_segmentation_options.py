@@ -13,7 +13,8 @@ def add_segmentation_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tile-size", type=checks.tile_size, default=None,
                         help=f"tile side in pixels, {checks.MIN_TILE_SIZE} or more (default: {checks.DEFAULT_TILE_SIZE})")
     parser.add_argument("--min-size", type=checks.non_negative_int,
-                        help="smallest object kept, in pixels (default: the model's)")
+                        help="smallest object kept, in pixels (default: the model's rule, a fraction of a cell's area at the "
+                             "cell diameter used)")
     parser.add_argument("--cell-threshold", type=checks.probability,
                         help="cell probability threshold, between 0 and 1 (default: the model's)")
     parser.add_argument("--border-threshold", type=checks.probability,

@@ -30,7 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"tile side for prediction, {checks.MIN_TILE_SIZE} or more (default: {checks.DEFAULT_TILE_SIZE})")
     parser.add_argument("--cell-threshold", type=checks.probability, help="cell probability threshold (default: the model's)")
     parser.add_argument("--border-threshold", type=checks.probability, help="border probability threshold (default: the model's)")
-    parser.add_argument("--min-size", type=checks.non_negative_int, help="smallest object kept, in pixels (default: the model's)")
+    parser.add_argument("--min-size", type=checks.non_negative_int, help="smallest object kept, in pixels (default: the model's "
+                        "rule, a fraction of a cell's area at the cell diameter used)")
     add_diameter_argument(parser)
     parser.add_argument("--no-ap", action="store_true", help="skip COCO AP (slow with thousands of cells)")
 

@@ -29,10 +29,10 @@ import numpy as np
 from .._progress import Progress
 from .devices import resolve_device
 from .diameter import estimate_cell_diameter
-from .instances import instance_params, keyed_instances, keyed_label_dtype, relabel_consecutive
+from .instances import instance_params, keyed_instances, keyed_label_dtype, relabel_consecutive, sized_params
 from .normalize import apply_normalization, percentile_range
 from .predict import predict_probabilities
-from .rescale import diameter_scale, rescale_plane, resize_probabilities
+from .rescale import diameter_scale, model_diameter, rescale_plane, resize_probabilities
 
 DEFAULT_CHUNK = 2048
 DEFAULT_OVERLAP = 128
@@ -130,6 +130,7 @@ def segment_dask(image: Any, model: Any, chunk: int = DEFAULT_CHUNK, overlap: in
     scale = diameter_scale(model, diameter)
     if scale != 1.0:
         predict = _rescaled_predictor(predict, scale)
+    params = sized_params(params, diameter or model_diameter(model))
     label_dtype = keyed_label_dtype(height, width)
 
     chunks = (_chunks_for(height, chunk, overlap), _chunks_for(width, chunk, overlap))

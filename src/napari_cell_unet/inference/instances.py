@@ -17,11 +17,33 @@ BAND_MARGIN = 128
 
 def instance_params(model: Any, cell_threshold: float | None = None, border_threshold: float | None = None,
                     min_size: int | None = None) -> dict[str, Any]:
-    """The model's `postprocessing` with the given values in place of its own (None keeps the model's)."""
+    """The model's `postprocessing` with the given values in place of its own (None keeps the model's). A
+    `min_size` given is the whole rule: the model's `min_size_fraction` is then off."""
     given = {"cell_threshold": cell_threshold, "border_threshold": border_threshold, "min_size": min_size}
     params = {**model.postprocessing, **{key: value for key, value in given.items() if value is not None}}
+    if min_size is not None:
+        params["min_size_fraction"] = 0.0
     params["min_size"] = int(params["min_size"])
     return params
+
+
+def sized_params(params: dict[str, Any], diameter: float | None) -> dict[str, Any]:
+    """`params` (from `instance_params`) for an image whose cells are `diameter` px across, as
+    `instances_from_probabilities` takes them: objects under `min_size_fraction` of such a cell's area
+    (pi / 4 * diameter**2) are removed too, whatever `min_size` (a floor in pixels) says. Pieces of a
+    cell that a fixed pixel count cannot tell from small cells at every zoom (benchmarks/RESULTS.md, issue 9)."""
+    out = dict(params)
+    fraction = float(out.pop("min_size_fraction", 0.0) or 0.0)
+    if fraction > 0 and diameter:
+        out["min_size"] = max(int(out["min_size"]), int(fraction * np.pi / 4 * float(diameter) ** 2))
+    return out
+
+
+def own_scale_params(model: Any) -> dict[str, Any]:
+    """The model's `sized_params` for maps predicted at its own scale (cells `cell_diameter` px across)."""
+    from .rescale import model_diameter
+
+    return sized_params(instance_params(model), model_diameter(model))
 
 
 def instances_from_probabilities(cell_prob: np.ndarray, border_prob: np.ndarray, cell_threshold: float = 0.5,

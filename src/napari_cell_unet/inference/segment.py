@@ -16,10 +16,10 @@ import numpy as np
 from .._progress import Progress, result_of, relay
 from .devices import instance_workers
 from .diameter import DiameterEstimate, iter_estimate_diameter
-from .instances import BAND_MARGIN, BandedInstances, instance_params
+from .instances import BAND_MARGIN, BandedInstances, instance_params, sized_params
 from .normalize import ImageError, is_rgb
 from .predict import DEFAULT_BATCH_SIZE, DEFAULT_OVERLAP, DEFAULT_TILE_SIZE, RowsFinal, TiledPredictor
-from .rescale import BilinearRows, diameter_scale, rescale_plane, scaled_shape
+from .rescale import BilinearRows, diameter_scale, model_diameter, rescale_plane, scaled_shape
 from .taught_diameters import far_apart, taught_diameter, typical_diameter
 
 
@@ -65,8 +65,9 @@ def iter_segment(image: Any, model: Any = None, *, device: str = "auto", tile_si
         dask or any array that slices lazily; leading axes are processed slice by slice.
     model: a `CellModel`, a model file path, or None for the bundled default model.
     rgb: whether the last axis is colour; None = detect (last axis of size 3 or 4).
-    cell_threshold, border_threshold, min_size: None = the model's tuned defaults. `min_size` always
-        counts pixels of the original image, whatever `diameter` is.
+    cell_threshold, border_threshold, min_size: None = the model's tuned defaults (objects under a fraction of a
+        cell's area at the diameter used, or under the model's `min_size`, are removed). A `min_size` given counts
+        pixels of the original image, whatever `diameter` is, and is the whole rule.
     diameter: typical cell diameter in this image (px); each plane is zoomed by the model's
         `cell_diameter` metadata (50 px for older model files) / `diameter` before prediction and the
         probabilities are resized back, so labels (and probabilities) keep the image's shape.
@@ -193,7 +194,9 @@ class _Run:
                            if return_probabilities else None,
                            slices, predictor.grid(scaled_shape(plane, scale)).n_tiles + 1,  # tiles, then instances
                            started, predictor.device_name, None if diameter is None else float(diameter), estimate)
-        yield from self._iter_slices(image, rgb, scale, {**self.post_params, "margin": margin}, pending)
+        # without a diameter the image is segmented as if its cells had the model's own size
+        post_params = sized_params(self.post_params, diameter or model_diameter(model))
+        yield from self._iter_slices(image, rgb, scale, {**post_params, "margin": margin}, pending)
         return pending
 
     def _predictor(self) -> TiledPredictor:

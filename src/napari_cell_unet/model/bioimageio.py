@@ -320,6 +320,7 @@ def _write_package_files(model: CellModel, folder: Path, image: np.ndarray | Non
                 "cell_threshold": float(post["cell_threshold"]),
                 "border_threshold": float(post["border_threshold"]),
                 "min_size": int(post["min_size"]),
+                "min_size_fraction": float(post["min_size_fraction"]),
                 "merge_threshold": float(post["merge_threshold"]),
                 "metadata": metadata,
             },
@@ -404,7 +405,7 @@ microscopy image, **cell** (full cell extent) and **border** (a ~2 px outline st
 ## From probabilities to cells
 napari-cell-unet: seeds = connected components of (cell > {post['cell_threshold']} and border <
 {post['border_threshold']}), grown back into the cell mask (cell > {post['cell_threshold']}) by watershed;{_merge_sentence(post)} objects
-smaller than {post['min_size']} px are removed. These numbers are in `config.{CONFIG_KEY}`.
+smaller than {post['min_size']} px{_fraction_sentence(post)} are removed. These numbers are in `config.{CONFIG_KEY}`.
 
 ## Use it
 - In napari-cell-unet: `load_model("this_package.zip")`, `cell-unet segment --model this_package.zip ...`.
@@ -467,6 +468,12 @@ def _validate(folder: Path) -> None:
                                   "pip install 'napari-cell-unet[bioimageio]' (pydantic<2.14)")
         first = "; ".join(f"{'.'.join(map(str, e.loc))}: {e.msg}" for e in errors[:3]) or status
         raise BioimageioError(f"the exported description is not valid bioimage.io: {first[:200]}")
+
+
+def _fraction_sentence(post: dict) -> str:
+    fraction = float(post.get("min_size_fraction", 0.0))
+    return (f" or than {fraction:g} of a cell's area (pi / 4 x the cell diameter squared, in the image's pixels)"
+            if fraction > 0 else "")
 
 
 def _merge_sentence(post: dict) -> str:

@@ -11,7 +11,8 @@ import torch.nn as nn
 from .architecture import DEFAULT_ARCHITECTURE, OUTPUT_CLASSES, build_network
 
 DEFAULT_NORMALIZATION = {"method": "percentile", "low": 1.0, "high": 99.8}
-DEFAULT_POSTPROCESSING = {"cell_threshold": 0.5, "border_threshold": 0.5, "min_size": 30, "merge_threshold": 0.0}
+DEFAULT_POSTPROCESSING = {"cell_threshold": 0.5, "border_threshold": 0.5, "min_size": 30, "merge_threshold": 0.0,
+                          "min_size_fraction": 0.0}
 
 
 @dataclass
@@ -23,7 +24,8 @@ class CellModel:
       in_channels    int
       classes        list of output class names (["cell", "border"])
       normalization  {"method": "percentile", "low": float, "high": float}
-      postprocessing {"cell_threshold", "border_threshold", "min_size", "merge_threshold"}: tuned defaults
+      postprocessing {"cell_threshold", "border_threshold", "min_size", "merge_threshold", "min_size_fraction"}:
+                     tuned defaults (min_size_fraction: of a cell's area at the diameter segmented at)
       training       free-form record: data, epochs/steps, metrics, time, machine
       versions       library versions at save time
       name           human-readable name shown in the GUI
@@ -66,7 +68,7 @@ class CellModel:
 
     @property
     def postprocessing(self) -> dict[str, Any]:
-        """cell_threshold, border_threshold, min_size, merge_threshold: the model's tuned values, `DEFAULT_POSTPROCESSING` where
+        """cell_threshold, border_threshold, min_size, merge_threshold, min_size_fraction: the model's tuned values, `DEFAULT_POSTPROCESSING` where
         the metadata has none. The one place these defaults are completed."""
         stored = self.metadata.get("postprocessing", {})
         return {key: stored.get(key, default) for key, default in DEFAULT_POSTPROCESSING.items()}

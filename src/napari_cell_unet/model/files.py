@@ -226,6 +226,8 @@ def _settings_problem(metadata: dict) -> str | None:
             return f"metadata {key} {_show(post[key])} is not between 0 and 1"
     if "min_size" in post and not (_is_int(post["min_size"]) and post["min_size"] >= 0):
         return f"metadata min_size {_show(post['min_size'])} is not a pixel count"
+    if "min_size_fraction" in post and not (_is_number(post["min_size_fraction"]) and 0 <= post["min_size_fraction"] < 1):
+        return f"metadata min_size_fraction {_show(post['min_size_fraction'])} is not a fraction of a cell's area"
     diameter = metadata.get("cell_diameter")
     if diameter is not None and not (_is_number(diameter) and 0 < diameter <= 1e5):
         return f"metadata cell_diameter {_show(diameter)} is not a diameter in pixels"

@@ -42,10 +42,10 @@ class BaseModelTargets:
 
     def unpainted_cells(self, pair: TrainingPair, painted: np.ndarray) -> np.ndarray:
         """Pixels of the base model's cells that overlap no painted cell (less than a tenth of their area)."""
-        from ..inference import instances_from_probabilities
+        from ..inference.instances import instances_from_probabilities, own_scale_params
 
         probabilities = self.prediction(pair)
-        found = instances_from_probabilities(probabilities[0], probabilities[1], **self.model.postprocessing)
+        found = instances_from_probabilities(probabilities[0], probabilities[1], **own_scale_params(self.model))
         area = np.bincount(found.ravel())
         overlap = np.bincount(found[painted > 0].ravel(), minlength=area.size)
         other = 10 * overlap < area

@@ -27,12 +27,15 @@ def predict_pairs(model: CellModel, pairs: Sequence[TrainingPair], device: str =
     return [np.asarray(predict_probabilities(pair.image, model, device=device), dtype=np.float32) for pair in pairs]
 
 
-def score_postprocessing(probabilities: np.ndarray, truth: np.ndarray, params: dict[str, Any]) -> dict[str, float]:
-    """Instance scores (metrics.instance_scores) of one image under one parameter set."""
+def score_postprocessing(probabilities: np.ndarray, truth: np.ndarray, params: dict[str, Any],
+                         diameter: float | None = None) -> dict[str, float]:
+    """Instance scores (metrics.instance_scores) of one image under one parameter set; a `min_size_fraction` in
+    `params` counts for cells of `diameter` px (the diameter the image was segmented at; None: no such rule)."""
     from ..inference import instances_from_probabilities
+    from ..inference.instances import sized_params
     from ..metrics import instance_scores
 
-    labels = instances_from_probabilities(probabilities[0], probabilities[1], **params)
+    labels = instances_from_probabilities(probabilities[0], probabilities[1], **sized_params(params, diameter))
     return instance_scores(labels, truth)
 
 
@@ -73,9 +76,10 @@ def summarize(scores: Iterable[dict[str, float]]) -> dict[str, float]:
     return out
 
 
-def _score_image(job: tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]) -> list[dict[str, float]]:
-    probabilities, truth, candidates = job
-    return [score_postprocessing(probabilities, truth, params) for params in candidates]
+def _score_image(job: tuple) -> list[dict[str, float]]:
+    """(probabilities, truth, candidates[, diameter]): the scores of every candidate on one image."""
+    probabilities, truth, candidates, *diameter = job
+    return [score_postprocessing(probabilities, truth, params, *diameter) for params in candidates]
 
 
 def _run_jobs(jobs: list, workers: int | None) -> list[list[dict[str, float]]]:

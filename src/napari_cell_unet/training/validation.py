@@ -116,7 +116,7 @@ def validate(model, val_data: list[dict[str, Any]], border_weight: float, device
     On a partially annotated item only the annotated region counts (metrics.annotated_scores):
     unpainted cells are neither false positives nor background.
     """
-    from ..inference import instances_from_probabilities
+    from ..inference.instances import instances_from_probabilities, own_scale_params
     from ..inference.predict import predict_probabilities
     from ..metrics import annotated_scores
 
@@ -127,7 +127,7 @@ def validate(model, val_data: list[dict[str, Any]], border_weight: float, device
         logits = torch.logit(torch.from_numpy(probabilities).clamp(1e-6, 1 - 1e-6))[None]
         losses.append(float(segmentation_loss(logits, target[None, :2].float(), target[None, 2:3].float(),
                                               border_weight)))
-        labels = instances_from_probabilities(probabilities[0], probabilities[1], **model.postprocessing)
+        labels = instances_from_probabilities(probabilities[0], probabilities[1], **own_scale_params(model))
         scores = annotated_scores(labels, item["instances"], item["region"])
         dices.append(scores["dice"])
         f1s.append(scores["f1"])
