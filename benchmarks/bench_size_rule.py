@@ -1,14 +1,18 @@
-"""Which objects to remove as too small: a fixed pixel count, or a fraction of a cell's area at the diameter used.
+"""Instance rules scored on cached maps: which objects to remove as too small (a fixed pixel count, or a fraction of a
+cell's area at the diameter used), and which to split (stricter seeds that each cover part of a cell).
 
 Each image of a split (scripts/default_model_data.py), optionally zoomed, is segmented once at the default call
 (`diameter="auto"`) and its probabilities and diameter are kept in `--cache`; then every rule is scored on them
 (pooled F1 @ 0.5 / pixel IoU / mean F1 0.5:0.95 per domain, and the tuning objective F1 + IoU / 4 averaged over
-domains, as `scripts/evaluate_default_model.py` does). A rule "fixed N" removes objects under N px (the seeds under
-N / 2 first); "fraction F" removes objects under max(10, F * pi / 4 * d^2) px, d = the image's diameter, as
-`inference.instances.sized_params` does.
+domains, as `scripts/evaluate_default_model.py` does). A rule is the model's own post-processing with some values
+replaced: "fixed N" removes objects under N px (the seeds under N / 2 first); "fraction F" removes objects under
+max(10, F * pi / 4 * d^2) px, d = the image's diameter, as `inference.instances.sized_params` does; `--rule
+key=value,...` replaces any keys (`split_border_threshold=0.01,split_seed_fraction=0.3`; `own` = the model's file).
 
     python benchmarks/bench_size_rule.py default --split validation --zooms 1 0.5 2 --fixed 60 --fractions 0.15 0.2
     python benchmarks/bench_size_rule.py nuclei --split test --domains fluorescence tissue --fixed 20 --fractions 0.2
+    python benchmarks/bench_size_rule.py default --split test --zooms 1 0.5 2 --fixed --fractions \
+        --rule split_border_threshold=0 own
 """
 
 from __future__ import annotations
@@ -63,13 +67,39 @@ def cache_probabilities(model_name: str, split: str, zoom: float, domains: list[
     return files
 
 
-def labels_under(rule: tuple[str, float], probabilities: np.ndarray, diameter: float, post: dict) -> np.ndarray:
-    from napari_cell_unet.inference import instances_from_probabilities
-
+def rule_params(rule: tuple[str, object], post: dict) -> dict:
+    """The model's post-processing `post` with the rule's values in place (still to be sized to a diameter)."""
     kind, value = rule
-    min_size = int(value) if kind == "fixed" else max(FLOOR, int(value * np.pi / 4 * diameter ** 2))
-    return instances_from_probabilities(probabilities[0], probabilities[1], post["cell_threshold"],
-                                        post["border_threshold"], min_size, post["merge_threshold"])
+    if kind == "fixed":
+        return {**post, "min_size": int(value), "min_size_fraction": 0.0}
+    if kind == "fraction":
+        return {**post, "min_size": FLOOR, "min_size_fraction": float(value)}
+    return {**post, **dict(value)}
+
+
+def labels_under(rule: tuple[str, object], probabilities: np.ndarray, diameter: float, post: dict) -> np.ndarray:
+    from napari_cell_unet.inference import instances_from_probabilities
+    from napari_cell_unet.inference.instances import sized_params
+
+    params = sized_params(rule_params(rule, post), diameter)
+    return instances_from_probabilities(probabilities[0], probabilities[1], **params)
+
+
+def parse_rule(text: str) -> tuple[str, object]:
+    """`own`, or `key=value,key=value` (numbers) over the model's post-processing."""
+    if text == "own":
+        return ("set", ())
+    pairs = [item.split("=", 1) for item in text.split(",")]
+    return ("set", tuple((key, float(value)) for key, value in pairs))
+
+
+def rule_name(rule: tuple[str, object]) -> str:
+    kind, value = rule
+    if kind == "fixed":
+        return f"{int(value)} px"
+    if kind == "fraction":
+        return f"{value:g} of a cell, at least {FLOOR} px"
+    return ", ".join(f"{key} {number:g}" for key, number in value) or "the model's own"
 
 
 def _score(job):
@@ -98,8 +128,7 @@ def table(files: list[Path], rules: list[tuple[str, float]], post: dict, workers
             objectives.append(f1 + 0.25 * total["pixel_iou"])
             cells.append(f"{f1:.3f} / {total['pixel_iou']:.3f} / {total['mean_f1']:.3f} "
                          f"({total.get('n_pred')}/{total.get('n_true')})")
-        name = f"{int(value)} px" if kind == "fixed" else f"{value:g} of a cell, at least {FLOOR} px"
-        lines.append(f"| {name} | {np.mean(objectives):.3f} | " + " | ".join(cells) + " |")
+        lines.append(f"| {rule_name((kind, value))} | {np.mean(objectives):.3f} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -111,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--zooms", type=float, nargs="+", default=[1.0])
     parser.add_argument("--fixed", type=int, nargs="*", default=[60], help="fixed minimum sizes (px) to score")
     parser.add_argument("--fractions", type=float, nargs="*", default=[0.15, 0.2])
+    parser.add_argument("--rule", nargs="*", default=[], help="'own' or key=value,... over the model's post-processing")
     parser.add_argument("--every-dsb", type=int, default=1, help="every n-th DSB image of the split")
     parser.add_argument("--cache", type=Path, default=REPO / "build" / "size_rule_cache")
     parser.add_argument("--threads", type=int, default=2)
@@ -121,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     post = cu.load_model(args.model).postprocessing
-    rules = [("fixed", float(v)) for v in args.fixed] + [("fraction", f) for f in args.fractions]
+    rules = ([("fixed", float(v)) for v in args.fixed] + [("fraction", f) for f in args.fractions]
+             + [parse_rule(text) for text in args.rule])
     print(f"model {args.model}, thresholds {post}; torch {torch.__version__}, "
           f"{torch.backends.cpu.get_cpu_capability()}, {args.threads} threads")
     for zoom in args.zooms:

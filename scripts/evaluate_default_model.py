@@ -33,8 +33,11 @@ from train_default_model import jsonable, log  # noqa: E402  (same folder)
 # (benchmarks/RESULTS.md, 2026-12-02 evening)
 # min_size_fraction (of a cell's area at the diameter segmented at) joined with 0.15 and 0.2; min_size 10 is its floor
 # (benchmarks/RESULTS.md, 2026-12-04)
+# split_border_threshold 0.01 with split_seed_fraction 0.3 joined after a sweep of 0.003-0.02 x 0.05-0.5 on the
+# validation split (benchmarks/RESULTS.md, 2026-12-04 afternoon)
 GRID = {"cell_threshold": [0.4, 0.5, 0.6, 0.7], "border_threshold": [0.05, 0.1, 0.2, 0.35, 0.5],
-        "min_size": [10, 20, 60], "merge_threshold": [0.0, 0.25, 0.4], "min_size_fraction": [0.0, 0.15, 0.2]}
+        "min_size": [10, 20, 60], "merge_threshold": [0.0, 0.25, 0.4], "min_size_fraction": [0.0, 0.15, 0.2],
+        "split_border_threshold": [0.0, 0.01], "split_seed_fraction": [0.3]}
 LIVECELL = REPO.parent / "shared" / "data" / "livecell_samples" / "A172_Phase_A7_1_00d00h00m_1.tif"
 
 

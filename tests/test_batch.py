@@ -217,7 +217,8 @@ def test_a_model_without_min_size_removes_objects_under_30_px(tiny_model, fake_n
     del model.metadata["postprocessing"]["min_size"]
     model.metadata["normalization"] = dict(_FakeModel.normalization)
     assert model.postprocessing == {"cell_threshold": 0.5, "border_threshold": 0.5, "min_size": 30,
-                                    "merge_threshold": 0.0, "min_size_fraction": 0.0}
+                                    "merge_threshold": 0.0, "min_size_fraction": 0.0, "split_border_threshold": 0.0,
+                                    "split_seed_fraction": 0.0}
     image, _ = _disc_image()
     image[300:304, 20:24] = 1.0  # a 16-px speck, far from the discs
 

@@ -85,6 +85,42 @@ def test_the_size_rule_follows_the_cells_diameter_unless_a_size_is_given():
     assert labels.max() == 2  # at half the size the piece is a whole small cell
 
 
+def test_touching_cells_behind_a_faint_border_are_split_by_stricter_seeds_of_cell_size():
+    from types import SimpleNamespace
+
+    from napari_cell_unet.inference.instances import instance_params, sized_params
+
+    truth = two_touching_discs()  # two discs of ~1,250 px (40 px across)
+    cell, border = maps_from_labels(truth)
+    faint = border * 0.03 / border.max()  # the network drew their border under the seed threshold (0.05)
+    model = SimpleNamespace(postprocessing={"cell_threshold": 0.5, "border_threshold": 0.05, "min_size": 10,
+                                            "merge_threshold": 0.0, "min_size_fraction": 0.15,
+                                            "split_border_threshold": 0.01, "split_seed_fraction": 0.3})
+    params = sized_params(instance_params(model), 40.0)
+    assert params["split_seed_size"] == int(0.3 * np.pi / 4 * 40 ** 2)
+    assert instances_from_probabilities(cell, faint, **{**params, "split_border_threshold": 0.0}).max() == 1
+    labels = instances_from_probabilities(cell, faint, **params)
+    assert labels.max() == 2 and match_instances(labels, truth, 0.8).tp == 2
+    # judged at a 100-px cell size, each stricter seed is under 0.3 of a cell: not a cell of its own
+    assert instances_from_probabilities(cell, faint, **sized_params(instance_params(model), 100.0)).max() == 1
+    # a "stricter" threshold that is not below the seeds' own does nothing
+    assert instances_from_probabilities(cell, faint, **{**params, "split_border_threshold": 0.05}).max() == 1
+
+
+def test_a_cell_whose_stricter_seed_leaves_a_speck_stays_whole():
+    cell = np.zeros((80, 80), np.float32)
+    cell[disk((40, 40), 20, shape=cell.shape)] = 0.9
+    border = np.zeros_like(cell)
+    border[:, 52] = 0.03  # a faint line cuts off a cap of the cell: about a tenth of it
+    labels = instances_from_probabilities(cell, border, 0.5, 0.05, 10, split_border_threshold=0.01,
+                                          split_seed_size=int(0.3 * np.pi / 4 * 40 ** 2))
+    assert labels.max() == 1 and (labels > 0).sum() == (cell > 0.5).sum()
+    border[:, 40] = 0.03  # through the middle: two halves, each a sizeable part of a cell
+    labels = instances_from_probabilities(cell, border, 0.5, 0.05, 10, split_border_threshold=0.01,
+                                          split_seed_size=int(0.3 * np.pi / 4 * 40 ** 2))
+    assert labels.max() == 2 and (labels > 0).sum() == (cell > 0.5).sum()
+
+
 def test_a_cell_covered_by_border_probability_is_kept_as_its_own_object():
     cell = np.zeros((40, 40), np.float32)
     cell[10:20, 10:20] = 0.9
@@ -206,3 +242,22 @@ def test_seeds_flood_each_part_of_the_mask_as_one_watershed_of_the_plane(usiigac
     seeds[12:16, 22:26], seeds[12:16, 32:36] = 1, 2
     flooded = flood_seeds(lonely, seeds, lonely > 0.5)
     assert not flooded[2:8, 2:8].any() and set(np.unique(flooded[10:18, 20:38])) == {1, 2}
+
+
+def test_stricter_seeds_split_the_same_cells_in_row_bands_as_in_one_piece(usiigaci):
+    """Real cells (Usiigaci set20) whose borders are drawn faintly, under the seed threshold: touching cells merge
+    unless the stricter seeds split them, and bands (a huge image's instance step) split the same ones."""
+    from napari_cell_unet.inference import instances_in_bands
+
+    truth = load_usiigaci_set("set20")["labels"]
+    cell, border = maps_from_labels(truth)
+    faint = border * 0.03 / border.max()
+    params = {"cell_threshold": 0.5, "border_threshold": 0.05, "min_size": 30, "split_border_threshold": 0.01,
+              "split_seed_size": int(0.3 * np.pi / 4 * 40 ** 2)}  # cells here are ~60 px across
+    merged = instances_from_probabilities(cell, faint, **{**params, "split_border_threshold": 0.0})
+    whole = instances_from_probabilities(cell, faint, **params)
+    found = {name: match_instances(labels, truth, 0.5).tp for name, labels in (("merged", merged), ("split", whole))}
+    assert found["split"] >= found["merged"] + 0.2 * truth.max(), found
+    banded = instances_in_bands(cell, faint, band_pixels=256 * truth.shape[1], margin=128, **params)
+    assert abs(int(banded.max()) - int(whole.max())) <= 1
+    assert match_instances(banded, whole, 0.9).tp >= int(whole.max()) - 1

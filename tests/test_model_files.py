@@ -22,13 +22,15 @@ def outputs(model: CellModel) -> np.ndarray:
 
 def test_round_trip_keeps_weights_and_metadata(tiny_model, tmp_path):
     tiny_model.metadata["postprocessing"] = {"cell_threshold": 0.4, "border_threshold": 0.6, "min_size": 12,
-                                             "merge_threshold": 0.3, "min_size_fraction": 0.15}
+                                             "merge_threshold": 0.3, "min_size_fraction": 0.15,
+                                             "split_border_threshold": 0.02}
     tiny_model.metadata["training"] = {"steps": 3, "data": ["set20"]}
     path = save_model(tiny_model, tmp_path / "m.safetensors")
     loaded = load_model(path)
     assert loaded.metadata["architecture"] == TINY_ARCHITECTURE
     assert loaded.postprocessing == {"cell_threshold": 0.4, "border_threshold": 0.6, "min_size": 12,
-                                     "merge_threshold": 0.3, "min_size_fraction": 0.15}
+                                     "merge_threshold": 0.3, "min_size_fraction": 0.15,
+                                     "split_border_threshold": 0.02, "split_seed_fraction": 0.0}  # completed
     assert loaded.metadata["training"] == {"steps": 3, "data": ["set20"]}
     assert "torch" in loaded.metadata["versions"]
     np.testing.assert_array_equal(outputs(loaded), outputs(tiny_model))

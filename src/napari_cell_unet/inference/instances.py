@@ -31,11 +31,15 @@ def sized_params(params: dict[str, Any], diameter: float | None) -> dict[str, An
     """`params` (from `instance_params`) for an image whose cells are `diameter` px across, as
     `instances_from_probabilities` takes them: objects under `min_size_fraction` of such a cell's area
     (pi / 4 * diameter**2) are removed too, whatever `min_size` (a floor in pixels) says. Pieces of a
-    cell that a fixed pixel count cannot tell from small cells at every zoom (benchmarks/RESULTS.md, issue 9)."""
+    cell that a fixed pixel count cannot tell from small cells at every zoom (benchmarks/RESULTS.md, issue 9).
+    `split_seed_fraction` becomes `split_seed_size`, pixels of such a cell (see `split_by_strict_seeds`)."""
     out = dict(params)
+    area = np.pi / 4 * float(diameter) ** 2 if diameter else 0.0
     fraction = float(out.pop("min_size_fraction", 0.0) or 0.0)
-    if fraction > 0 and diameter:
-        out["min_size"] = max(int(out["min_size"]), int(fraction * np.pi / 4 * float(diameter) ** 2))
+    if fraction > 0 and area:
+        out["min_size"] = max(int(out["min_size"]), int(fraction * area))
+    seed_fraction = float(out.pop("split_seed_fraction", 0.0) or 0.0)
+    out["split_seed_size"] = int(seed_fraction * area) if seed_fraction > 0 else 0
     return out
 
 
@@ -48,14 +52,17 @@ def own_scale_params(model: Any) -> dict[str, Any]:
 
 def instances_from_probabilities(cell_prob: np.ndarray, border_prob: np.ndarray, cell_threshold: float = 0.5,
                                  border_threshold: float = 0.5, min_size: int = 30,
-                                 merge_threshold: float = 0.0) -> np.ndarray:
+                                 merge_threshold: float = 0.0, split_border_threshold: float = 0.0,
+                                 split_seed_size: int = 0) -> np.ndarray:
     """Instance labels (uint32, 0 = background, ids 1..N consecutive) from 2-D probability maps.
 
     Seeds are the 4-connected components of (cell > cell_threshold) & (border < border_threshold);
     each seed grows back over the cell mask (watershed on -cell probability) so cells keep
     their full extent. Seeds under half of `min_size` are dropped first (specks in a cell's
     narrow neck would split it). Parts of the cell mask that no seed reaches (a small cell covered by
-    border probability) become instances of their own. With `merge_threshold` > 0, touching instances whose
+    border probability) become instances of their own. With `split_border_threshold` (below `border_threshold`) and
+    `split_seed_size` > 0, an object is split where it holds two or more seeds of that size under the stricter
+    border threshold (`split_by_strict_seeds`). With `merge_threshold` > 0, touching instances whose
     contact is not a border (mean border probability along it below `merge_threshold`) are merged: one cell split
     by a weak border blob. Objects under `min_size` pixels are removed.
     """
@@ -75,6 +82,9 @@ def instances_from_probabilities(cell_prob: np.ndarray, border_prob: np.ndarray,
     if n_unreached:  # few pixels: written in place (a whole-plane np.where made two int64 copies of a band)
         where = np.nonzero(unreached)
         labels[where] = unreached[where] + n_seeds
+    if 0 < split_border_threshold < border_threshold and split_seed_size > 0:
+        labels = split_by_strict_seeds(labels, cell_prob, border_prob, cell_threshold, split_border_threshold,
+                                       split_seed_size)
     if merge_threshold > 0:
         labels = merge_weak_contacts(labels, border_prob, merge_threshold)
     return remove_small_instances(labels, min_size)
@@ -99,6 +109,39 @@ def flood_seeds(cell_prob: np.ndarray, seeds: np.ndarray, mask: np.ndarray) -> n
         box = boxes[part - 1]
         inside = parts[box] == part
         labels[box][inside] = watershed(-cell_prob[box], seeds[box], mask=inside)[inside]
+    return labels
+
+
+def split_by_strict_seeds(labels: np.ndarray, cell_prob: np.ndarray, border_prob: np.ndarray, cell_threshold: float,
+                          border_threshold: float, seed_size: int) -> np.ndarray:
+    """Flood again, from the stricter seeds, every object holding two or more seeds of at least `seed_size` pixels
+    under `border_threshold`; the other objects are left as they are. Two touching cells whose border the network
+    drew only faintly (a clump of nuclei, a pair of cells side by side) come apart, while a cell whose strict
+    seed breaks into specks stays whole: only pieces of a sizeable part of a cell count (benchmarks/RESULTS.md,
+    issue 9). New ids are appended above the largest; callers renumber."""
+    strict, n_strict = ndimage.label(seed_mask(cell_prob, border_prob, cell_threshold, border_threshold))
+    if n_strict < 2:
+        return labels
+    big = np.bincount(strict.ravel()) >= seed_size
+    big[0] = False
+    big_ids = np.flatnonzero(big)
+    if big_ids.size < 2:
+        return labels
+    in_big = big[strict]
+    owner = np.zeros(big.size, np.int64)
+    owner[strict[in_big]] = labels[in_big]  # a strict seed lies inside one object: any of its pixels names it
+    holders = np.flatnonzero(np.bincount(owner[big_ids], minlength=int(labels.max()) + 1)[1:] >= 2) + 1
+    boxes = ndimage.find_objects(labels)
+    next_id = int(labels.max()) + 1
+    for obj in holders:
+        box = boxes[obj - 1]
+        inside = labels[box] == obj
+        seeds = np.where(inside & big[strict[box]], strict[box], 0)
+        parts = watershed(-cell_prob[box], seeds, mask=inside)[inside]
+        found = np.unique(parts[parts > 0])
+        ids = np.concatenate([[obj], next_id + np.arange(found.size - 1)]).astype(labels.dtype)
+        labels[box][inside] = np.where(parts > 0, ids[np.searchsorted(found, parts)], obj)  # unreached: keep obj
+        next_id += found.size - 1
     return labels
 
 
@@ -136,7 +179,8 @@ def merge_weak_contacts(labels: np.ndarray, border_prob: np.ndarray, threshold: 
 
 def instances_in_bands(cell_prob: np.ndarray, border_prob: np.ndarray, cell_threshold: float = 0.5,
                        border_threshold: float = 0.5, min_size: int = 30, band_pixels: int = BAND_PIXELS,
-                       margin: int = BAND_MARGIN, merge_threshold: float = 0.0) -> np.ndarray:
+                       margin: int = BAND_MARGIN, merge_threshold: float = 0.0, split_border_threshold: float = 0.0,
+                       split_seed_size: int = 0) -> np.ndarray:
     """`instances_from_probabilities` on a large plane, a band of rows (about `band_pixels` pixels) at a time.
 
     Each band is computed with `margin` rows of context above and below and keeps its own rows; objects
@@ -147,7 +191,8 @@ def instances_in_bands(cell_prob: np.ndarray, border_prob: np.ndarray, cell_thre
     """
     bands = BandedInstances(np.shape(cell_prob), cell_threshold=cell_threshold, border_threshold=border_threshold,
                             min_size=min_size, band_pixels=band_pixels, margin=margin,
-                            merge_threshold=merge_threshold)
+                            merge_threshold=merge_threshold, split_border_threshold=split_border_threshold,
+                            split_seed_size=split_seed_size)
     return bands.labels_of(cell_prob, border_prob)
 
 
@@ -165,12 +210,13 @@ class BandedInstances:
 
     def __init__(self, shape: tuple[int, int], *, cell_threshold: float = 0.5, border_threshold: float = 0.5,
                  min_size: int = 30, band_pixels: int | None = None, margin: int = BAND_MARGIN,
-                 merge_threshold: float = 0.0, submit: Callable[..., Any] | None = None,
-                 final_rows: Sequence[int] = ()):
+                 merge_threshold: float = 0.0, split_border_threshold: float = 0.0, split_seed_size: int = 0,
+                 submit: Callable[..., Any] | None = None, final_rows: Sequence[int] = ()):
         self.shape = tuple(shape)
         height, width = self.shape
         self.params = {"cell_threshold": cell_threshold, "border_threshold": border_threshold,
-                       "min_size": min_size, "merge_threshold": merge_threshold}
+                       "min_size": min_size, "merge_threshold": merge_threshold,
+                       "split_border_threshold": split_border_threshold, "split_seed_size": split_seed_size}
         band_rows = max(1, (band_pixels or BAND_PIXELS) // max(1, width), 2 * margin)
         self.whole = height <= band_rows + margin
         self.margin = margin
@@ -254,10 +300,11 @@ def keyed_instances(cell_prob: np.ndarray, border_prob: np.ndarray, origin: tupl
 
 def keyed_window(cell_prob: np.ndarray, border_prob: np.ndarray, origin: tuple[int, int], width: int,
                  dtype: np.dtype, cell_threshold: float = 0.5, border_threshold: float = 0.5, min_size: int = 30,
-                 merge_threshold: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+                 merge_threshold: float = 0.0, split_border_threshold: float = 0.0,
+                 split_seed_size: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(local instance labels of the window, the table from local ids to position keys: `canonical_lut`)."""
     local = instances_from_probabilities(cell_prob, border_prob, cell_threshold, border_threshold, min_size,
-                                         merge_threshold)
+                                         merge_threshold, split_border_threshold, split_seed_size)
     interior = seed_mask(cell_prob, border_prob, cell_threshold, border_threshold)
     return local, canonical_lut(local, interior, origin, width, dtype)
 

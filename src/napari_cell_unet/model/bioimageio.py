@@ -322,6 +322,8 @@ def _write_package_files(model: CellModel, folder: Path, image: np.ndarray | Non
                 "min_size": int(post["min_size"]),
                 "min_size_fraction": float(post["min_size_fraction"]),
                 "merge_threshold": float(post["merge_threshold"]),
+                "split_border_threshold": float(post["split_border_threshold"]),
+                "split_seed_fraction": float(post["split_seed_fraction"]),
                 "metadata": metadata,
             },
             "bioimageio": {"architecture_type": "U-Net", "modality": "phase contrast, fluorescence",
@@ -404,7 +406,7 @@ microscopy image, **cell** (full cell extent) and **border** (a ~2 px outline st
 
 ## From probabilities to cells
 napari-cell-unet: seeds = connected components of (cell > {post['cell_threshold']} and border <
-{post['border_threshold']}), grown back into the cell mask (cell > {post['cell_threshold']}) by watershed;{_merge_sentence(post)} objects
+{post['border_threshold']}), grown back into the cell mask (cell > {post['cell_threshold']}) by watershed;{_split_sentence(post)}{_merge_sentence(post)} objects
 smaller than {post['min_size']} px{_fraction_sentence(post)} are removed. These numbers are in `config.{CONFIG_KEY}`.
 
 ## Use it
@@ -474,6 +476,15 @@ def _fraction_sentence(post: dict) -> str:
     fraction = float(post.get("min_size_fraction", 0.0))
     return (f" or than {fraction:g} of a cell's area (pi / 4 x the cell diameter squared, in the image's pixels)"
             if fraction > 0 else "")
+
+
+def _split_sentence(post: dict) -> str:
+    threshold, fraction = float(post["split_border_threshold"]), float(post["split_seed_fraction"])
+    if not (0 < threshold < float(post["border_threshold"]) and fraction > 0):
+        return ""
+    return (f" an object holding two or more seeds under the stricter border threshold {threshold:g} that each cover"
+            f" {fraction:g} of a cell's area is grown again from those seeds"
+            f" (`inference.instances.split_by_strict_seeds`);")
 
 
 def _merge_sentence(post: dict) -> str:

@@ -12,7 +12,7 @@ from .architecture import DEFAULT_ARCHITECTURE, OUTPUT_CLASSES, build_network
 
 DEFAULT_NORMALIZATION = {"method": "percentile", "low": 1.0, "high": 99.8}
 DEFAULT_POSTPROCESSING = {"cell_threshold": 0.5, "border_threshold": 0.5, "min_size": 30, "merge_threshold": 0.0,
-                          "min_size_fraction": 0.0}
+                          "min_size_fraction": 0.0, "split_border_threshold": 0.0, "split_seed_fraction": 0.0}
 
 
 @dataclass
@@ -24,8 +24,9 @@ class CellModel:
       in_channels    int
       classes        list of output class names (["cell", "border"])
       normalization  {"method": "percentile", "low": float, "high": float}
-      postprocessing {"cell_threshold", "border_threshold", "min_size", "merge_threshold", "min_size_fraction"}:
-                     tuned defaults (min_size_fraction: of a cell's area at the diameter segmented at)
+      postprocessing {"cell_threshold", "border_threshold", "min_size", "merge_threshold", "min_size_fraction",
+                     "split_border_threshold", "split_seed_fraction"}: tuned defaults (the fractions: of a cell's
+                     area at the diameter segmented at; 0 turns a rule off)
       training       free-form record: data, epochs/steps, metrics, time, machine
       versions       library versions at save time
       name           human-readable name shown in the GUI
@@ -68,7 +69,8 @@ class CellModel:
 
     @property
     def postprocessing(self) -> dict[str, Any]:
-        """cell_threshold, border_threshold, min_size, merge_threshold, min_size_fraction: the model's tuned values, `DEFAULT_POSTPROCESSING` where
+        """cell_threshold, border_threshold, min_size, merge_threshold, min_size_fraction, split_border_threshold,
+        split_seed_fraction: the model's tuned values, `DEFAULT_POSTPROCESSING` where
         the metadata has none. The one place these defaults are completed."""
         stored = self.metadata.get("postprocessing", {})
         return {key: stored.get(key, default) for key, default in DEFAULT_POSTPROCESSING.items()}

@@ -221,7 +221,8 @@ def _settings_problem(metadata: dict) -> str | None:
     if norm.get("method", "percentile") != "percentile" or not (_is_number(low) and _is_number(high)
                                                                  and 0 <= low < high <= 100):
         return f"metadata normalization {_show(norm)} is not percentiles 0 <= low < high <= 100"
-    for key in ("cell_threshold", "border_threshold", "merge_threshold"):
+    for key in ("cell_threshold", "border_threshold", "merge_threshold", "split_border_threshold",
+                "split_seed_fraction"):
         if key in post and not (_is_number(post[key]) and 0 <= post[key] <= 1):
             return f"metadata {key} {_show(post[key])} is not between 0 and 1"
     if "min_size" in post and not (_is_int(post["min_size"]) and post["min_size"] >= 0):
