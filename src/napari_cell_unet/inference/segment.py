@@ -67,7 +67,8 @@ def iter_segment(image: Any, model: Any = None, *, device: str = "auto", tile_si
     rgb: whether the last axis is colour; None = detect (last axis of size 3 or 4).
     cell_threshold, border_threshold, min_size: None = the model's tuned defaults (objects under a fraction of a
         cell's area at the diameter used, or under the model's `min_size`, are removed). A `min_size` given counts
-        pixels of the original image, whatever `diameter` is, and is the whole rule.
+        pixels of the original image, whatever `diameter` is, and is the whole rule. Objects holding two or more
+        cell-sized seeds under the model's stricter `split_border_threshold` are split (`split_by_strict_seeds`).
     diameter: typical cell diameter in this image (px); each plane is zoomed by the model's
         `cell_diameter` metadata (50 px for older model files) / `diameter` before prediction and the
         probabilities are resized back, so labels (and probabilities) keep the image's shape.
