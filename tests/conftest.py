@@ -59,6 +59,18 @@ def load_usiigaci_set(name: str, root: Path = USIIGACI) -> dict[str, np.ndarray]
     return out
 
 
+def load_dsb_image(key: str, root: Path = SHARED_DATA / "dsb2018_nuclei") -> tuple[np.ndarray, np.ndarray]:
+    """One DSB 2018 image (gray float32, colour as Rec. 709 luminance like the training data) and its instance labels."""
+    import tifffile
+    from PIL import Image
+
+    from napari_cell_unet.inference.normalize import to_model_channels
+
+    rgba = np.asarray(Image.open(root / "images" / f"{key}.png"))
+    image = to_model_channels(rgba, 1, rgb=True)[0] if rgba.ndim == 3 else rgba.astype(np.float32)
+    return image.astype(np.float32), tifffile.imread(root / "labels" / f"{key}.tif")
+
+
 @pytest.fixture
 def tiny_model():
     import torch

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import LIVECELL_FRAME, load_usiigaci_set
+from conftest import LIVECELL_FRAME, load_dsb_image, load_usiigaci_set
 
 from napari_cell_unet.model import DEFAULT_MODEL_PATH
 
@@ -132,19 +132,13 @@ def test_nuclei_shown_at_two_fifths_of_their_size_are_still_found(default_model)
 def test_touching_nuclei_drawn_with_a_faint_border_come_apart(shared_data, default_model):
     """A DSB validation image of 131 small fluorescent nuclei in clumps: objects holding two cell-sized seeds under the
     stricter border threshold are split (measured: F1 0.750 without the split, 0.794 with it)."""
-    import tifffile
-    from PIL import Image
-
     from napari_cell_unet._progress import result_of
     from napari_cell_unet.inference import instances_from_probabilities, iter_segment
     from napari_cell_unet.inference.instances import instance_params, sized_params
-    from napari_cell_unet.inference.normalize import to_model_channels
     from napari_cell_unet.metrics import instance_scores
 
-    name = "9bb6e39d5f4415bc7554842ee5d1280403a602f2ba56122b87f453a62d37c06e"
-    rgba = np.asarray(Image.open(shared_data / "dsb2018_nuclei" / "images" / f"{name}.png"))
-    image = to_model_channels(rgba, 1, rgb=True)[0] if rgba.ndim == 3 else rgba.astype(np.float32)
-    truth = tifffile.imread(shared_data / "dsb2018_nuclei" / "labels" / f"{name}.tif")
+    image, truth = load_dsb_image("9bb6e39d5f4415bc7554842ee5d1280403a602f2ba56122b87f453a62d37c06e",
+                                  shared_data / "dsb2018_nuclei")
     result = result_of(iter_segment(image, default_model, device="cpu", return_probabilities=True))
     params = sized_params(instance_params(default_model), result.diameter)
     assert params["split_border_threshold"] > 0 and params["split_seed_size"] > 0

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from conftest import SHARED_DATA
+from conftest import load_dsb_image
 
 BRIGHT_FIELD = {"train": "1a11552569160f0b1ea10bedbd628ce6c14f29edec5092034c2309c556df833e",
                 "new": "76a372bfd3fad3ea30cb163b560e52607a8281f5b042484c3a0fc6d0aa5a7450"}
@@ -30,19 +30,6 @@ def test_size_check_records_the_typical_size_only_when_the_estimate_failed_on_mo
         assert typical_diameter(model) is None
 
 
-def _bright_field(key: str):
-    import tifffile
-    from PIL import Image
-
-    from napari_cell_unet.inference.normalize import to_model_channels
-
-    root = SHARED_DATA / "dsb2018_nuclei"
-    path = root / "images" / f"{key}.png"
-    rgba = np.asarray(Image.open(path))
-    image = to_model_channels(rgba, 1, rgb=True)[0] if rgba.ndim == 3 else rgba.astype(np.float32)
-    return image.astype(np.float32), tifffile.imread(root / "labels" / f"{path.stem}.tif")
-
-
 @pytest.mark.usefixtures("shared_data")
 def test_a_model_taught_bright_field_segments_new_bright_field_images_at_its_cells_size():
     from napari_cell_unet import load_model
@@ -52,7 +39,7 @@ def test_a_model_taught_bright_field_segments_new_bright_field_images_at_its_cel
     from napari_cell_unet.metrics import instance_scores
     from napari_cell_unet.training import TrainConfig, TrainingPair, train
 
-    image, labels = _bright_field(BRIGHT_FIELD["train"])
+    image, labels = load_dsb_image(BRIGHT_FIELD["train"])
     pair = TrainingPair(image[256:768, 256:768], labels[256:768, 256:768], name="bright field")
     result = train([pair], "default", TrainConfig(steps=2, validations=0, threads=2))
     record = result.model.metadata["typical_diameter"]
@@ -60,7 +47,7 @@ def test_a_model_taught_bright_field_segments_new_bright_field_images_at_its_cel
     assert record["diameter"] == pytest.approx(annotated, rel=0.01)
     assert record["checks"][0][1] > 2 * annotated  # the bundled model's estimate of that crop, 5x off when measured
 
-    new_image, new_labels = _bright_field(BRIGHT_FIELD["new"])
+    new_image, new_labels = load_dsb_image(BRIGHT_FIELD["new"])
     new_image, new_labels = new_image[:384, :384], new_labels[:384, :384]
     before = result_of(iter_segment(new_image, load_model("default"), device="cpu", threads=2))
     after = result_of(iter_segment(new_image, result.model, device="cpu", threads=2))

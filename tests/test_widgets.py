@@ -702,13 +702,14 @@ def test_teaching_bright_field_in_the_widgets_teaches_its_cell_size(make_napari_
     """Bright field, which the bundled models size 5x wrong: paint (here: load) the nuclei of one image, train from
     the bundled default, and the Train widget says the model keeps the cells' typical size; Segment then uses it on
     another bright-field image (issue 9 §4)."""
-    from test_size_check import BRIGHT_FIELD, _bright_field
+    from conftest import load_dsb_image
+    from test_size_check import BRIGHT_FIELD
 
     from napari_cell_unet._widgets import train_widget as train_module
     from napari_cell_unet.inference import estimate_diameter
 
-    image, labels = _bright_field(BRIGHT_FIELD["train"])
-    other, _ = _bright_field(BRIGHT_FIELD["new"])
+    image, labels = load_dsb_image(BRIGHT_FIELD["train"])
+    other, _ = load_dsb_image(BRIGHT_FIELD["new"])
     viewer = make_napari_viewer()
     viewer.add_image(image[256:768, 256:768], name="bf")
     viewer.add_labels(labels[256:768, 256:768].astype(np.int32), name="bf annotations")

@@ -119,9 +119,7 @@ def split_by_strict_seeds(labels: np.ndarray, cell_prob: np.ndarray, border_prob
     drew only faintly (a clump of nuclei, a pair of cells side by side) come apart, while a cell whose strict
     seed breaks into specks stays whole: only pieces of a sizeable part of a cell count (benchmarks/RESULTS.md,
     issue 9). New ids are appended above the largest; callers renumber."""
-    strict, n_strict = ndimage.label(seed_mask(cell_prob, border_prob, cell_threshold, border_threshold))
-    if n_strict < 2:
-        return labels
+    strict, _ = ndimage.label(seed_mask(cell_prob, border_prob, cell_threshold, border_threshold))
     big = np.bincount(strict.ravel()) >= seed_size
     big[0] = False
     big_ids = np.flatnonzero(big)
